@@ -1,0 +1,5 @@
+import sys
+
+from fwemu.cli import main
+
+sys.exit(main())

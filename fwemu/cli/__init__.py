@@ -1,0 +1,45 @@
+"""Command-line entry point: argument parsing and output only; each subcommand lives in its module."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from fwemu import __version__
+from fwemu.errors import FwemuError
+
+# Each module exposes `register(subparsers)`, which adds its parser and sets `func(args) -> int`.
+_SUBCOMMANDS = ("check", "run", "lab", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fwemu",
+        description=(
+            "Emulate a stateful firewall's TCP connection-tracking timeouts inline (NFQUEUE), "
+            "to see what your application does when the firewall forgets or resets its connections."
+        ),
+        epilog="Run 'fwemu COMMAND --help' for a command's options and examples.",
+    )
+    parser.add_argument("--version", action="version", version=f"fwemu {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    import importlib
+
+    for name in _SUBCOMMANDS:
+        module = importlib.import_module(f"fwemu.cli.{name}_cmd")
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except FwemuError as err:
+        print(f"fwemu: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return code

@@ -1,0 +1,224 @@
+"""The validated, frozen policy model: what the core enforces.
+
+Only `fwemu.policy.loader` builds these from TOML; everything else reads them. All durations are
+float seconds; `None` means "never" (no timer in that state).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from dataclasses import dataclass
+from enum import StrEnum
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Phase(StrEnum):
+    """The policy's view of a connection's life; each groups one or more conntrack states."""
+
+    EMBRYONIC = "embryonic"  # SYN_SENT, SYN_SENT2, SYN_RECV
+    ESTABLISHED = "established"  # ESTABLISHED
+    HALF_CLOSED = "half_closed"  # FIN_WAIT, CLOSE_WAIT
+    CLOSING = "closing"  # LAST_ACK
+    TIME_WAIT = "time_wait"  # TIME_WAIT
+    CLOSE = "close"  # CLOSE (after a RST)
+
+
+class ExpireAction(StrEnum):
+    """What happens when a flow's timer runs out."""
+
+    SILENT = "silent"  # forget the flow: later packets are out-of-state
+    RESET_BOTH = "reset-both"
+    RESET_CLIENT = "reset-client"  # the client is the side that sent the SYN (conntrack ORIGINAL)
+    RESET_SERVER = "reset-server"
+
+
+class OutOfStateAction(StrEnum):
+    """What happens to a packet that belongs to no flow, or that the state table calls invalid."""
+
+    DROP = "drop"
+    RESET = "reset"  # answer the sender with a RST built from the packet, as a TCP stack would
+    ACCEPT = "accept"
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Idle timeout per conntrack state, in seconds (None = never expires in that state).
+
+    SYN_SENT2 (simultaneous open) uses `syn_sent`, as Linux does.
+    """
+
+    syn_sent: float | None = 120.0  # Linux nf_conntrack_tcp_timeout_syn_sent
+    syn_recv: float | None = 60.0  # ..._syn_recv
+    established: float | None = 432000.0  # ..._established (5 days)
+    fin_wait: float | None = 120.0  # ..._fin_wait
+    close_wait: float | None = 60.0  # ..._close_wait
+    last_ack: float | None = 30.0  # ..._last_ack
+    time_wait: float | None = 120.0  # ..._time_wait
+    close: float | None = 10.0  # ..._close
+
+    def scaled(self, speed: float) -> Timeouts:
+        """Every timer `speed` times shorter (for `--speed`)."""
+        return Timeouts(
+            **{
+                f.name: (None if v is None else v / speed)
+                for f in dataclasses.fields(self)
+                for v in (getattr(self, f.name),)
+            }
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OnExpire:
+    """Expiry action per phase."""
+
+    embryonic: ExpireAction = ExpireAction.SILENT
+    established: ExpireAction = ExpireAction.SILENT
+    half_closed: ExpireAction = ExpireAction.SILENT
+    closing: ExpireAction = ExpireAction.SILENT
+    time_wait: ExpireAction = ExpireAction.SILENT
+    close: ExpireAction = ExpireAction.SILENT
+
+    def for_phase(self, phase: Phase) -> ExpireAction:
+        action: ExpireAction = getattr(self, phase.value)
+        return action
+
+
+@dataclass(frozen=True, slots=True)
+class OutOfState:
+    """Handling of out-of-state packets.
+
+    The side of a late packet is known from the tombstone of the flow it belonged to (kept for
+    `remember` seconds after expiry); a packet with no tombstone uses `action`.
+    """
+
+    action: OutOfStateAction = OutOfStateAction.DROP
+    from_client: OutOfStateAction | None = None  # None: use `action`
+    from_server: OutOfStateAction | None = None
+    pickup: bool = False  # a mid-stream ACK creates an ESTABLISHED flow (Linux tcp_loose)
+    remember: float = 600.0  # tombstone lifetime, seconds
+
+    def for_side(self, from_client: bool | None) -> OutOfStateAction:
+        """The action for a packet from the client side (True), server side (False) or unknown."""
+        if from_client is True and self.from_client is not None:
+            return self.from_client
+        if from_client is False and self.from_server is not None:
+            return self.from_server
+        return self.action
+
+    def scaled(self, speed: float) -> OutOfState:
+        return dataclasses.replace(self, remember=self.remember / speed)
+
+
+@dataclass(frozen=True, slots=True)
+class PortRange:
+    low: int
+    high: int
+
+    def __contains__(self, port: int) -> bool:
+        return self.low <= port <= self.high
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """Which flows a rule applies to, seen from the client (src) to the server (dst).
+
+    Empty tuples match anything. Addresses are given to `matches` as ipaddress objects; this runs
+    once per new flow, never per packet.
+    """
+
+    src: tuple[IPNetwork, ...] = ()
+    dst: tuple[IPNetwork, ...] = ()
+    src_port: tuple[PortRange, ...] = ()
+    dst_port: tuple[PortRange, ...] = ()
+
+    def matches(
+        self,
+        src: ipaddress.IPv4Address | ipaddress.IPv6Address,
+        sport: int,
+        dst: ipaddress.IPv4Address | ipaddress.IPv6Address,
+        dport: int,
+    ) -> bool:
+        return (
+            _in_nets(src, self.src)
+            and _in_nets(dst, self.dst)
+            and _in_ports(sport, self.src_port)
+            and _in_ports(dport, self.dst_port)
+        )
+
+
+def _in_nets(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, nets: tuple[IPNetwork, ...]) -> bool:
+    return not nets or any(addr.version == n.version and addr in n for n in nets)
+
+
+def _in_ports(port: int, ranges: tuple[PortRange, ...]) -> bool:
+    return not ranges or any(port in r for r in ranges)
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """The effective timers and actions for a set of flows: the policy's own, or a rule's merged
+    over them. `name` is the rule's name, or "default"."""
+
+    name: str
+    timeouts: Timeouts
+    on_expire: OnExpire
+    out_of_state: OutOfState
+
+    def scaled(self, speed: float) -> Profile:
+        return dataclasses.replace(
+            self, timeouts=self.timeouts.scaled(speed), out_of_state=self.out_of_state.scaled(speed)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A `[[rule]]`: first match wins; its profile is already merged over the policy's tables."""
+
+    match: Match
+    profile: Profile
+
+    @property
+    def name(self) -> str:
+        return self.profile.name
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    name: str
+    default: Profile
+    rules: tuple[Rule, ...] = ()
+    description: str = ""
+    sources: tuple[str, ...] = ()
+    origin: str = "<policy>"  # the file (or preset) it came from, for messages
+
+    @property
+    def profiles(self) -> tuple[Profile, ...]:
+        """Every profile, rules first (in match order), the default last."""
+        return (*(r.profile for r in self.rules), self.default)
+
+    def profile_for(
+        self,
+        src: ipaddress.IPv4Address | ipaddress.IPv6Address,
+        sport: int,
+        dst: ipaddress.IPv4Address | ipaddress.IPv6Address,
+        dport: int,
+    ) -> Profile:
+        """The first matching rule's profile, else the default."""
+        for rule in self.rules:
+            if rule.match.matches(src, sport, dst, dport):
+                return rule.profile
+        return self.default
+
+    def scaled(self, speed: float) -> Policy:
+        """The same policy with every timer `speed` times shorter (`fwemu run --speed`)."""
+        if speed == 1:
+            return self
+        return dataclasses.replace(
+            self,
+            default=self.default.scaled(speed),
+            rules=tuple(
+                dataclasses.replace(r, profile=r.profile.scaled(speed)) for r in self.rules
+            ),
+        )

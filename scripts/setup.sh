@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Sets up fwemu on a fresh Debian machine (as root): system packages, a virtualenv in .venv, the
+# package with its test extras. Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pkgs=(iptables iproute2 libnetfilter-queue-dev python3-venv python3-dev gcc tcpdump iperf3 conntrack procps)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "setup: missing system packages (${missing[*]}); run as root to install them" >&2
+        exit 2
+    fi
+    echo "setup: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'
+echo "setup: ready (.venv/bin/fwemu)" >&2

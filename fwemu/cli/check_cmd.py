@@ -1,16 +1,200 @@
-"""`fwemu check`: placeholder until its owner fills it in."""
+"""`fwemu check POLICY...`: validate policies and show their effective timers and actions."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from fwemu.errors import FwemuError
+from fwemu.policy import (
+    PHASE_STATES,
+    Match,
+    OutOfState,
+    Phase,
+    Policy,
+    PolicyError,
+    PortRange,
+    Profile,
+    format_duration,
+    resolve_policy,
+)
+
+_EPILOG = """\
+POLICY is a TOML file (a path, or any name ending in .toml) or the name of a preset.
+
+examples:
+  fwemu check cisco-asa                 show what the Cisco ASA preset does
+  fwemu check mine.toml linux           check a file, and compare it with Linux's defaults
+  fwemu check --json mine.toml | jq .   the same data as JSON, for scripts
+
+Exit status: 0 when every policy is valid, 2 when any is not (each problem is printed on stderr
+as FILE:LINE: KEY: MESSAGE, and the other policies are still checked).
+"""
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("check", help="(not yet implemented)")
+    parser = subparsers.add_parser(
+        "check",
+        help="validate policies and show their effective timers and actions",
+        description=(
+            "Validate policy files and presets, reporting every problem, and show the\n"
+            "effective timeout and expiry action of each connection phase, for every rule\n"
+            "and for the default."
+        ),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("policies", nargs="+", metavar="POLICY", help="a policy file or preset")
+    parser.add_argument(
+        "--json", action="store_true", help="print a JSON list (one object per valid policy)"
+    )
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    print("not yet implemented")
-    return 1
+    valid: list[Policy] = []
+    for arg in args.policies:
+        try:
+            valid.append(resolve_policy(arg))
+        except PolicyError as err:
+            print(err, file=sys.stderr)
+        except FwemuError as err:
+            print(f"fwemu: {err}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([policy_to_dict(p) for p in valid], indent=2))
+    else:
+        console = Console(file=sys.stdout, highlight=False)
+        if not console.is_terminal:
+            # No terminal width to fit: wide enough that cells rarely wrap (tables only take
+            # the width they need).
+            console.width = _PIPE_WIDTH
+        for index, policy in enumerate(valid):
+            if index:
+                console.print()
+            _print_policy(console, policy)
+    return 0 if len(valid) == len(args.policies) else 2
+
+
+def policy_to_dict(policy: Policy) -> dict[str, Any]:
+    """The JSON form of a policy: every profile with its effective values, seconds as numbers."""
+    rules = {rule.profile.name: rule.match for rule in policy.rules}
+    return {
+        "name": policy.name,
+        "origin": policy.origin,
+        "description": policy.description,
+        "sources": list(policy.sources),
+        "profiles": [_profile_to_dict(p, rules.get(p.name)) for p in policy.profiles],
+    }
+
+
+def _profile_to_dict(profile: Profile, match: Match | None) -> dict[str, Any]:
+    oos = profile.out_of_state
+    return {
+        "name": profile.name,
+        "match": None if match is None else _match_fields(match),
+        "timeouts": {
+            state: getattr(profile.timeouts, state)
+            for states in PHASE_STATES.values()
+            for state in states
+        },
+        "on_expire": {phase.value: profile.on_expire.for_phase(phase).value for phase in Phase},
+        "out_of_state": {
+            "action": oos.action.value,
+            "from_client": oos.for_side(True).value,
+            "from_server": oos.for_side(False).value,
+            "pickup": oos.pickup,
+            "remember": oos.remember,
+        },
+    }
+
+
+def _match_fields(match: Match) -> dict[str, list[str | int]]:
+    """The match as policy TOML would write it; absent keys match anything."""
+    fields: dict[str, list[str | int]] = {}
+    for key in ("src", "dst"):
+        if nets := getattr(match, key):
+            fields[key] = [str(net) for net in nets]
+    for key in ("src_port", "dst_port"):
+        if ranges := getattr(match, key):
+            fields[key] = [_port_text(r) for r in ranges]
+    return fields
+
+
+def _port_text(ports: PortRange) -> str | int:
+    return ports.low if ports.low == ports.high else f"{ports.low}-{ports.high}"
+
+
+_PIPE_WIDTH = 120
+
+# --- the readable table ---------------------------------------------------------------------
+
+
+def _print_policy(console: Console, policy: Policy) -> None:
+    heading = Text(policy.name, style="bold")
+    if policy.description:
+        heading.append(f": {policy.description}")
+    console.print(heading, soft_wrap=True)
+    console.print(Text(f"from {policy.origin}", style="dim"), soft_wrap=True)
+    for source in policy.sources:
+        console.print(Text(f"source: {source}", style="dim"), soft_wrap=True)
+    rules = {rule.profile.name: rule.match for rule in policy.rules}
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for column in ("profile", "phase", "timeout", "on expire"):
+        table.add_column(column)
+    for profile in policy.profiles:
+        _add_profile(table, profile, rules.get(profile.name))
+    console.print(table)
+
+
+def _add_profile(table: Table, profile: Profile, match: Match | None) -> None:
+    """One row per phase, then the out-of-state row; the first column names the profile."""
+    labels = [Text(profile.name, style="bold"), *_match_lines(match)]
+    for phase in Phase:
+        states = PHASE_STATES[phase]
+        table.add_row(
+            labels.pop(0) if labels else "",
+            phase.value,
+            _timeouts_text(profile, states),
+            profile.on_expire.for_phase(phase).value,
+        )
+    table.add_row(
+        Text("\n").join(labels),
+        "out of state",
+        f"remember {format_duration(profile.out_of_state.remember)}",
+        _out_of_state_text(profile.out_of_state),
+        end_section=True,
+    )
+
+
+def _match_lines(match: Match | None) -> list[Text]:
+    if match is None:
+        return [Text("(everything else)", style="dim")]
+    fields = _match_fields(match)
+    if not fields:
+        return [Text("match: any", style="dim")]
+    return [
+        Text(f"{key} {', '.join(map(str, values))}", style="dim") for key, values in fields.items()
+    ]
+
+
+def _timeouts_text(profile: Profile, states: tuple[str, ...]) -> str:
+    """One duration when the phase's states share it, else "syn_sent 2m, syn_recv 1m"."""
+    values = [getattr(profile.timeouts, state) for state in states]
+    if len(set(values)) == 1:
+        return format_duration(values[0])
+    return ", ".join(f"{s} {format_duration(v)}" for s, v in zip(states, values, strict=True))
+
+
+def _out_of_state_text(oos: OutOfState) -> str:
+    sides = {"from client": oos.for_side(True), "from server": oos.for_side(False)}
+    parts = [oos.action.value]
+    parts += [f"{side}: {action.value}" for side, action in sides.items() if action != oos.action]
+    parts.append("pickup" if oos.pickup else "no pickup")
+    return ", ".join(parts)

@@ -1,0 +1,45 @@
+"""Policies: TOML files and presets -> the frozen, validated model the core enforces."""
+
+from fwemu.policy.duration import DurationError, format_duration, parse_duration
+from fwemu.policy.loader import PHASE_STATES, PolicyError, Problem, load_policy, loads_policy
+from fwemu.policy.model import (
+    ExpireAction,
+    IPNetwork,
+    Match,
+    OnExpire,
+    OutOfState,
+    OutOfStateAction,
+    Phase,
+    Policy,
+    PortRange,
+    Profile,
+    Rule,
+    Timeouts,
+)
+from fwemu.policy.presets import load_preset, preset_names, resolve_policy
+
+__all__ = [
+    "PHASE_STATES",
+    "DurationError",
+    "ExpireAction",
+    "IPNetwork",
+    "Match",
+    "OnExpire",
+    "OutOfState",
+    "OutOfStateAction",
+    "Phase",
+    "Policy",
+    "PolicyError",
+    "PortRange",
+    "Problem",
+    "Profile",
+    "Rule",
+    "Timeouts",
+    "format_duration",
+    "load_policy",
+    "load_preset",
+    "loads_policy",
+    "parse_duration",
+    "preset_names",
+    "resolve_policy",
+]

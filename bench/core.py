@@ -1,0 +1,134 @@
+"""Benchmark the sans-IO core: packets/s, µs per packet, and memory per tracked flow.
+
+    .venv/bin/python bench/core.py [--flows 100000 1000000] [--data-packets 300000]
+
+Drives flows through the engine (handshake, data, close) with synthetic IPv4 packets built once
+up front, so only the engine is timed. Targets (issue 2, one core of the 2-core dev machine):
+>= 300,000 packets/s for established data packets; <= 400 bytes per tracked flow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import struct
+import time
+import tracemalloc
+from collections.abc import Iterator
+
+from fwemu.core.engine import Engine
+from fwemu.policy.model import OnExpire, OutOfState, Policy, Profile, Timeouts
+
+_IP = struct.Struct("!BBHHHBBH4s4s")
+_TCP = struct.Struct("!HHIIBBHHH")
+SYN, ACK, FIN, PSH = 0x02, 0x10, 0x01, 0x08
+
+
+def segment(
+    src: bytes, sport: int, dst: bytes, dport: int, flags: int, seq: int, ack: int, payload: int = 0
+) -> bytes:
+    """An IPv4+TCP header (payload length in the IP header only, as an NFQUEUE copy-range gives)."""
+    ip = _IP.pack(0x45, 0, 40 + payload, 0, 0x4000, 64, 6, 0, src, dst)
+    tcp = _TCP.pack(sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags, 65535, 0, 0)
+    return ip + tcp
+
+
+def endpoints(i: int) -> tuple[bytes, int, bytes, int]:
+    client = bytes((10, 1 + (i >> 16) % 200, (i >> 8) & 255, i & 255))
+    return client, 10000 + i % 50000, bytes((10, 250, 0, 1)), 443
+
+
+def handshake(i: int) -> Iterator[bytes]:
+    c, cp, s, sp = endpoints(i)
+    yield segment(c, cp, s, sp, SYN, 1000, 0)
+    yield segment(s, sp, c, cp, SYN | ACK, 9000, 1001)
+    yield segment(c, cp, s, sp, ACK, 1001, 9001)
+
+
+def close(i: int, sent: int) -> Iterator[bytes]:
+    c, cp, s, sp = endpoints(i)
+    yield segment(c, cp, s, sp, FIN | ACK, 1001 + sent, 9001)
+    yield segment(s, sp, c, cp, FIN | ACK, 9001, 1002 + sent)
+    yield segment(c, cp, s, sp, ACK, 1002 + sent, 9002)
+
+
+def policy() -> Policy:
+    return Policy("bench", Profile("default", Timeouts(), OnExpire(), OutOfState()))
+
+
+def bench_data(flows: int, packets: int) -> None:
+    engine = Engine(policy())
+    for i in range(flows):
+        for p in handshake(i):
+            engine.handle_packet(p, now=0.0)
+    per_flow = packets // flows
+    data = []
+    for k in range(per_flow):
+        for i in range(flows):
+            c, cp, s, sp = endpoints(i)
+            if k % 2 == 0:
+                data.append(segment(c, cp, s, sp, ACK | PSH, 1001 + 100 * k, 9001, 100))
+            else:
+                data.append(segment(s, sp, c, cp, ACK, 9001, 1001 + 100 * k, 0))
+    handle = engine.handle_packet
+    best = float("inf")
+    for rep in range(5):
+        now = 1.0 + rep
+        t0 = time.perf_counter()
+        for p in data:
+            handle(p, now=now)
+        best = min(best, time.perf_counter() - t0)
+    n = len(data)
+    print(
+        f"established data packets: {n / best:>12,.0f} packets/s  {best / n * 1e6:6.2f} µs/packet "
+        f"({flows:,} flows, best of 5)"
+    )
+
+    t0 = time.perf_counter()
+    count = 0
+    for i in range(flows, flows + 20_000):
+        for p in (*handshake(i), *close(i, 0)):
+            handle(p, now=10.0)
+            count += 1
+    dt = time.perf_counter() - t0
+    print(
+        f"whole connections:        {20_000 / dt:>12,.0f} connections/s "
+        f"({count / dt:,.0f} packets/s incl. packet building)"
+    )
+
+
+def bench_memory(flows: int) -> None:
+    gc.collect()
+    tracemalloc.start()
+    engine = Engine(policy())
+    before, _ = tracemalloc.get_traced_memory()
+    for i in range(flows):
+        c, cp, s, sp = endpoints(i)
+        engine.handle_packet(segment(c, cp, s, sp, SYN, 1000 + i, 0), now=0.0)
+        engine.handle_packet(segment(s, sp, c, cp, SYN | ACK, 9000 + i, 1001 + i), now=0.0)
+        engine.handle_packet(segment(c, cp, s, sp, ACK | PSH, 1001 + i, 9001 + i, 500), now=0.0)
+    gc.collect()
+    after, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(engine.table) == flows, len(engine.table)
+    print(
+        f"memory per tracked flow:  {(after - before) / flows:>12,.0f} bytes "
+        f"({flows:,} ESTABLISHED flows)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--flows", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--data-flows", type=int, default=10_000)
+    parser.add_argument("--data-packets", type=int, default=300_000)
+    args = parser.parse_args()
+    bench_data(args.data_flows, args.data_packets)
+    for n in args.flows:
+        bench_memory(n)
+
+
+if __name__ == "__main__":
+    main()

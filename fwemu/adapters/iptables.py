@@ -1,0 +1,184 @@
+"""fwemu's iptables rules: TCP in FORWARD -> NFQUEUE, in a chain of its own so removal is exact.
+
+Per family (iptables, ip6tables) and queue N::
+
+    -I FORWARD 1 -p tcp -m comment --comment fwemu:qN -j FWEMU-QN
+    -A FWEMU-QN [-i IF] [-o IF] [-s NET] [-d NET] -j NFQUEUE --queue-num N --queue-bypass
+
+The jump goes first in FORWARD so that an earlier ACCEPT cannot hide packets from the state
+machine. `--queue-bypass` lets traffic through while no program is bound to the queue (a crashed
+or SIGKILLed fwemu), per reference/tcp-rst-and-nfqueue.md §3.3.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+from fwemu.errors import FwemuError
+from fwemu.policy.model import IPNetwork
+
+Family = Literal[4, 6]
+FAMILIES: tuple[Family, ...] = (4, 6)
+_BINARY: dict[Family, str] = {4: "iptables", 6: "ip6tables"}
+
+
+class IptablesError(FwemuError):
+    """iptables is missing, refused a rule, or the kernel lacks the NFQUEUE target."""
+
+
+@dataclass(frozen=True, slots=True)
+class Capture:
+    """Which forwarded TCP packets go to the queue; empty tuples mean "any".
+
+    Rules are the product of the selectors. A family gets no rules at all when addresses are
+    given for the other family only (`--src 10.0.0.0/8` captures no IPv6).
+    """
+
+    in_interfaces: tuple[str, ...] = ()
+    out_interfaces: tuple[str, ...] = ()
+    sources: tuple[IPNetwork, ...] = ()
+    destinations: tuple[IPNetwork, ...] = ()
+
+    def selectors(self, family: Family) -> tuple[tuple[str, ...], ...]:
+        """The match arguments of each queueing rule for `family` (possibly none)."""
+        src = _of_family(self.sources, family)
+        dst = _of_family(self.destinations, family)
+        if src == () or dst == ():
+            return ()
+        return tuple(
+            tuple(itertools.chain(*parts))
+            for parts in itertools.product(
+                _options("-i", self.in_interfaces),
+                _options("-o", self.out_interfaces),
+                _options("-s", src),
+                _options("-d", dst),
+            )
+        )
+
+    def describe(self) -> str:
+        parts = [
+            *(f"in {i}" for i in self.in_interfaces),
+            *(f"out {i}" for i in self.out_interfaces),
+            *(f"src {n}" for n in self.sources),
+            *(f"dst {n}" for n in self.destinations),
+        ]
+        return ", ".join(parts) or "all forwarded TCP"
+
+
+def _of_family(nets: tuple[IPNetwork, ...], family: Family) -> tuple[str, ...] | None:
+    """The networks of `family` as strings; None when no selector was given at all (= any)."""
+    if not nets:
+        return None
+    return tuple(str(n) for n in nets if n.version == family)
+
+
+def _options(flag: str, values: tuple[str, ...] | None) -> tuple[tuple[str, ...], ...]:
+    return ((),) if not values else tuple((flag, v) for v in values)
+
+
+def chain_name(queue: int) -> str:
+    return f"FWEMU-Q{queue}"
+
+
+def jump_rule(queue: int) -> tuple[str, ...]:
+    """The FORWARD rule's match and target (without the -I/-D verb)."""
+    return ("-p", "tcp", "-m", "comment", "--comment", f"fwemu:q{queue}", "-j", chain_name(queue))
+
+
+def queue_target(queue: int) -> tuple[str, ...]:
+    return ("-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass")
+
+
+def _iptables(family: Family, *args: str) -> subprocess.CompletedProcess[str]:
+    # -w: wait for the xtables lock instead of failing when another tool holds it.
+    return subprocess.run(
+        [_BINARY[family], "-w", "-t", "filter", *args], capture_output=True, text=True, check=False
+    )
+
+
+def _must(family: Family, *args: str) -> None:
+    result = _iptables(family, *args)
+    if result.returncode != 0:
+        detail = (result.stderr.strip() or result.stdout.strip()).splitlines()
+        reason = detail[-1] if detail else f"exit status {result.returncode}"
+        raise IptablesError(f"{_BINARY[family]} {' '.join(args)}: {reason}")
+
+
+def check_available(queue: int) -> None:
+    """Refuse early, changing nothing that stays: both binaries exist and NFQUEUE rules load.
+
+    The NFQUEUE target is probed by adding it to a scratch chain that no packet reaches.
+    """
+    for family in FAMILIES:
+        if shutil.which(_BINARY[family]) is None:
+            raise IptablesError(
+                f"{_BINARY[family]} not found in PATH: fwemu needs it to install its NFQUEUE "
+                "rules (or pass --no-rules and queue the traffic yourself)"
+            )
+    probe = f"FWEMU-PROBE-Q{queue}"
+    for family in FAMILIES:
+        _delete_chain(family, probe)
+        _must(family, "-N", probe)
+        try:
+            _must(family, "-A", probe, *queue_target(queue))
+        except IptablesError as err:
+            raise IptablesError(f"the kernel cannot queue packets to userspace ({err})") from None
+        finally:
+            _delete_chain(family, probe)
+
+
+def _delete_chain(family: Family, chain: str) -> None:
+    if _iptables(family, "-S", chain).returncode == 0:
+        _must(family, "-F", chain)
+        _must(family, "-X", chain)
+
+
+def remove(queue: int) -> bool:
+    """Delete fwemu's rules for `queue` in both families; True if there was anything to delete.
+
+    Idempotent, and touches only fwemu's chain and the FORWARD rules jumping to it.
+    """
+    found = False
+    for family in FAMILIES:
+        while _iptables(family, "-C", "FORWARD", *jump_rule(queue)).returncode == 0:
+            _must(family, "-D", "FORWARD", *jump_rule(queue))
+            found = True
+        if _iptables(family, "-S", chain_name(queue)).returncode == 0:
+            _delete_chain(family, chain_name(queue))
+            found = True
+    return found
+
+
+def install(queue: int, capture: Capture) -> tuple[Family, ...]:
+    """Add the rules (replacing any left by a killed fwemu on this queue); the families covered.
+
+    On failure nothing is left installed.
+    """
+    remove(queue)
+    families = tuple(f for f in FAMILIES if capture.selectors(f))
+    try:
+        for family in families:
+            _must(family, "-N", chain_name(queue))
+            for selector in capture.selectors(family):
+                _must(family, "-A", chain_name(queue), *selector, *queue_target(queue))
+            _must(family, "-I", "FORWARD", "1", *jump_rule(queue))
+    except BaseException:
+        remove(queue)
+        raise
+    return families
+
+
+@contextmanager
+def installed(queue: int, capture: Capture) -> Iterator[tuple[Family, ...]]:
+    """The rules for the duration of the block, removed on every way out."""
+    families = install(queue, capture)
+    try:
+        yield families
+    finally:
+        remove(queue)

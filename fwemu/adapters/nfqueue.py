@@ -1,0 +1,203 @@
+"""Binding an NFQUEUE with python-netfilterqueue, plus the queue flags the library cannot set.
+
+Facts and numbers from reference/tcp-rst-and-nfqueue.md §3 (kernel) and §4 (netfilterqueue 1.1.0).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import struct
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from netfilterqueue import COPY_PACKET, NetfilterQueue, Packet
+
+from fwemu.errors import FwemuError
+
+# thread-self, not /proc/net (= /proc/self/net, the main thread's namespace): a thread that
+# entered another namespace with setns(2) sees its own queues.
+PROC_QUEUES = "/proc/thread-self/net/netfilter/nfnetlink_queue"
+
+# Header-only copies: 60-byte IPv4 or 40-byte IPv6 header + 60-byte TCP header fit (§3.2, §3.10).
+COPY_RANGE = 128
+# Kernel default is 1024 (NFQNL_QMAX_DEFAULT, §3.1); more absorbs bursts (§3.6).
+MAX_LEN = 8192
+# Receive buffer: about 1 KiB of skb truesize per header-only message, for a full queue.
+SOCK_LEN = MAX_LEN * 1024
+
+# UAPI linux/netlink.h, linux/netfilter/nfnetlink.h and nfnetlink_queue.h (§3.1, §3.10).
+SOL_NETLINK = 270
+NETLINK_NO_ENOBUFS = 5
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+NLMSG_ERROR = 0x2
+NFNL_SUBSYS_QUEUE = 3
+NFQNL_MSG_PACKET = NFNL_SUBSYS_QUEUE << 8 | 0
+NFQNL_MSG_VERDICT = NFNL_SUBSYS_QUEUE << 8 | 1
+NFQNL_MSG_CONFIG = NFNL_SUBSYS_QUEUE << 8 | 2
+NFQA_PACKET_HDR = 1
+NFQA_VERDICT_HDR = 2
+NFQA_CFG_MASK = 4
+NFQA_CFG_FLAGS = 5
+NFQA_CFG_F_FAIL_OPEN = 1 << 0
+NFQA_CFG_F_GSO = 1 << 2
+NF_ACCEPT = 1
+
+_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid (host order)
+_NFGENMSG = struct.Struct("!BBH")  # family, version, res_id (network order)
+_NLATTR = struct.Struct("=HH")  # len, type (host order); payloads are network order
+_CONFIG_SEQ = 0x46574D55  # "FWMU": tells our ACK apart from libnetfilter_queue's traffic
+_ACK_TIMEOUT = 2.0  # seconds; the kernel answers config messages synchronously
+
+
+class QueueError(FwemuError):
+    """The queue cannot be bound or configured."""
+
+
+def bound_queues() -> dict[int, int]:
+    """Queue number -> netlink portid of every queue bound in this network namespace (§3.3)."""
+    try:
+        with open(PROC_QUEUES) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return {}
+    return {int(cols[0]): int(cols[1]) for cols in (line.split() for line in lines) if cols}
+
+
+def ensure_free(queue: int) -> None:
+    """Refuse a queue another process holds: binding it would fail, but only after setup."""
+    portid = bound_queues().get(queue)
+    if portid is not None:
+        raise QueueError(
+            f"NFQUEUE {queue} is already bound by another program (netlink portid {portid}); "
+            "stop it or pick another queue with --queue"
+        )
+
+
+def _nlattr_u32(kind: int, value: int) -> bytes:
+    return _NLATTR.pack(8, kind) + struct.pack("!I", value)
+
+
+def _nfq_message(kind: int, flags: int, seq: int, queue: int, attrs: bytes) -> bytes:
+    body = _NFGENMSG.pack(socket.AF_UNSPEC, 0, queue) + attrs
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, flags, seq, 0) + body
+
+
+def config_flags_message(queue: int, *, fail_open: bool) -> bytes:
+    """NFQNL_MSG_CONFIG setting F_GSO and setting or clearing F_FAIL_OPEN (§3.10)."""
+    mask = NFQA_CFG_F_GSO | NFQA_CFG_F_FAIL_OPEN
+    flags = NFQA_CFG_F_GSO | (NFQA_CFG_F_FAIL_OPEN if fail_open else 0)
+    attrs = _nlattr_u32(NFQA_CFG_MASK, mask) + _nlattr_u32(NFQA_CFG_FLAGS, flags)
+    return _nfq_message(NFQNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, _CONFIG_SEQ, queue, attrs)
+
+
+def _accept_message(queue: int, packet_id: int) -> bytes:
+    attr = _NLATTR.pack(4 + 8, NFQA_VERDICT_HDR) + struct.pack("!II", NF_ACCEPT, packet_id)
+    return _nfq_message(NFQNL_MSG_VERDICT, NLM_F_REQUEST, 0, queue, attr)
+
+
+def _packet_id(message: bytes) -> int | None:
+    """The id in an NFQNL_MSG_PACKET's NFQA_PACKET_HDR attribute."""
+    offset = _NLMSGHDR.size + _NFGENMSG.size
+    while offset + _NLATTR.size <= len(message):
+        length, kind = _NLATTR.unpack_from(message, offset)
+        if length < _NLATTR.size:
+            return None
+        if kind & 0x3FFF == NFQA_PACKET_HDR:  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+            packet_id: int = struct.unpack_from("!I", message, offset + _NLATTR.size)[0]
+            return packet_id
+        offset += (length + 3) & ~3
+    return None
+
+
+def set_flags(sock: socket.socket, queue: int, *, fail_open: bool) -> None:
+    """Send the config message on the queue's own socket and wait for the kernel's ACK.
+
+    Only the portid that bound a queue may configure it, hence the library's socket. A packet
+    that arrives before the ACK (rules already in place) is accepted here: it never reaches
+    the library, and every queued packet must get a verdict.
+    """
+    sock.send(config_flags_message(queue, fail_open=fail_open))
+    while True:
+        if not select.select([sock], [], [], _ACK_TIMEOUT)[0]:
+            raise QueueError(f"no answer from the kernel when setting NFQUEUE {queue}'s flags")
+        data = sock.recv(65536)
+        offset = 0
+        while offset + _NLMSGHDR.size <= len(data):
+            length, kind, _, seq, _ = _NLMSGHDR.unpack_from(data, offset)
+            message = data[offset : offset + length]
+            if kind == NLMSG_ERROR and seq == _CONFIG_SEQ:
+                (code,) = struct.unpack_from("=i", message, _NLMSGHDR.size)
+                if code != 0:
+                    raise QueueError(
+                        f"the kernel refused NFQUEUE {queue}'s flags: {os.strerror(-code)}"
+                    )
+                return
+            if kind == NFQNL_MSG_PACKET and (packet_id := _packet_id(message)) is not None:
+                sock.send(_accept_message(queue, packet_id))
+            offset += max((length + 3) & ~3, _NLMSGHDR.size)
+
+
+@contextmanager
+def bound(
+    queue: int, callback: Callable[[Packet], None], *, fail_open: bool
+) -> Iterator[NetfilterQueue]:
+    """The queue bound and configured for the block's duration; unbound on every way out.
+
+    Fails before binding when another process holds the queue (`ensure_free`).
+    """
+    ensure_free(queue)
+    nfq = NetfilterQueue()
+    try:
+        nfq.bind(
+            queue, callback, max_len=MAX_LEN, mode=COPY_PACKET, range=COPY_RANGE, sock_len=SOCK_LEN
+        )
+    except OSError:
+        raise QueueError(
+            f"cannot bind NFQUEUE {queue}: another program holds it, or this is not root"
+        ) from None
+    try:
+        with queue_socket(nfq) as sock:
+            # ENOBUFS only says the kernel dropped messages; with fail-open it accepted them (§3.3).
+            sock.setsockopt(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)
+            set_flags(sock, queue, fail_open=fail_open)
+        yield nfq
+    finally:
+        nfq.unbind()
+
+
+@contextmanager
+def queue_socket(nfq: NetfilterQueue) -> Iterator[socket.socket]:
+    """A duplicate of the library's netlink socket (same portid), closed after the block."""
+    sock = socket.fromfd(nfq.get_fd(), socket.AF_NETLINK, socket.SOCK_RAW)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+class BudgetSocket:
+    """What `NetfilterQueue.run_socket` reads from: at most `budget` messages, never blocking.
+
+    `run(block=False)` drains the socket until it is empty, which under a steady stream never
+    happens and would starve the timers; this stops the batch after `budget` messages.
+    """
+
+    def __init__(self, sock: socket.socket, budget: int) -> None:
+        self._sock = sock
+        self._budget = budget
+        self._left = budget
+
+    def recv(self, size: int) -> bytes:
+        if self._left <= 0:
+            self._left = self._budget
+            raise BlockingIOError(errno.EAGAIN, "batch budget used")
+        self._left -= 1
+        try:
+            return self._sock.recv(size, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            self._left = self._budget
+            raise

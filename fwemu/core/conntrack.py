@@ -1,0 +1,689 @@
+"""The flow table and the TCP state machine over it (pure: packets and `now` in, outcomes out).
+
+The table is columnar: one `array` per field, indexed by a slot number, plus a dict from the
+canonical flow key to the slot. A slotted object per flow costs ~600 bytes at the sizes that
+matter (each 32-bit sequence number is a 32-byte int object); columns cost ~200. `FlowInfo` is the
+readable snapshot for everything outside the hot path.
+
+The state machine is `fwemu.core.states.TRANSITIONS` plus the special cases Linux applies after
+the table lookup (`nf_conntrack_tcp_packet()`), each marked where it is implemented. Not
+emulated: `tcp_in_window()`'s window checks (out-of-window packets are tracked as in-window) and
+the RETRANS/UNACK timeout caps, which policies don't model.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from array import array
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from fwemu.core import packet as pk
+from fwemu.core.decision import IGNORED, IN_STATE, Decision, Verdict, accept
+from fwemu.core.events import (
+    Event,
+    FlowDeleted,
+    FlowExpired,
+    FlowId,
+    FlowNew,
+    OutOfState,
+    ResetSent,
+    StateChanged,
+)
+from fwemu.core.states import (
+    CLOSING_STATES,
+    ORIGINAL,
+    PHASE_OF,
+    REPLY,
+    TIMEOUT_FIELD,
+    TRANSITIONS,
+    PacketClass,
+    State,
+    classify,
+    flags_valid,
+)
+from fwemu.core.timers import Timers
+from fwemu.policy.model import ExpireAction, OutOfStateAction, Policy, Profile
+
+_SYN, _SYNACK, _FIN, _ACK, _RST = (
+    PacketClass.SYN,
+    PacketClass.SYNACK,
+    PacketClass.FIN,
+    PacketClass.ACK,
+    PacketClass.RST,
+)
+_INVALID_CLASS = -1
+# Packet class per TCP flags byte, or _INVALID_CLASS for combinations tcp_error() rejects.
+_CLASS_OF: tuple[int, ...] = tuple(
+    int(classify(f)) if flags_valid(f) else _INVALID_CLASS for f in range(256)
+)
+
+# Per-flow flag bits (the kernel keeps these in ct->status and seen[dir].flags).
+SEEN_REPLY = 1 << 0
+ASSURED = 1 << 1
+CLOSE_INIT = (1 << 2, 1 << 3)  # per direction: this side sent the first FIN
+MAXACK_SET = (1 << 4, 1 << 5)  # per direction: this side has sent an ACK
+SIMULTANEOUS_OPEN = 1 << 6
+CHALLENGE_ACK_EXPECTED = 1 << 7  # a SYN was let through in LAST_ACK (IP_CT_EXP_CHALLENGE_ACK)
+
+_MASK32 = 0xFFFFFFFF
+_NO_LAST = 7  # last_index value before any packet: matches no PacketClass
+
+
+def _after(a: int, b: int) -> bool:
+    """Sequence-space a > b (RFC 1982 serial arithmetic, as the kernel's after())."""
+    return 0 < ((a - b) & _MASK32) < 0x80000000
+
+
+@dataclass(frozen=True, slots=True)
+class FlowInfo:
+    """A readable snapshot of one tracked flow."""
+
+    flow: FlowId
+    state: str
+    phase: str
+    rule: str
+    age: float
+    idle: float
+    expires_in: float | None  # None: no timer in this state
+    packets: tuple[int, int]  # (from client, from server)
+    bytes: tuple[int, int]  # TCP payload bytes (from client, from server)
+    next_seq: tuple[int, int]  # highest sequence end sent (client, server)
+    last_ack: tuple[int, int]  # latest ACK value sent (client, server)
+
+
+@dataclass(frozen=True, slots=True)
+class _Tombstone:
+    """An expired flow, remembered so a late packet can say which flow it was and which side."""
+
+    client_forward: bool  # the client is the key's first endpoint
+    expired_at: float
+    phase: str
+    state: str
+    profile: int
+    forget_at: float
+
+
+class FlowTable:
+    """Tracks flows; `packet()` per accepted-or-not packet, `expire_due()` when timers run out."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self._profiles: list[Profile] = list(policy.profiles)
+        # Timeout per profile per State value (None = never), looked up on every packet.
+        self._timeouts: list[tuple[float | None, ...]] = [
+            tuple(
+                getattr(p.timeouts, TIMEOUT_FIELD[State(s)]) if State(s) in TIMEOUT_FIELD else None
+                for s in range(len(State))
+            )
+            for p in self._profiles
+        ]
+        self._index: dict[bytes, int] = {}
+        self._keys: list[bytes | None] = []
+        self._free: list[int] = []
+        self._state = array("B")
+        self._flags = array("B")
+        self._client_fwd = array("B")  # 1 if the client is the key's first endpoint
+        self._profile = array("H")
+        self._last = array("B")  # last_index | last_dir << 3, as the kernel's last_index/last_dir
+        self._last_end = array("I")
+        self._created = array("d")
+        self._seen_at = array("d")  # time of the last accepted packet that refreshed the timer
+        # Per direction (ORIGINAL, REPLY): ISN, highest seq end sent, latest ACK, counters.
+        self._isn = (array("I"), array("I"))
+        self._end = (array("I"), array("I"))
+        self._ack = (array("I"), array("I"))
+        self._pkts = (array("Q"), array("Q"))
+        self._bytes = (array("Q"), array("Q"))
+        self.timers = Timers()
+        self._tombstones: dict[bytes, _Tombstone] = {}
+        self._forget_queues: list[deque[bytes]] = [deque() for _ in self._profiles]
+
+    # ---------------------------------------------------------------- queries
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._index
+
+    def flows(self, now: float) -> list[FlowInfo]:
+        return [self._info(slot, now) for slot in self._index.values()]
+
+    def info(self, key: bytes, now: float) -> FlowInfo | None:
+        slot = self._index.get(key)
+        return None if slot is None else self._info(slot, now)
+
+    def _info(self, slot: int, now: float) -> FlowInfo:
+        state = State(self._state[slot])
+        deadline = self.timers.deadline(slot)
+        return FlowInfo(
+            flow=self._flow_id(slot),
+            state=state.name,
+            phase=PHASE_OF[state].value,
+            rule=self._profiles[self._profile[slot]].name,
+            age=now - self._created[slot],
+            idle=now - self._seen_at[slot],
+            expires_in=None if deadline is None else deadline - now,
+            packets=(self._pkts[0][slot], self._pkts[1][slot]),
+            bytes=(self._bytes[0][slot], self._bytes[1][slot]),
+            next_seq=(self._end[0][slot], self._end[1][slot]),
+            last_ack=(self._ack[0][slot], self._ack[1][slot]),
+        )
+
+    # ---------------------------------------------------------------- packets
+
+    def packet(self, seg: pk.Segment, now: float) -> Decision:
+        cls = _CLASS_OF[seg.flags]
+        slot = self._index.get(seg.key)
+        if slot is None:
+            return self._no_flow(seg, cls, now)
+        if cls == _INVALID_CLASS:
+            return self._invalid(slot, seg, now, "invalid TCP flags")
+        d = ORIGINAL if seg.forward == self._client_fwd[slot] else REPLY
+        old = self._state[slot]
+        new = TRANSITIONS[d][cls][old]
+        if new == old and cls == _ACK and old != State.SYN_RECV:
+            # Fast path: an in-state ACK or data segment (the vast majority of packets). SYN_RECV
+            # is excluded: a reply ACK there may complete a simultaneous open.
+            self._track(slot, d, cls, seg)
+            flags = self._flags[slot]
+            if d and not flags & SEEN_REPLY:
+                self._flags[slot] = flags | SEEN_REPLY
+            elif not flags & ASSURED and old == State.ESTABLISHED and flags & SEEN_REPLY:
+                self._flags[slot] = flags | ASSURED
+            self._refresh(slot, old, now)
+            return IN_STATE
+        return self._transition(slot, d, cls, old, new, seg, now)
+
+    def _transition(
+        self, slot: int, d: int, cls: int, old: int, new: int, seg: pk.Segment, now: float
+    ) -> Decision:
+        """nf_conntrack_tcp_packet() after the table lookup: its special cases in kernel order."""
+        flags = self._flags[slot]
+        last = self._last[slot]
+        last_index, last_dir = last & 7, last >> 3
+        if new == State.SYN_SENT and old >= State.TIME_WAIT:
+            # A SYN re-opening a closed connection: kill the entry and track the SYN afresh
+            # (-NF_REPEAT) if either side closed it or this side last sent a RST; else ignore it.
+            if flags & (CLOSE_INIT[0] | CLOSE_INIT[1]) or (last_dir == d and last_index == _RST):
+                gone = self._remove(slot, now, reason="reopened")
+                out = self._new_flow(seg, cls, now)
+                return accept("reopened", gone, *out.events)
+            new = State.IGNORE
+        if new == State.IGNORE:
+            if (
+                cls == _SYNACK
+                and last_index == _SYN
+                and last_dir != d
+                and seg.ack == self._last_end[slot]
+            ):
+                # The SYN/ACK answers a SYN we ignored: client and server are in sync and we are
+                # not; resynchronise from the annotated SYN (old = SYN_SENT, new = SYN_RECV).
+                self._end[last_dir][slot] = self._last_end[slot]
+                self._isn[last_dir][slot] = (self._last_end[slot] - 1) & _MASK32
+                self._end[d][slot] = self._ack[d][slot] = 0
+                self._flags[slot] = flags & ~MAXACK_SET[d]
+                old = State.SYN_SENT
+                new = State.SYN_RECV
+            else:
+                self._last[slot] = cls | d << 3
+                self._last_end[slot] = seg.end
+                if cls == _SYN and d == ORIGINAL:
+                    # An RFC 5961 challenge ACK may answer this SYN; in LAST_ACK it must not be
+                    # taken for the ACK of the last FIN.
+                    if old == State.LAST_ACK:
+                        self._flags[slot] = flags | CHALLENGE_ACK_EXPECTED
+                    else:
+                        self._flags[slot] = flags & ~CHALLENGE_ACK_EXPECTED
+                return IGNORED  # accepted, no state change, timer not refreshed
+        if new == State.INVALID:
+            return self._invalid(slot, seg, now, f"invalid in {State(old).name}")
+        if (
+            new == State.TIME_WAIT
+            and old == State.LAST_ACK
+            and cls == _ACK
+            and last_dir != d
+            and last_index == _SYN
+            and flags & CHALLENGE_ACK_EXPECTED
+        ):
+            self._flags[slot] = flags & ~CHALLENGE_ACK_EXPECTED
+            return accept("challenge ACK ignored")
+        if new == State.SYN_SENT2:
+            flags |= SIMULTANEOUS_OPEN
+        elif new == State.SYN_RECV and d == REPLY and cls == _ACK and flags & SIMULTANEOUS_OPEN:
+            new = State.ESTABLISHED
+        elif new == State.CLOSE and cls == _RST and old not in CLOSING_STATES:
+            verdict = self._check_rst(slot, d, old, seg, flags, last_index, last_dir)
+            if verdict is None:
+                return self._invalid(slot, seg, now, "invalid RST (below the receiver's ACK)")
+            if verdict is False:
+                new = old  # not exact: keep the state, allow a challenge ACK
+        # in_window:
+        self._last[slot] = cls | d << 3
+        self._last_end[slot] = seg.end
+        if old != new and new == State.FIN_WAIT:
+            flags |= CLOSE_INIT[d]
+        self._track(slot, d, cls, seg)
+        self._state[slot] = new
+        events: list[Event] = []
+        if old != new:
+            events.append(self._state_event(slot, now, State(old), State(new)))
+        if not flags & SEEN_REPLY:
+            if cls == _RST:
+                # The only reply is a RST: the kernel deletes the entry at once.
+                self._flags[slot] = flags
+                events.append(self._remove(slot, now, reason="reset before any reply"))
+                return accept("reset before any reply", *events)
+            if cls == _SYN and old == State.SYN_SENT:
+                self._flags[slot] = flags | (SEEN_REPLY if d else 0)
+                return accept("SYN retransmit (timer not renewed)", *events)
+        elif (
+            not flags & ASSURED
+            and new == State.ESTABLISHED
+            and old
+            in (
+                State.SYN_RECV,
+                State.ESTABLISHED,
+            )
+        ):
+            flags |= ASSURED
+        if d:
+            flags |= SEEN_REPLY
+        self._flags[slot] = flags
+        self._refresh(slot, State.CLOSE if cls == _RST else new, now)
+        return accept("in-state", *events) if events else IN_STATE
+
+    def _check_rst(
+        self,
+        slot: int,
+        d: int,
+        old: int,
+        seg: pk.Segment,
+        flags: int,
+        last_index: int,
+        last_dir: int,
+    ) -> bool | None:
+        """The kernel's RST checks outside the closing states: True = accept and close,
+        False = accept but keep the state (inexact seq), None = invalid."""
+        other = 1 - d
+        if not flags & MAXACK_SET[other] or last_index == _SYN:
+            return True
+        seq = seg.seq
+        established = old == State.ESTABLISHED and bool(flags & ASSURED)
+        if seq == 0 and not established:
+            return True  # most likely the answer to a SYN we let through
+        max_ack = self._ack[other][slot]
+        if _after(max_ack, seq):
+            return None
+        if not established or seq == max_ack:
+            return True
+        # A RST continuing a data train from the same side is exact enough.
+        return last_index == _ACK and last_dir == d and seq == self._last_end[slot]
+
+    def _track(self, slot: int, d: int, cls: int, seg: pk.Segment) -> None:
+        """Sequence numbers an RST needs, and counters."""
+        end = seg.end
+        if cls in (_SYN, _SYNACK):
+            self._isn[d][slot] = seg.seq
+            self._end[d][slot] = end
+        elif _after(end, self._end[d][slot]) or not self._pkts[d][slot]:
+            self._end[d][slot] = end
+        if seg.flags & pk.TCP_ACK:
+            self._ack[d][slot] = seg.ack
+            self._flags[slot] |= MAXACK_SET[d]
+        self._pkts[d][slot] += 1
+        self._bytes[d][slot] += seg.payload_len
+
+    def _refresh(self, slot: int, state: int, now: float) -> None:
+        timeout = self._timeouts[self._profile[slot]][state]
+        self._seen_at[slot] = now
+        self.timers.set(slot, None if timeout is None else now + timeout)
+
+    # ---------------------------------------------------------------- new flows, out-of-state
+
+    def _no_flow(self, seg: pk.Segment, cls: int, now: float) -> Decision:
+        self._forget_tombstones(now)
+        if cls == _SYN:
+            return self._new_flow(seg, cls, now)
+        tomb = self._tombstone(seg.key, now)
+        if cls == _ACK:
+            profile = self._profile_index(seg, tomb)
+            if self._profiles[profile].out_of_state.pickup:
+                return self._new_flow(seg, cls, now, profile)
+        reason = "no flow" if cls != _INVALID_CLASS else "no flow, invalid TCP flags"
+        return self._out_of_state(seg, now, reason, tomb)
+
+    def _new_flow(
+        self, seg: pk.Segment, cls: int, now: float, profile: int | None = None
+    ) -> Decision:
+        """tcp_new(): a SYN opens SYN_SENT; a picked-up ACK opens ESTABLISHED (loose)."""
+        self._tombstones.pop(seg.key, None)
+        if profile is None:
+            profile = self._profile_index(seg, None)
+        slot = self._alloc(seg.key)
+        new = State.SYN_SENT if cls == _SYN else State.ESTABLISHED
+        self._state[slot] = new
+        self._client_fwd[slot] = seg.forward
+        self._profile[slot] = profile
+        self._created[slot] = now
+        self._last[slot] = cls
+        self._last_end[slot] = seg.end
+        self._track(slot, ORIGINAL, cls, seg)
+        self._refresh(slot, new, now)
+        event = FlowNew(now, self._flow_id(slot), new.name, self._profiles[profile].name)
+        return accept("new flow", event)
+
+    def _invalid(self, slot: int, seg: pk.Segment, now: float, reason: str) -> Decision:
+        """A packet the state table rejects on a live flow. It never resets the flow's
+        endpoints: `reset` in the policy answers late packets of *gone* flows only."""
+        d = ORIGINAL if seg.forward == self._client_fwd[slot] else REPLY
+        oos = self._profiles[self._profile[slot]].out_of_state.for_side(d == ORIGINAL)
+        action = (
+            OutOfStateAction.ACCEPT if oos == OutOfStateAction.ACCEPT else OutOfStateAction.DROP
+        )
+        flow = self._flow_id(slot)
+        event = OutOfState(
+            now,
+            flow,
+            reason=reason,
+            action=action.value,
+            side="client" if d == ORIGINAL else "server",
+            state=State(self._state[slot]).name,
+            rule=self._profiles[self._profile[slot]].name,
+        )
+        verdict = Verdict.ACCEPT if action == OutOfStateAction.ACCEPT else Verdict.DROP
+        return Decision(verdict, f"out-of-state: {reason}", (), (event,))
+
+    def _out_of_state(
+        self, seg: pk.Segment, now: float, reason: str, tomb: _Tombstone | None
+    ) -> Decision:
+        if tomb is None:
+            side: str | None = None
+            profile = self._profile_index(seg, None)
+            flow = _packet_flow_id(seg)
+            from_client: bool | None = None
+        else:
+            from_client = seg.forward == tomb.client_forward
+            side = "client" if from_client else "server"
+            profile = tomb.profile
+            flow = _key_flow_id(seg.key, tomb.client_forward)
+            reason = f"{reason} (expired)"
+        action = self._profiles[profile].out_of_state.for_side(from_client)
+        events: list[Event] = [
+            OutOfState(
+                now,
+                flow,
+                reason=reason,
+                action=action.value,
+                side=side,
+                state=None,
+                rule=self._profiles[profile].name,
+                expired_at=None if tomb is None else tomb.expired_at,
+                expired_phase=None if tomb is None else tomb.phase,
+            )
+        ]
+        inject: tuple[bytes, ...] = ()
+        if action == OutOfStateAction.RESET and not seg.flags & pk.TCP_RST:
+            rst = pk.build_reply_rst(seg)
+            inject = (rst,)
+            to_seg = pk.parse(rst)
+            assert isinstance(to_seg, pk.Segment)
+            events.append(
+                ResetSent(
+                    now,
+                    flow,
+                    to=side or "sender",
+                    seq=to_seg.seq,
+                    ack=to_seg.ack if to_seg.flags & pk.TCP_ACK else None,
+                    state=tomb.state if tomb else "NONE",
+                    cause="out_of_state",
+                    rule=self._profiles[profile].name,
+                )
+            )
+        verdict = Verdict.ACCEPT if action == OutOfStateAction.ACCEPT else Verdict.DROP
+        return Decision(verdict, f"out-of-state: {reason}", inject, tuple(events))
+
+    def _tombstone(self, key: bytes, now: float) -> _Tombstone | None:
+        tomb = self._tombstones.get(key)
+        if tomb is not None and tomb.forget_at <= now:
+            del self._tombstones[key]
+            return None
+        return tomb
+
+    def _profile_index(self, seg: pk.Segment, tomb: _Tombstone | None) -> int:
+        """The first rule matching the flow seen client > server, else the default profile.
+        Without a tombstone the packet's own direction is tried first, then the reverse."""
+        if tomb is not None:
+            return tomb.profile
+        if not self.policy.rules:
+            return len(self._profiles) - 1
+        addr_a, port_a, addr_b, port_b = pk.endpoints(seg.key)
+        a, b = ipaddress.ip_address(addr_a), ipaddress.ip_address(addr_b)
+        tries = [(a, port_a, b, port_b), (b, port_b, a, port_a)]
+        if not seg.forward:
+            tries.reverse()
+        for src, sport, dst, dport in tries:
+            for i, rule in enumerate(self.policy.rules):
+                if rule.match.matches(src, sport, dst, dport):
+                    return i
+        return len(self._profiles) - 1
+
+    # ---------------------------------------------------------------- expiry
+
+    def expire_due(self, now: float, limit: int) -> tuple[list[bytes], list[Event]]:
+        """Expire flows whose timer ran out (at most `limit`), doing what the policy says."""
+        inject: list[bytes] = []
+        events: list[Event] = []
+        for slot in self.timers.pop_due(now, limit):
+            self._expire(slot, now, None, inject, events)
+        self._forget_tombstones(now)
+        return inject, events
+
+    def expire_now(
+        self, keys: list[bytes], now: float, action: ExpireAction | None = None
+    ) -> tuple[list[bytes], list[Event]]:
+        """Expire the given flows at once, as if their timers fired (`fwemu expire`)."""
+        inject: list[bytes] = []
+        events: list[Event] = []
+        for key in keys:
+            slot = self._index.get(key)
+            if slot is not None:
+                self.timers.set(slot, None)
+                self._expire(slot, now, action, inject, events)
+        return inject, events
+
+    def keys(self) -> list[bytes]:
+        return list(self._index)
+
+    def _expire(
+        self,
+        slot: int,
+        now: float,
+        forced: ExpireAction | None,
+        inject: list[bytes],
+        events: list[Event],
+    ) -> None:
+        state = State(self._state[slot])
+        phase = PHASE_OF[state]
+        profile = self._profiles[self._profile[slot]]
+        action = forced or profile.on_expire.for_phase(phase)
+        flow = self._flow_id(slot)
+        events.append(
+            FlowExpired(
+                now,
+                flow,
+                state=state.name,
+                phase=phase.value,
+                action=action.value,
+                rule=profile.name,
+                timeout=None if forced else self._timeouts[self._profile[slot]][state],
+                idle=now - self._seen_at[slot],
+                forced=forced is not None,
+            )
+        )
+        if state != State.CLOSE:  # after a RST there is no connection left to reset
+            for d in _RESET_TARGETS[action]:
+                rst, seq, ack = self._reset_towards(slot, d)
+                inject.append(rst)
+                events.append(
+                    ResetSent(
+                        now,
+                        flow,
+                        to="client" if d == ORIGINAL else "server",
+                        seq=seq,
+                        ack=ack,
+                        state=state.name,
+                        cause="expire",
+                        rule=profile.name,
+                    )
+                )
+        key = self._keys[slot]
+        assert key is not None
+        self._forget_queues[self._profile[slot]].append(key)
+        self._tombstones[key] = _Tombstone(
+            client_forward=bool(self._client_fwd[slot]),
+            expired_at=now,
+            phase=phase.value,
+            state=state.name,
+            profile=self._profile[slot],
+            forget_at=now + profile.out_of_state.remember,
+        )
+        self._free_slot(slot)
+
+    def _reset_towards(self, slot: int, y: int) -> tuple[bytes, int, int | None]:
+        """A RST that endpoint `y` accepts in its likely state (reference §2.5).
+
+        seq = y's rcv_nxt = the highest sequence end its peer x sent (in SYN_SENT nothing: 0,
+        and the kernel checks only the ACK there). ack = y's own next sequence, which a client in
+        SYN_SENT requires (ISN+1) and a listener in SYN_RECV checks (ISN+1) when the ACK flag is
+        set; when y has sent nothing we cannot know its ISN, so the RST goes without ACK (which a
+        SYN_RECV request accepts on its exact seq).
+        """
+        x = 1 - y
+        if self._pkts[x][slot]:
+            seq = self._end[x][slot]
+        elif self._flags[slot] & MAXACK_SET[y]:
+            seq = self._ack[y][slot]  # y's ACK is its rcv_nxt (a picked-up flow's silent side)
+        else:
+            seq = 0
+        ack = self._end[y][slot] if self._pkts[y][slot] else None
+        src, sport, dst, dport = self._endpoints_towards(slot, y)
+        return pk.build_rst(src, sport, dst, dport, seq=seq, ack=ack), seq, ack
+
+    def _endpoints_towards(self, slot: int, y: int) -> tuple[bytes, int, bytes, int]:
+        """(src, sport, dst, dport) of a packet from y's peer to y."""
+        key = self._keys[slot]
+        assert key is not None
+        addr_a, port_a, addr_b, port_b = pk.endpoints(key)
+        y_is_a = bool(self._client_fwd[slot]) == (y == ORIGINAL)
+        if y_is_a:
+            return addr_b, port_b, addr_a, port_a
+        return addr_a, port_a, addr_b, port_b
+
+    def _forget_tombstones(self, now: float) -> None:
+        """Drop tombstones past their `remember`. Each profile has its own queue: its tombstones
+        are forgotten in the order they were made, whatever other profiles remember."""
+        tombs = self._tombstones
+        for queue in self._forget_queues:
+            while queue:
+                tomb = tombs.get(queue[0])
+                if tomb is not None and tomb.forget_at > now:
+                    break
+                key = queue.popleft()
+                if tomb is not None:
+                    del tombs[key]
+
+    # ---------------------------------------------------------------- slots
+
+    def _alloc(self, key: bytes) -> int:
+        if self._free:
+            slot = self._free.pop()
+            self._keys[slot] = key
+            for col in self._per_direction_columns():
+                col[slot] = 0
+            self._flags[slot] = 0
+        else:
+            slot = len(self._keys)
+            self._keys.append(key)
+            for col in self._scalar_columns():
+                col.append(0)
+            for col in self._per_direction_columns():
+                col.append(0)
+        self._index[key] = slot
+        return slot
+
+    def _scalar_columns(self) -> tuple[array[Any], ...]:
+        return (
+            self._state,
+            self._flags,
+            self._client_fwd,
+            self._profile,
+            self._last,
+            self._last_end,
+            self._created,
+            self._seen_at,
+        )
+
+    def _per_direction_columns(self) -> tuple[array[int], ...]:
+        return (*self._isn, *self._end, *self._ack, *self._pkts, *self._bytes)
+
+    def _free_slot(self, slot: int) -> None:
+        key = self._keys[slot]
+        assert key is not None
+        del self._index[key]
+        self._keys[slot] = None
+        self.timers.set(slot, None)
+        self._free.append(slot)
+
+    def _remove(self, slot: int, now: float, reason: str) -> Event:
+        """Drop a flow the kernel would delete outright (not a timer expiry: no tombstone)."""
+        state = State(self._state[slot])
+        event = FlowDeleted(
+            now,
+            self._flow_id(slot),
+            state=state.name,
+            reason=reason,
+            rule=self._profiles[self._profile[slot]].name,
+        )
+        self._free_slot(slot)
+        return event
+
+    def _state_event(self, slot: int, now: float, old: State, new: State) -> Event:
+        return StateChanged(
+            now,
+            self._flow_id(slot),
+            old_state=old.name,
+            state=new.name,
+            phase=PHASE_OF[new].value,
+            rule=self._profiles[self._profile[slot]].name,
+        )
+
+    def _flow_id(self, slot: int) -> FlowId:
+        key = self._keys[slot]
+        assert key is not None
+        return _key_flow_id(key, bool(self._client_fwd[slot]))
+
+
+_RESET_TARGETS: dict[ExpireAction, tuple[int, ...]] = {
+    ExpireAction.SILENT: (),
+    ExpireAction.RESET_CLIENT: (ORIGINAL,),
+    ExpireAction.RESET_SERVER: (REPLY,),
+    ExpireAction.RESET_BOTH: (ORIGINAL, REPLY),
+}
+
+
+def _ntop(addr: bytes) -> str:
+    return str(ipaddress.ip_address(addr))
+
+
+def _key_flow_id(key: bytes, client_forward: bool) -> FlowId:
+    addr_a, port_a, addr_b, port_b = pk.endpoints(key)
+    if client_forward:
+        return FlowId(_ntop(addr_a), port_a, _ntop(addr_b), port_b)
+    return FlowId(_ntop(addr_b), port_b, _ntop(addr_a), port_a)
+
+
+def _packet_flow_id(seg: pk.Segment) -> FlowId:
+    return _key_flow_id(seg.key, seg.forward)

@@ -1,0 +1,48 @@
+"""The core's one entry point: packet bytes and `now` in; verdict, packets to inject, events out.
+
+Sans-IO in the h11/aioquic sense: no sockets, no clock, no threads. The adapter owns time: it
+passes `now` to every call, asks `next_deadline()` when to call `handle_timer()` next, and applies
+the decisions. Bad network input is a verdict with a reason, never an exception.
+"""
+
+from __future__ import annotations
+
+from fwemu.core import packet as pk
+from fwemu.core.conntrack import FlowInfo, FlowTable
+from fwemu.core.decision import NO_EFFECTS, Decision, Effects, Verdict, accept
+from fwemu.policy.model import ExpireAction, Policy
+
+__all__ = ["Decision", "Effects", "Engine", "Verdict"]
+
+
+class Engine:
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.table = FlowTable(policy)
+
+    def handle_packet(self, data: bytes, *, now: float) -> Decision:
+        """Decide on one IP packet as queued (it may be truncated to its headers)."""
+        seg = pk.parse(data)
+        if type(seg) is pk.Segment:
+            return self.table.packet(seg, now)
+        # Fragments, non-TCP, garbage: not ours to judge; conntrack would not track them either.
+        return accept(f"unparseable: {seg.reason}")  # type: ignore[union-attr]
+
+    def next_deadline(self) -> float | None:
+        return self.table.timers.next_deadline()
+
+    def handle_timer(self, *, now: float, limit: int = 10_000) -> Effects:
+        """Expire what is due by `now`, at most `limit` flows (call again while
+        `next_deadline() <= now`: spreading a mass expiry keeps verdicts flowing)."""
+        inject, events = self.table.expire_due(now, limit)
+        return Effects(tuple(inject), tuple(events)) if events else NO_EFFECTS
+
+    def expire(
+        self, keys: list[bytes], *, now: float, action: ExpireAction | None = None
+    ) -> Effects:
+        """Expire these flows now, as if their timers fired; `action` overrides the policy's."""
+        inject, events = self.table.expire_now(keys, now, action)
+        return Effects(tuple(inject), tuple(events))
+
+    def flows(self, *, now: float) -> list[FlowInfo]:
+        return self.table.flows(now)

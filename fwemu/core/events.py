@@ -1,0 +1,164 @@
+"""What the core reports: frozen records a test can compare whole and an adapter can print.
+
+`to_dict()` is the JSON-lines form (`fwemu run --events`): always `ts`, `event`, `flow`, `state`,
+`phase`, `action` and `rule`, plus the event's own fields. `describe()` is one readable line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import Enum
+from typing import ClassVar
+
+
+@dataclass(frozen=True, slots=True)
+class FlowId:
+    """A flow's addresses as the firewall sees them: src is the client (the SYN's sender)."""
+
+    src: str
+    sport: int
+    dst: str
+    dport: int
+
+    def __str__(self) -> str:
+        return f"{_hostport(self.src, self.sport)} > {_hostport(self.dst, self.dport)}"
+
+    def reversed(self) -> FlowId:
+        return FlowId(self.dst, self.dport, self.src, self.sport)
+
+
+def _hostport(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    ts: float
+    flow: FlowId
+
+    kind: ClassVar[str] = "event"
+    # Keys every event's dict carries, so consumers can rely on them.
+    _COMMON: ClassVar[tuple[str, ...]] = ("state", "phase", "action", "rule")
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "ts": self.ts,
+            "event": self.kind,
+            "flow": dataclasses.asdict(self.flow),
+        }
+        out.update(dict.fromkeys(self._COMMON))
+        for field in dataclasses.fields(self):
+            if field.name in ("ts", "flow"):
+                continue
+            value = getattr(self, field.name)
+            out[field.name] = value.value if isinstance(value, Enum) else value
+        return out
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.flow}"
+
+
+@dataclass(frozen=True, slots=True)
+class FlowNew(Event):
+    state: str
+    rule: str
+
+    kind: ClassVar[str] = "new"
+
+    def describe(self) -> str:
+        return f"new      {self.flow} {self.state} (rule {self.rule})"
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanged(Event):
+    old_state: str
+    state: str
+    phase: str
+    rule: str
+
+    kind: ClassVar[str] = "state"
+
+    def describe(self) -> str:
+        return f"state    {self.flow} {self.old_state} -> {self.state}"
+
+
+@dataclass(frozen=True, slots=True)
+class FlowDeleted(Event):
+    """The kernel would delete this entry outright (a RST before any reply, a SYN reopening a
+    closed connection): gone without a timer, so later packets are not late packets."""
+
+    state: str
+    reason: str
+    rule: str
+
+    kind: ClassVar[str] = "delete"
+
+    def describe(self) -> str:
+        return f"delete   {self.flow} {self.state}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class FlowExpired(Event):
+    """A timer ran out (or an operator forced it): the flow is gone from the table."""
+
+    state: str
+    phase: str
+    action: str
+    rule: str
+    timeout: float | None  # the policy timer that ran out (None when forced)
+    idle: float  # seconds since the flow's last accepted packet
+    forced: bool = False
+
+    kind: ClassVar[str] = "expire"
+
+    def describe(self) -> str:
+        why = "forced" if self.forced else f"{self.phase} timer {self.timeout:g}s"
+        return (
+            f"expire   {self.flow} {self.state} after {self.idle:.3f}s idle ({why}): {self.action}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ResetSent(Event):
+    """A RST injected towards `to` ("client" or "server"), spoofed from its peer."""
+
+    to: str
+    seq: int
+    ack: int | None
+    state: str
+    cause: str  # "expire" or "out_of_state"
+    rule: str
+
+    kind: ClassVar[str] = "reset"
+
+    def describe(self) -> str:
+        ack = "" if self.ack is None else f" ack {self.ack}"
+        why = f"{self.cause}, {self.state}"
+        return f"reset    {self.flow} RST to {self.to} seq {self.seq}{ack} ({why})"
+
+
+@dataclass(frozen=True, slots=True)
+class OutOfState(Event):
+    """A packet that matched no flow, or that the state table calls invalid.
+
+    `flow` is oriented client > server when the side is known, else as the packet travelled.
+    `expired_at`/`expired_phase` name the tombstone of the flow it belonged to, if remembered.
+    """
+
+    reason: str
+    action: str
+    side: str | None  # "client", "server" or None (unknown)
+    state: str | None
+    rule: str
+    expired_at: float | None = None
+    expired_phase: str | None = None
+
+    kind: ClassVar[str] = "out_of_state"
+
+    def describe(self) -> str:
+        frm = f" from {self.side}" if self.side else ""
+        gone = ""
+        if self.expired_at is not None:
+            gone = f"; flow expired at {self.expired_at:.3f} by its {self.expired_phase} timer"
+        return f"oos      {self.flow} {self.reason}{frm}: {self.action}{gone}"

@@ -1,0 +1,367 @@
+"""IPv4/IPv6 + TCP header parsing into flow-keyed segments, and TCP RST construction.
+
+Pure and allocation-lean: `parse` runs once per forwarded packet. Lengths come from the IP header,
+never from `len(data)`: NFQUEUE copies may be truncated to the headers, and with F_GSO one queued
+packet carries up to 64 KiB of payload (reference tcp-rst-and-nfqueue.md §3.2, §3.10).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# TCP flag bits (RFC 9293 §3.1; ECE and CWR from RFC 3168 §6.1).
+TCP_FIN = 0x01
+TCP_SYN = 0x02
+TCP_RST = 0x04
+TCP_PSH = 0x08
+TCP_ACK = 0x10
+TCP_URG = 0x20
+TCP_ECE = 0x40
+TCP_CWR = 0x80
+
+_SEQ_MASK = 0xFFFFFFFF
+
+# IPv4 header (RFC 791 §3.1): version/IHL, total length, flags/fragment offset, protocol, addresses.
+_IP4 = struct.Struct("!BxH2xHxB2x4s4s").unpack_from
+# The same without version/IHL, followed by the TCP fixed header: the no-options fast path.
+_IP4_TCP = struct.Struct("!2xH2xHxB2x4s4sHHIIBBH").unpack_from
+_IP4_OFFSET_MASK = 0x1FFF  # fragment offset in 8-byte units; the top 3 bits are flags
+# IPv6 fixed header (RFC 8200 §3): 40 bytes; payload length, next header, addresses.
+_IP6 = struct.Struct("!4xHBx16s16s").unpack_from
+_IP6_HEADER_LEN = 40
+_IP6_FRAGMENT_OFFSET = struct.Struct("!H").unpack_from  # RFC 8200 §4.5: offset << 3 | res | M
+# Hop-by-hop (0), routing (43) and destination options (60) count 8-octet units beyond the first
+# (RFC 8200 §4.3-4.6); the fragment header is 8 bytes (§4.5); AH counts 4-octet units minus 2
+# (RFC 4302 §2.2). Anything else, ESP (50) and no-next-header (59) included, ends the walk.
+_IP6_FRAGMENT = 44
+_IP6_AH = 51
+_IP6_EXTENSIONS = frozenset((0, 43, 60, _IP6_FRAGMENT, _IP6_AH))
+_IP6_EXT_MIN_LEN = 8
+_IP6_MAX_EXT = 8  # bounds the walk; real traffic carries at most 2 or 3
+_PROTO_TCP = 6
+
+# Flow keys: address a, address b, port a, port b, with a the smaller endpoint.
+_KEY4 = struct.Struct("!4s4sHH").pack
+_KEY6 = struct.Struct("!16s16sHH").pack
+
+# TCP fixed header (RFC 9293 §3.1): ports, seq, ack, data offset, flags, window.
+_TCP = struct.Struct("!HHIIBBH").unpack_from
+_TCP_MIN_LEN = 20
+_OPT_END = 0
+_OPT_NOP = 1
+_OPT_WSCALE = 3  # RFC 7323 §2.2: kind 3, length 3, shift count
+_MAX_WSCALE = 14  # RFC 7323 §2.3: a larger shift MUST be treated as 14 (Linux TCP_MAX_WSCALE)
+
+# RSTs we build: IPv4 IHL 5, DF, TTL 64; IPv6 hop limit 64; TCP data offset 5, window 0.
+_RST_IP4 = struct.Struct("!BBHHHBBH4s4s")
+_RST_IP6 = struct.Struct("!IHBB16s16s")
+_RST_TCP = struct.Struct("!HHIIBBHHH")
+_IP4_DF = 0x4000
+_TTL = 64  # Linux net.ipv4.ip_default_ttl and IPv6 hop_limit default
+_TCP_DOFF_5 = 5 << 4
+
+# tcpdump's flag letters, in the order describe() prints them.
+_FLAG_LETTERS = (
+    (TCP_SYN, "S"),
+    (TCP_FIN, "F"),
+    (TCP_RST, "R"),
+    (TCP_PSH, "P"),
+    (TCP_ACK, "."),
+    (TCP_URG, "U"),
+    (TCP_ECE, "E"),
+    (TCP_CWR, "W"),
+)
+
+
+class Segment:
+    """One parsed TCP segment, keyed by its flow.
+
+    A plain slotted class rather than a frozen dataclass: frozen `__init__` goes through
+    `object.__setattr__` and this is built for every forwarded packet.
+    """
+
+    __slots__ = (
+        "ack",
+        "dport",
+        "flags",
+        "forward",
+        "key",
+        "payload_len",
+        "seq",
+        "sport",
+        "version",
+        "window",
+        "wscale",
+    )
+
+    def __init__(  # noqa: PLR0917  positional: keyword arguments make this call 2.5x slower
+        self,
+        version: int,
+        key: bytes,
+        forward: bool,
+        sport: int,
+        dport: int,
+        seq: int,
+        ack: int,
+        flags: int,
+        window: int,
+        wscale: int,
+        payload_len: int,
+    ) -> None:
+        self.version = version
+        self.key = key
+        self.forward = forward
+        self.sport = sport
+        self.dport = dport
+        self.seq = seq
+        self.ack = ack
+        self.flags = flags
+        self.window = window
+        self.wscale = wscale
+        self.payload_len = payload_len
+
+    @property
+    def src(self) -> bytes:
+        size = (len(self.key) - 4) >> 1
+        return self.key[:size] if self.forward else self.key[size : 2 * size]
+
+    @property
+    def dst(self) -> bytes:
+        size = (len(self.key) - 4) >> 1
+        return self.key[size : 2 * size] if self.forward else self.key[:size]
+
+    @property
+    def seg_len(self) -> int:
+        """Sequence space consumed: SYN and FIN count one each (RFC 9293 §3.4)."""
+        flags = self.flags
+        return self.payload_len + (1 if flags & TCP_SYN else 0) + (1 if flags & TCP_FIN else 0)
+
+    @property
+    def end(self) -> int:
+        return (self.seq + self.seg_len) & _SEQ_MASK
+
+    def __repr__(self) -> str:
+        return f"<Segment {describe(self)} win {self.window} wscale {self.wscale}>"
+
+
+@dataclass(frozen=True, slots=True)
+class Unparseable:
+    """Why a packet is not a TCP segment fwemu can track."""
+
+    reason: str
+
+
+def parse(data: bytes) -> Segment | Unparseable:
+    """Parse an IP packet as queued; never raises, whatever the bytes."""
+    size = len(data)
+    if size >= 40 and data[0] == 0x45:
+        # IPv4 without options, most of the traffic: both fixed headers in one unpack.
+        (ip_len, fragment, protocol, src, dst, sport, dport, seq, ack, offset, flags, window) = (
+            _IP4_TCP(data)
+        )
+        fast = protocol == _PROTO_TCP and not fragment & _IP4_OFFSET_MASK and ip_len >= 40
+    else:
+        fast = False
+    if fast:
+        version, tcp_at, tcp_len, pack_key = 4, 20, ip_len - 20, _KEY4
+    else:
+        located = _locate_tcp(data)
+        if isinstance(located, Unparseable):
+            return located
+        version, tcp_at, tcp_len, src, dst, pack_key = located
+        if size < tcp_at + _TCP_MIN_LEN:
+            return Unparseable(f"truncated TCP header ({max(size - tcp_at, 0)} bytes)")
+        sport, dport, seq, ack, offset, flags, window = _TCP(data, tcp_at)
+
+    header_len = (offset >> 4) << 2
+    if header_len < _TCP_MIN_LEN:
+        return Unparseable(f"bad TCP data offset {offset >> 4}")
+    payload_len = tcp_len - header_len
+    if payload_len < 0:
+        return Unparseable(f"TCP header ({header_len} bytes) exceeds IP length ({tcp_len} bytes)")
+    wscale = (
+        _window_scale(data, tcp_at + _TCP_MIN_LEN, min(tcp_at + header_len, size))
+        if flags & TCP_SYN
+        else -1
+    )
+    forward = src < dst or (src == dst and sport <= dport)
+    key = pack_key(src, dst, sport, dport) if forward else pack_key(dst, src, dport, sport)
+    return Segment(
+        version, key, forward, sport, dport, seq, ack, flags, window, wscale, payload_len
+    )
+
+
+def _locate_tcp(
+    data: bytes,
+) -> tuple[int, int, int, bytes, bytes, Callable[[bytes, bytes, int, int], bytes]] | Unparseable:
+    """(IP version, TCP offset, TCP length per the IP header, src, dst, key packer), or why not."""
+    size = len(data)
+    if not size:
+        return Unparseable("empty packet")
+    version = data[0] >> 4
+    if version == 4:
+        if size < 20:
+            return Unparseable(f"truncated IPv4 header ({size} bytes)")
+        version_ihl, ip_len, fragment, protocol, src, dst = _IP4(data)
+        tcp_at = (version_ihl & 0x0F) << 2
+        if tcp_at < 20:
+            return Unparseable(f"bad IPv4 header length {tcp_at}")
+        if tcp_at > size:
+            return Unparseable(f"truncated IPv4 header ({size} of {tcp_at} bytes)")
+        if protocol != _PROTO_TCP:
+            return Unparseable(f"not TCP (protocol {protocol})")
+        if fragment & _IP4_OFFSET_MASK:
+            return Unparseable("IPv4 fragment")
+        if ip_len < tcp_at + _TCP_MIN_LEN:
+            return Unparseable(f"bad IPv4 total length {ip_len}")
+        return 4, tcp_at, ip_len - tcp_at, src, dst, _KEY4
+    if version == 6:
+        if size < _IP6_HEADER_LEN:
+            return Unparseable(f"truncated IPv6 header ({size} bytes)")
+        payload_len, next_header, src, dst = _IP6(data)
+        if not payload_len:
+            # RFC 2675 jumbograms and Linux BIG TCP carry the length in a hop-by-hop option.
+            return Unparseable("IPv6 jumbogram")
+        if next_header == _PROTO_TCP:
+            tcp_at = _IP6_HEADER_LEN
+        else:
+            tcp_at = _skip_ip6_extensions(data, next_header)
+            if isinstance(tcp_at, Unparseable):
+                return tcp_at
+            if tcp_at > _IP6_HEADER_LEN + payload_len:
+                return Unparseable(
+                    f"IPv6 extension headers ({tcp_at - _IP6_HEADER_LEN} bytes)"
+                    f" exceed payload length {payload_len}"
+                )
+        return 6, tcp_at, _IP6_HEADER_LEN + payload_len - tcp_at, src, dst, _KEY6
+    return Unparseable(f"not IP (version {version})")
+
+
+def _skip_ip6_extensions(data: bytes, next_header: int) -> int | Unparseable:
+    """Offset of the TCP header after IPv6 extension headers (RFC 8200 §4), or why there is none."""
+    at = _IP6_HEADER_LEN
+    seen = 0
+    while next_header != _PROTO_TCP:
+        if next_header not in _IP6_EXTENSIONS:
+            return Unparseable(f"not TCP (next header {next_header})")
+        if seen == _IP6_MAX_EXT:
+            return Unparseable(f"more than {_IP6_MAX_EXT} IPv6 extension headers")
+        if at + _IP6_EXT_MIN_LEN > len(data):
+            return Unparseable(f"truncated IPv6 extension header ({len(data) - at} bytes)")
+        if next_header == _IP6_FRAGMENT:
+            if _IP6_FRAGMENT_OFFSET(data, at + 2)[0] >> 3:
+                return Unparseable("IPv6 fragment")
+            length = _IP6_EXT_MIN_LEN
+        elif next_header == _IP6_AH:
+            length = (data[at + 1] + 2) << 2
+        else:
+            length = (data[at + 1] + 1) << 3
+        seen += 1
+        next_header = data[at]
+        at += length
+    return at
+
+
+def _window_scale(data: bytes, at: int, end: int) -> int:
+    """The window-scale shift in the options in data[at:end], or -1.
+
+    A malformed list ends the walk, as in Linux `tcp_parse_options`: the segment stays valid.
+    """
+    while at < end:
+        kind = data[at]
+        if kind == _OPT_END:
+            break
+        if kind == _OPT_NOP:
+            at += 1
+            continue
+        if at + 1 >= end:
+            break
+        length = data[at + 1]
+        if length < 2 or at + length > end:
+            break
+        if kind == _OPT_WSCALE and length == 3:
+            return min(data[at + 2], _MAX_WSCALE)
+        at += length
+    return -1
+
+
+def endpoints(key: bytes) -> tuple[bytes, int, bytes, int]:
+    """(addr_a, port_a, addr_b, port_b) of a flow key built by `parse`."""
+    if len(key) not in (12, 36):
+        raise ValueError(f"a flow key is 12 (IPv4) or 36 (IPv6) bytes, not {len(key)}")
+    size = (len(key) - 4) >> 1
+    ports = 2 * size
+    return (
+        key[:size],
+        int.from_bytes(key[ports : ports + 2]),
+        key[size:ports],
+        int.from_bytes(key[ports + 2 :]),
+    )
+
+
+def build_rst(
+    src: bytes, sport: int, dst: bytes, dport: int, *, seq: int, ack: int | None
+) -> bytes:
+    """A complete IP packet carrying a TCP RST, or RST|ACK when `ack` is given.
+
+    The address length (4 or 16 bytes) selects IPv4 or IPv6. `seq` and `ack` are taken modulo
+    2**32 so callers can pass sequence arithmetic unmasked. No options: Linux accepts an RST
+    without timestamps (reference §2.1: "Reset is accepted even if it did not pass PAWS").
+    """
+    if len(src) != len(dst) or len(src) not in (4, 16):
+        raise ValueError(f"RST addresses must both be 4 or 16 bytes, not {len(src)} and {len(dst)}")
+    flags = TCP_RST if ack is None else TCP_RST | TCP_ACK
+    tcp_ack = 0 if ack is None else ack & _SEQ_MASK
+    tcp_len = _TCP_MIN_LEN
+    if len(src) == 4:
+        # RFC 9293 §3.1 pseudo-header: src, dst, zero, protocol, TCP length.
+        pseudo = src + dst + struct.pack("!BBH", 0, _PROTO_TCP, tcp_len)
+    else:
+        # RFC 8200 §8.1 pseudo-header: src, dst, 32-bit length, 3 zero bytes, next header.
+        pseudo = src + dst + struct.pack("!I3xB", tcp_len, _PROTO_TCP)
+    fields = (sport, dport, seq & _SEQ_MASK, tcp_ack, _TCP_DOFF_5, flags, 0)
+    checksum = _internet_checksum(pseudo + _RST_TCP.pack(*fields, 0, 0))
+    tcp = _RST_TCP.pack(*fields, checksum, 0)
+    if len(src) == 16:
+        return _RST_IP6.pack(6 << 28, tcp_len, _PROTO_TCP, _TTL, src, dst) + tcp
+    header = (0x45, 0, 20 + tcp_len, 0, _IP4_DF, _TTL, _PROTO_TCP)
+    checksum = _internet_checksum(_RST_IP4.pack(*header, 0, src, dst))
+    return _RST_IP4.pack(*header, checksum, src, dst) + tcp
+
+
+def build_reply_rst(seg: Segment) -> bytes:
+    """The RST a TCP stack sends in answer to `seg` (RFC 9293 §3.10.7.1, Linux tcp_v4_send_reset).
+
+    With ACK set the RST takes its seq from the ACK; otherwise it is RST|ACK acknowledging all of
+    `seg` (which is what a SYN_SENT client needs, reference §2.2). Stacks never answer an RST
+    (RFC 9293 §3.10.7.1): that check is the caller's.
+    """
+    if seg.flags & TCP_ACK:
+        return build_rst(seg.dst, seg.dport, seg.src, seg.sport, seq=seg.ack, ack=None)
+    return build_rst(seg.dst, seg.dport, seg.src, seg.sport, seq=0, ack=seg.end)
+
+
+def describe(seg: Segment) -> str:
+    """tcpdump-like one line: `10.0.0.1:1234 > 10.0.0.2:80 [S.] seq 1 ack 2 len 0`."""
+    flags = "".join(letter for bit, letter in _FLAG_LETTERS if seg.flags & bit) or "none"
+    ack = f" ack {seg.ack}" if seg.flags & TCP_ACK else ""
+    return (
+        f"{_endpoint(seg.src, seg.sport)} > {_endpoint(seg.dst, seg.dport)} [{flags}]"
+        f" seq {seg.seq}{ack} len {seg.payload_len}"
+    )
+
+
+def _endpoint(addr: bytes, port: int) -> str:
+    ip = ipaddress.ip_address(addr)
+    return f"{ip}:{port}" if ip.version == 4 else f"[{ip}]:{port}"
+
+
+def _internet_checksum(data: bytes) -> int:
+    """RFC 1071 one's-complement checksum of an even-length buffer."""
+    total: int = sum(struct.unpack(f"!{len(data) >> 1}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF

@@ -1,0 +1,401 @@
+"""Apply, inspect and remove a LabPlan in the kernel, with pyroute2; run things inside a lab.
+
+Everything is created inside the lab's namespaces (the veth pairs are made in the fw namespace
+with their peer placed straight into the client or server namespace), so nothing ever appears
+in the root namespace and parallel labs cannot collide on interface names.
+
+`socket_in` and `call_in_netns` let a test in the root namespace open sockets inside a lab
+without a subprocess; see their docstrings.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from pyroute2 import IPRoute, netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from fwemu.lab.plan import (
+    DEFAULT_INDEX,
+    DEFAULT_NAME,
+    SIDES,
+    LabError,
+    LabPlan,
+    Side,
+    namespace_name,
+    validate_name,
+)
+
+T = TypeVar("T")
+
+# <linux/if.h>: IFF_UP is the administrative "up" flag `ip link set ... up` sets.
+_IFF_UP = 0x1
+# rtnetlink route table ids (<linux/rtnetlink.h>): RT_TABLE_MAIN.
+_RT_TABLE_MAIN = 254
+_FAMILIES: Mapping[int, Literal[4, 6]] = {socket.AF_INET: 4, socket.AF_INET6: 6}
+_NETLINK_ERRORS = (OSError, NetlinkError)
+
+
+def require_root() -> None:
+    """Raise LabError unless we can create namespaces: that takes CAP_SYS_ADMIN, i.e. root."""
+    if os.geteuid() != 0:
+        raise LabError(
+            "managing network namespaces needs root (CAP_SYS_ADMIN); run fwemu with sudo"
+        )
+
+
+# --- running code inside a namespace -------------------------------------------------------
+
+
+def call_in_netns(namespace: str, fn: Callable[[], T]) -> T:
+    """Return `fn()` called in a short-lived thread that has joined network namespace `namespace`.
+
+    setns(2) with CLONE_NEWNET moves only the calling thread, so the rest of the process stays
+    where it was, and the thread exits right after `fn` returns. What `fn` creates keeps the
+    namespace it was created in: a socket belongs to its creator's netns for life (socket(7)),
+    and a /proc/sys/net file opened there reads and writes that namespace's sysctls.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"netns-{namespace}") as pool:
+        return pool.submit(_enter_then_call, namespace, fn).result()
+
+
+def _enter_then_call(namespace: str, fn: Callable[[], T]) -> T:
+    try:
+        netns.setns(namespace, flags=0)
+    except FileNotFoundError:
+        raise LabError(f"network namespace {namespace} does not exist") from None
+    return fn()
+
+
+def socket_in(
+    namespace: str,
+    family: int = socket.AF_INET,
+    type: int = socket.SOCK_STREAM,
+    proto: int = 0,
+) -> socket.socket:
+    """A socket created inside network namespace `namespace` (e.g. "fwemu-server"), for tests.
+
+    Use it like any socket from the current process and thread: bind, connect and send all
+    happen in `namespace`. Example, a server in the lab's server and a client in its client::
+
+        srv = socket_in("fwemu-server"); srv.bind(("10.201.2.2", 8080)); srv.listen()
+        cli = socket_in("fwemu-client"); cli.connect(("10.201.2.2", 8080))
+    """
+    require_root()
+    return call_in_netns(namespace, lambda: socket.socket(family, type, proto))
+
+
+def _side_namespace(name: str, side: Side) -> str:
+    """The namespace of `side` of lab `name`, or LabError if that lab does not have it."""
+    require_root()
+    namespace = namespace_name(validate_name(name), side)
+    if namespace not in netns.listnetns():
+        raise LabError(f"lab {name} has no namespace {namespace}; run 'fwemu lab up {name}'")
+    return namespace
+
+
+def _in_lab_argv(name: str, side: Side, argv: Sequence[str]) -> list[str]:
+    if not argv:
+        raise LabError("no command given to run in the lab")
+    return ["ip", "netns", "exec", _side_namespace(name, side), *argv]
+
+
+def exec_in(
+    name: str, side: Side, argv: Sequence[str], **popen_kwargs: Any
+) -> subprocess.Popen[Any]:
+    """Start `argv` inside namespace NAME-side (`ip netns exec`); Popen keywords pass through."""
+    return subprocess.Popen(_in_lab_argv(name, side, argv), **popen_kwargs)
+
+
+def run_in(
+    name: str, side: Side, argv: Sequence[str], **run_kwargs: Any
+) -> subprocess.CompletedProcess[Any]:
+    """Run `argv` to completion inside namespace NAME-side; subprocess.run keywords pass through."""
+    return subprocess.run(_in_lab_argv(name, side, argv), check=False, **run_kwargs)
+
+
+# --- observing what exists ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Observed:
+    """What one namespace holds, in the terms a LabPlan uses."""
+
+    links: frozenset[str]
+    up_links: frozenset[str]
+    addresses: frozenset[tuple[str, str]]  # (ifname, "address/prefixlen")
+    gateways: frozenset[tuple[str, int, str]]  # default routes: (ifname, 4 or 6, gateway)
+    sysctls: Mapping[str, str | None] = field(default_factory=dict)  # None: no such key
+
+
+_EMPTY = _Observed(frozenset(), frozenset(), frozenset(), frozenset())
+
+
+def _observe(namespace: str, sysctl_keys: Sequence[str]) -> _Observed:
+    with IPRoute(netns=namespace, flags=0) as ipr:  # flags=0: never create it by looking
+        links = ipr.get_links()
+        names = {link["index"]: link.get("IFLA_IFNAME") for link in links}
+        up = {names[link["index"]] for link in links if link["flags"] & _IFF_UP}
+        addresses = {
+            (names[a["index"]], f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}")
+            for a in ipr.get_addr()
+            if a["index"] in names
+        }
+        gateways = {
+            (names.get(r.get("RTA_OIF"), "?"), _FAMILIES[family], r.get("RTA_GATEWAY"))
+            for family in _FAMILIES
+            for r in ipr.get_routes(family=family, table=_RT_TABLE_MAIN)
+            if r["dst_len"] == 0 and r.get("RTA_GATEWAY")
+        }
+    sysctls = call_in_netns(namespace, lambda: {key: _read_sysctl(key) for key in sysctl_keys})
+    return _Observed(
+        frozenset(names.values()), frozenset(up), frozenset(addresses), frozenset(gateways), sysctls
+    )
+
+
+def _read_sysctl(key: str) -> str | None:
+    try:
+        with open(f"/proc/sys/{key}", encoding="ascii") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return None
+
+
+def _observe_lab(name: str) -> dict[str, _Observed]:
+    """Observed state of each of lab `name`'s namespaces that exists, by namespace name."""
+    # The sysctl keys (forwarding, accept_dad per interface) do not depend on the index.
+    keys = LabPlan.create(name).sysctls
+    present = set(netns.listnetns())
+    return {
+        namespace: _observe(namespace, [s.key for s in keys if s.namespace == namespace])
+        for namespace in (namespace_name(name, side) for side in SIDES)
+        if namespace in present
+    }
+
+
+def _problems(plan: LabPlan, observed: Mapping[str, _Observed]) -> list[str]:
+    """What in `observed` differs from `plan`, one readable item each; empty if the lab is up."""
+    problems = [f"namespace {ns} is missing" for ns in plan.namespaces if ns not in observed]
+    for ns, seen in observed.items():
+        if "lo" not in seen.up_links:
+            problems.append(f"{ns}: lo is down")
+    for end in plan.endpoints:
+        if end.namespace not in observed:
+            continue
+        seen = observed[end.namespace]
+        if end.ifname not in seen.up_links:
+            problems.append(f"{end.namespace}: {end.ifname} is missing or down")
+        problems += [
+            f"{end.namespace}: {end.ifname} lacks {address}"
+            for address in end.addresses
+            if (end.ifname, address) not in seen.addresses
+        ]
+    problems += [
+        f"{r.namespace}: no IPv{r.family} default route via {r.gateway}"
+        for r in plan.routes
+        if r.namespace in observed
+        and (r.ifname, r.family, r.gateway) not in observed[r.namespace].gateways
+    ]
+    problems += [
+        f"{s.namespace}: {s.key} is {observed[s.namespace].sysctls.get(s.key)}, not {s.value}"
+        for s in plan.sysctls
+        if s.namespace in observed and observed[s.namespace].sysctls.get(s.key) != s.value
+    ]
+    return problems
+
+
+def _index_of(name: str, observed: Mapping[str, _Observed]) -> int | None:
+    """The index a lab was built with, read back from its client address 10.N.1.2/24."""
+    client = observed.get(namespace_name(name, "client"))
+    for ifname, address in client.addresses if client else ():
+        octets = address.split("/")[0].split(".")
+        if ifname == "eth0" and len(octets) == 4 and octets[0] == "10" and octets[1].isdigit():
+            return int(octets[1])
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class LabInfo:
+    """A lab as found on the host: which namespaces exist and, if readable, its addresses."""
+
+    name: str
+    namespaces: tuple[Side, ...]  # the sides whose namespace exists
+    index: int | None  # None when the client address cannot be read back
+    up: bool  # everything the plan for `index` asks for is in place
+    addresses: tuple[tuple[Side, str, str], ...]  # (side, ifname, "address/prefixlen")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `fwemu lab list --json` form."""
+        return {
+            "name": self.name,
+            "index": self.index,
+            "state": "up" if self.up else "partial",
+            "namespaces": [namespace_name(self.name, side) for side in self.namespaces],
+            "addresses": {
+                side: [address for s, _, address in self.addresses if s == side]
+                for side in self.namespaces
+            },
+        }
+
+
+def list_labs() -> list[LabInfo]:
+    """Every lab with at least one of its NAME-client/fw/server namespaces present, by name."""
+    require_root()
+    suffixes = {f"-{side}": side for side in SIDES}
+    names = {
+        ns.removesuffix(suffix)
+        for ns in netns.listnetns()
+        for suffix in suffixes
+        if ns.endswith(suffix) and _is_lab_name(ns.removesuffix(suffix))
+    }
+    return [_lab_info(name) for name in sorted(names)]
+
+
+def _is_lab_name(name: str) -> bool:
+    try:
+        validate_name(name)
+    except LabError:
+        return False
+    return True
+
+
+def _lab_info(name: str) -> LabInfo:
+    observed = _observe_lab(name)
+    index = _index_of(name, observed)
+    up = index is not None and not _problems(LabPlan.create(name, index), observed)
+    addresses = tuple(
+        (side, ifname, address)
+        for side in SIDES
+        for ifname, address in sorted(observed.get(namespace_name(name, side), _EMPTY).addresses)
+        if ifname != "lo" and not address.startswith("fe80:")
+    )
+    sides = tuple(side for side in SIDES if namespace_name(name, side) in observed)
+    return LabInfo(name, sides, index, up, addresses)
+
+
+# --- creating and removing ------------------------------------------------------------------
+
+
+def up(plan: LabPlan) -> None:
+    """Make lab `plan.name` exist exactly as planned.
+
+    A complete lab is left alone; a partial one (e.g. after a crash) is removed and rebuilt.
+    A complete lab with another index is an error rather than torn down under its users.
+    If building fails or is interrupted, whatever was created is removed again.
+    """
+    require_root()
+    observed = _observe_lab(plan.name)
+    if not _problems(plan, observed):
+        return
+    index = _index_of(plan.name, observed)
+    if index not in (None, plan.index) and not _problems(
+        LabPlan.create(plan.name, index), observed
+    ):
+        raise LabError(
+            f"lab {plan.name} is already up with index {index}; "
+            f"run 'fwemu lab down {plan.name}' first or use --index {index}"
+        )
+    down(plan.name)
+    try:
+        _build(plan)
+    except BaseException:
+        down(plan.name)
+        raise
+
+
+def down(name: str) -> bool:
+    """Remove lab `name`'s namespaces (and with them its veths); False if there were none."""
+    require_root()
+    validate_name(name)
+    present = set(netns.listnetns())
+    removed = False
+    for namespace in (namespace_name(name, side) for side in SIDES):
+        if namespace in present:
+            with _step(name, f"removing namespace {namespace}"):
+                netns.remove(namespace)
+            removed = True
+    return removed
+
+
+@contextmanager
+def lab(name: str = DEFAULT_NAME, index: int = DEFAULT_INDEX) -> Iterator[LabPlan]:
+    """Lab `name` for the duration of a `with` block; it is removed on exit, even on error."""
+    plan = LabPlan.create(name, index)
+    up(plan)
+    try:
+        yield plan
+    finally:
+        down(name)
+
+
+@contextmanager
+def _step(name: str, what: str) -> Iterator[None]:
+    """Turn a kernel error during `what` into one LabError line naming the lab and the step."""
+    try:
+        yield
+    except _NETLINK_ERRORS as err:
+        raise LabError(f"lab {name}: {what} failed: {err}") from err
+
+
+def _build(plan: LabPlan) -> None:
+    for namespace in plan.namespaces:
+        with _step(plan.name, f"creating namespace {namespace}"):
+            netns.create(namespace)
+    with ExitStack() as stack:
+        iproutes: dict[str, Any] = {}
+        for namespace in plan.namespaces:
+            with _step(plan.name, f"opening rtnetlink in {namespace}"):
+                iproutes[namespace] = stack.enter_context(IPRoute(netns=namespace, flags=0))
+        for namespace, ipr in iproutes.items():
+            with _step(plan.name, f"bringing up lo in {namespace}"):
+                ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        for pair in plan.links:
+            fw, peer = pair.fw_end, pair.peer
+            with _step(plan.name, f"creating veth {fw.ifname} <-> {peer.namespace}:{peer.ifname}"):
+                # Made inside fw with its peer placed straight into the other namespace: the
+                # pair never exists in the root namespace, where names could collide.
+                iproutes[fw.namespace].link(
+                    "add",
+                    ifname=fw.ifname,
+                    kind="veth",
+                    peer={"ifname": peer.ifname, "net_ns_fd": peer.namespace},
+                )
+        for namespace in plan.namespaces:
+            _write_sysctls(plan, namespace)
+        for end in plan.endpoints:
+            ipr = iproutes[end.namespace]
+            with _step(plan.name, f"configuring {end.namespace}:{end.ifname}"):
+                index = ipr.link_lookup(ifname=end.ifname)[0]
+                ipr.addr("add", index=index, address=end.ipv4, prefixlen=end.prefixlen4)
+                ipr.addr("add", index=index, address=end.ipv6, prefixlen=end.prefixlen6)
+                ipr.link("set", index=index, state="up")
+        for route in plan.routes:
+            family = socket.AF_INET if route.family == 4 else socket.AF_INET6
+            with _step(plan.name, f"adding IPv{route.family} default route in {route.namespace}"):
+                iproutes[route.namespace].route(
+                    "add",
+                    dst="default",
+                    gateway=route.gateway,
+                    oif=iproutes[route.namespace].link_lookup(ifname=route.ifname)[0],
+                    family=family,
+                )
+
+
+def _write_sysctls(plan: LabPlan, namespace: str) -> None:
+    def write() -> None:
+        for sysctl in plan.sysctls:
+            if sysctl.namespace == namespace:
+                with (
+                    _step(plan.name, f"setting {sysctl.key} in {namespace}"),
+                    open(f"/proc/sys/{sysctl.key}", "w", encoding="ascii") as f,
+                ):
+                    f.write(sysctl.value)
+
+    call_in_netns(namespace, write)

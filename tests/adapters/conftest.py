@@ -1,0 +1,48 @@
+"""Fixtures for the adapters' real tests (see nfq_lab.py): root, a namespace, a lab, fwemus."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from fwemu.lab import LabPlan, lab
+
+from .nfq_lab import Fwemu, require_root
+
+
+@pytest.fixture
+def root() -> None:
+    require_root()
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A fresh, empty network namespace."""
+    require_root()
+    name = f"fwemu-t{os.getpid()}-ns"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
+@pytest.fixture(scope="module")
+def lab_plan() -> Iterator[LabPlan]:
+    require_root()
+    with lab(f"fwemu-t{os.getpid()}", 213) as plan:
+        yield plan
+
+
+@pytest.fixture
+def fwemus() -> Iterator[list[Fwemu]]:
+    """Started fwemu processes to kill if a test leaves them running."""
+    started: list[Fwemu] = []
+    yield started
+    for fw in started:
+        if fw.process.poll() is None:
+            fw.process.kill()
+            fw.process.wait()

@@ -1,0 +1,210 @@
+"""`fwemu run` in a real lab: traffic passes, every way out leaves the fw namespace as it was,
+and refusals change nothing."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fwemu.lab import LabPlan, socket_in
+
+from .nfq_lab import (
+    Fwemu,
+    bound_queues,
+    ruleset,
+    run_fwemu,
+    start_fwemu,
+    tcp_exchange,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def fw_args(plan: LabPlan, *extra: str) -> list[str]:
+    return ["--netns", plan.fw_client_side.namespace, "--preset", "linux", *extra]
+
+
+def started(fwemus: list[Fwemu], fw: Fwemu) -> Fwemu:
+    fwemus.append(fw)
+    fw.wait_for("fwemu started")
+    return fw
+
+
+def assert_clean(plan: LabPlan, before: tuple[str, str]) -> None:
+    namespace = plan.fw_client_side.namespace
+    assert ruleset(namespace) == before
+    assert "FWEMU" not in "".join(ruleset(namespace))
+    assert bound_queues(namespace) == ""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_run_forwards_tcp_and_removes_everything_on_signal(
+    lab_plan: LabPlan, fwemus: list[Fwemu], tmp_path: Path, signum: signal.Signals
+) -> None:
+    fw_ns = lab_plan.fw_client_side.namespace
+    before = ruleset(fw_ns)
+    events = tmp_path / "events.jsonl"
+    fw = started(fwemus, start_fwemu(fw_args(lab_plan, "--events", str(events))))
+
+    v4, v6 = ruleset(fw_ns)
+    for rules in (v4, v6):
+        assert '-A FORWARD -p tcp -m comment --comment "fwemu:q0" -j FWEMU-Q0' in rules
+        assert "-A FWEMU-Q0 -j NFQUEUE --queue-num 0 --queue-bypass" in rules
+    assert bound_queues(fw_ns).split()[0] == "0"
+
+    assert tcp_exchange(lab_plan, b"over v4") == b"over v4"
+    assert tcp_exchange(lab_plan, b"over v6", ipv6=True) == b"over v6"
+    fw.wait_for(f"new      [{lab_plan.client.ipv6}]")
+
+    assert fw.stop(signum) == 0
+    assert f"fwemu stopped ({signum.name})" in fw.stderr
+    assert_clean(lab_plan, before)
+    records = [json.loads(line) for line in events.read_text().splitlines()]
+    new = [r for r in records if r["event"] == "new"]
+    assert [r["flow"]["src"] for r in new] == [lab_plan.client.ipv4, lab_plan.client.ipv6]
+
+
+def test_timers_run_and_their_events_carry_wall_clock_time(
+    lab_plan: LabPlan, fwemus: list[Fwemu]
+) -> None:
+    # Linux's TIME_WAIT is 120 s; at x10000 it runs out 12 ms after the connection closes.
+    args = fw_args(lab_plan, "--speed", "10000", "--events", "-")
+    fw = started(fwemus, start_fwemu(args, stdout=subprocess.PIPE))
+    tcp_exchange(lab_plan)
+    fw.wait_for("expire   ")
+    assert fw.stop() == 0
+    assert fw.process.stdout is not None
+    records = [json.loads(line) for line in fw.process.stdout.read().splitlines()]
+    expired = [r for r in records if r["event"] == "expire"]
+    assert [r["state"] for r in expired] == ["TIME_WAIT"]
+    # ts is epoch seconds, not the monotonic clock the core runs on.
+    assert records[0]["ts"] > 1_600_000_000
+
+
+def test_state_file_holds_the_flow_table_on_sigusr1(
+    lab_plan: LabPlan, fwemus: list[Fwemu], tmp_path: Path
+) -> None:
+    state = tmp_path / "flows.json"
+    fw = started(fwemus, start_fwemu(fw_args(lab_plan, "--state-file", str(state))))
+    with socket_in(lab_plan.server.namespace) as server:
+        server.bind((lab_plan.server.ipv4, 0))
+        server.listen()
+        with socket_in(lab_plan.client.namespace) as client:
+            client.connect(server.getsockname())
+            conn, _ = server.accept()
+            with conn:
+                client.sendall(b"x")
+                assert conn.recv(1) == b"x"
+                fw.process.send_signal(signal.SIGUSR1)
+                fw.wait_for(f"wrote 1 flows to {state}")
+    snapshot = json.loads(state.read_text())
+    [flow] = snapshot["flows"]
+    assert flow["flow"]["src"] == lab_plan.client.ipv4
+    assert flow["state"] == "ESTABLISHED"
+    assert fw.stop() == 0
+
+
+def test_dry_run_marks_its_events(lab_plan: LabPlan, fwemus: list[Fwemu]) -> None:
+    fw = started(
+        fwemus, start_fwemu(fw_args(lab_plan, "--dry-run", "--events", "-"), stdout=subprocess.PIPE)
+    )
+    assert "DRY RUN" in fw.wait_for("fwemu started")
+    tcp_exchange(lab_plan)
+    fw.wait_for("[dry run] new")
+    assert fw.stop() == 0
+    assert fw.process.stdout is not None
+    records = [json.loads(line) for line in fw.process.stdout.read().splitlines()]
+    assert records and all(r["dry_run"] is True for r in records)
+
+
+def test_no_rules_leaves_iptables_alone(lab_plan: LabPlan, fwemus: list[Fwemu]) -> None:
+    before = ruleset(lab_plan.fw_client_side.namespace)
+    fw = started(fwemus, start_fwemu(fw_args(lab_plan, "--no-rules", "--queue", "5")))
+    assert ruleset(lab_plan.fw_client_side.namespace) == before
+    assert bound_queues(lab_plan.fw_client_side.namespace).split()[0] == "5"
+    assert fw.stop() == 0
+    assert_clean(lab_plan, before)
+
+
+def test_sigkill_leaves_rules_that_bypass_and_the_next_run_replaces(
+    lab_plan: LabPlan, fwemus: list[Fwemu]
+) -> None:
+    fw_ns = lab_plan.fw_client_side.namespace
+    before = ruleset(fw_ns)
+    fw = started(fwemus, start_fwemu(fw_args(lab_plan)))
+    fw.process.kill()
+    fw.finish()
+    # SIGKILL cannot clean up: the rules stay, but with no program bound to the queue
+    # --queue-bypass lets the traffic through.
+    assert "FWEMU-Q0" in ruleset(fw_ns)[0]
+    assert bound_queues(fw_ns) == ""
+    assert tcp_exchange(lab_plan, b"still flowing") == b"still flowing"
+
+    again = started(fwemus, start_fwemu(fw_args(lab_plan)))
+    assert ruleset(fw_ns)[0].count("-A FORWARD") == 1
+    assert again.stop() == 0
+    assert_clean(lab_plan, before)
+
+
+def test_an_engine_failure_on_a_packet_accepts_it(lab_plan: LabPlan, fwemus: list[Fwemu]) -> None:
+    before = ruleset(lab_plan.fw_client_side.namespace)
+    fw = started(fwemus, start_fwemu(fw_args(lab_plan), broken="handle_packet"))
+    assert tcp_exchange(lab_plan, b"unharmed") == b"unharmed"
+    assert "test-injected failure" in fw.wait_for("engine failed on a packet; accepted it")
+    assert fw.stop() == 0
+    assert "engine errors" in fw.stderr.splitlines()[-1]
+    assert_clean(lab_plan, before)
+
+
+def test_an_internal_error_exits_1_after_cleaning_up(
+    lab_plan: LabPlan, fwemus: list[Fwemu]
+) -> None:
+    before = ruleset(lab_plan.fw_client_side.namespace)
+    fw = start_fwemu(fw_args(lab_plan), broken="handle_timer")
+    fwemus.append(fw)
+    assert fw.finish() == 1
+    last = fw.stderr.splitlines()[-1]
+    assert last.startswith("fwemu: internal error, stopped after removing the rules: RuntimeError")
+    assert "Traceback" not in fw.stderr
+    assert_clean(lab_plan, before)
+
+
+def test_a_second_fwemu_on_a_busy_queue_is_refused_before_touching_rules(
+    lab_plan: LabPlan, fwemus: list[Fwemu]
+) -> None:
+    fw_ns = lab_plan.fw_client_side.namespace
+    fw = started(fwemus, start_fwemu(fw_args(lab_plan)))
+    during = ruleset(fw_ns)
+    second = run_fwemu(fw_args(lab_plan, "--in-interface", "cli0"))
+    assert second.returncode == 2
+    assert second.stderr.startswith("fwemu: NFQUEUE 0 is already bound by another program")
+    assert len(second.stderr.splitlines()) == 1
+    assert ruleset(fw_ns) == during
+    assert tcp_exchange(lab_plan) == b"ping"
+    assert fw.stop() == 0
+
+
+def test_refusals_exit_2_with_one_line_and_change_nothing(
+    lab_plan: LabPlan, tmp_path: Path
+) -> None:
+    fw_ns = lab_plan.fw_client_side.namespace
+    before = ruleset(fw_ns)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[timeouts]\nestablished = 'soon'\n")
+    cases = {
+        "policy": ["--netns", fw_ns, "--policy", str(bad)],
+        "netns": ["--netns", "fwemu-no-such-namespace", "--preset", "linux"],
+        "preset": ["--netns", fw_ns, "--preset", "no-such-preset"],
+    }
+    for what, args in cases.items():
+        result = run_fwemu(args)
+        assert result.returncode == 2, what
+        assert result.stderr.startswith("fwemu: "), what
+        assert len(result.stderr.splitlines()) == 1, (what, result.stderr)
+        assert_clean(lab_plan, before)
+    missing = run_fwemu(cases["netns"])
+    assert "network namespace 'fwemu-no-such-namespace' does not exist" in missing.stderr

@@ -1,0 +1,209 @@
+"""Real labs: namespaces, forwarding through fw, idempotent up, down, isolation (needs root)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+from conftest import ping, root_network
+from pyroute2 import netns as pr_netns
+
+from fwemu.lab import LabError, LabPlan, down, exec_in, lab, list_labs, run_in, socket_in, up
+from fwemu.lab import netns as lab_netns
+
+pytestmark = pytest.mark.usefixtures("needs_root")
+
+
+def _namespaces(lab: str) -> set[str]:
+    """Lab `lab`'s namespaces that exist (other tests may be creating labs meanwhile)."""
+    return {ns for ns in pr_netns.listnetns() if ns.startswith(f"{lab}-")}
+
+
+def _ns_inodes(plan: LabPlan) -> list[int]:
+    return [os.stat(f"/run/netns/{ns}").st_ino for ns in plan.namespaces]
+
+
+def test_up_creates_three_namespaces_and_leaves_root_alone(lab_name: Callable[[], str]) -> None:
+    before = root_network()
+    plan = LabPlan.create(lab_name(), index=11)
+    up(plan)
+    assert _namespaces(plan.name) == set(plan.namespaces)
+    assert root_network() == before
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_client_reaches_server_via_fw(make_lab: Callable[[], LabPlan], version: int) -> None:
+    plan = make_lab()
+    server = plan.server.ipv4 if version == 4 else plan.server.ipv6
+    client = plan.client.ipv4 if version == 4 else plan.client.ipv6
+    assert ping(plan.client.namespace, server)
+    assert ping(plan.server.namespace, client)
+    # Both really go through fw: its own addresses answer too, and it forwards.
+    assert ping(plan.client.namespace, plan.fw_server_side.ipv4)
+
+
+def test_without_forwarding_in_fw_client_cannot_reach_server(
+    make_lab: Callable[[], LabPlan],
+) -> None:
+    plan = make_lab()
+    fw_down = run_in(plan.name, "fw", ["sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward"])
+    assert fw_down.returncode == 0
+    assert not ping(plan.client.namespace, plan.server.ipv4, timeout=0.5)
+
+
+_ECHO_SERVER = """
+import socket, sys
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+s.bind((sys.argv[1], 7000)); s.listen()
+print("ready", flush=True)
+c, _ = s.accept()
+c.sendall(c.recv(100).upper())
+"""
+_ECHO_CLIENT = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], 7000), timeout=5)
+c.sendall(b"hello through fw")
+print(c.recv(100).decode())
+"""
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_tcp_connection_from_client_to_server(
+    make_lab: Callable[[], LabPlan], version: int
+) -> None:
+    plan = make_lab()
+    address = plan.server.ipv4 if version == 4 else plan.server.ipv6
+    python = sys.executable
+    with exec_in(
+        plan.name,
+        "server",
+        [python, "-c", _ECHO_SERVER, address],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as server:
+        assert server.stdout is not None
+        assert server.stdout.readline() == "ready\n"
+        client = run_in(
+            plan.name,
+            "client",
+            [python, "-c", _ECHO_CLIENT, address],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        assert server.wait(timeout=10) == 0
+    assert client.stdout == "HELLO THROUGH FW\n"
+
+
+def test_socket_in_makes_sockets_that_live_in_the_namespace(
+    make_lab: Callable[[], LabPlan],
+) -> None:
+    plan = make_lab()
+    own_ns = os.readlink("/proc/thread-self/ns/net")
+    with (
+        socket_in(plan.server.namespace) as listener,
+        socket_in(plan.client.namespace) as client,
+    ):
+        listener.bind((plan.server.ipv4, 0))  # EADDRNOTAVAIL anywhere but NAME-server
+        listener.listen()
+        client.settimeout(5)
+        client.connect(listener.getsockname())
+        accepted, peer = listener.accept()
+        with accepted:
+            assert peer[0] == plan.client.ipv4
+            client.sendall(b"ping")
+            assert accepted.recv(4) == b"ping"
+    assert os.readlink("/proc/thread-self/ns/net") == own_ns
+
+
+def test_socket_in_an_unknown_namespace_is_a_lab_error() -> None:
+    with pytest.raises(LabError, match="fwemu-no-such-ns does not exist"):
+        socket_in("fwemu-no-such-ns", socket.AF_INET6)
+
+
+def test_second_up_changes_nothing(make_lab: Callable[[], LabPlan]) -> None:
+    plan = make_lab()
+    inodes = _ns_inodes(plan)
+    up(plan)
+    assert _ns_inodes(plan) == inodes
+
+
+def test_up_rebuilds_a_partial_lab(make_lab: Callable[[], LabPlan]) -> None:
+    plan = make_lab()
+    pr_netns.remove(plan.server.namespace)  # as if a previous `up` had crashed
+    assert not next(info for info in list_labs() if info.name == plan.name).up
+    up(plan)
+    assert ping(plan.client.namespace, plan.server.ipv6)
+
+
+def test_up_refuses_to_replace_a_lab_with_another_index(make_lab: Callable[[], LabPlan]) -> None:
+    plan = make_lab()
+    with pytest.raises(LabError, match=f"already up with index {plan.index}"):
+        up(LabPlan.create(plan.name, index=plan.index % 250 + 1))
+    assert ping(plan.client.namespace, plan.server.ipv4)
+
+
+def test_failed_up_leaves_nothing_behind(
+    lab_name: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = LabPlan.create(lab_name())
+
+    def fail(plan: LabPlan, namespace: str) -> None:
+        raise LabError("injected failure")
+
+    monkeypatch.setattr(lab_netns, "_write_sysctls", fail)
+    with pytest.raises(LabError, match="injected failure"):
+        up(plan)
+    assert not _namespaces(plan.name)
+
+
+def test_down_removes_everything_and_reports_it(make_lab: Callable[[], LabPlan]) -> None:
+    plan = make_lab()
+    assert down(plan.name) is True
+    assert not _namespaces(plan.name)
+    assert down(plan.name) is False
+
+
+def test_two_labs_do_not_interfere(make_lab: Callable[[], LabPlan]) -> None:
+    first, second = make_lab(), make_lab()
+    assert ping(first.client.namespace, first.server.ipv4)
+    assert ping(second.client.namespace, second.server.ipv4)
+    assert not ping(first.client.namespace, second.server.ipv4, timeout=0.5)
+    down(first.name)
+    assert ping(second.client.namespace, second.server.ipv6)
+
+
+def test_labs_sharing_an_index_are_still_isolated(lab_name: Callable[[], str]) -> None:
+    first, second = LabPlan.create(lab_name(), 42), LabPlan.create(lab_name(), 42)
+    up(first)
+    up(second)
+    with socket_in(second.server.namespace) as listener:
+        listener.bind((second.server.ipv4, 0))
+        listener.listen()
+        with socket_in(first.client.namespace) as client:
+            client.settimeout(2)
+            with pytest.raises(ConnectionRefusedError):  # first's server has no listener
+                client.connect(listener.getsockname())
+
+
+def test_list_labs_shows_state_and_addresses(make_lab: Callable[[], LabPlan]) -> None:
+    plan = make_lab()
+    info = next(info for info in list_labs() if info.name == plan.name)
+    assert (info.index, info.up, info.namespaces) == (plan.index, True, ("client", "fw", "server"))
+    assert info.to_dict()["addresses"] == {
+        "client": list(plan.client.addresses),
+        "fw": [*plan.fw_client_side.addresses, *plan.fw_server_side.addresses],
+        "server": list(plan.server.addresses),
+    }
+
+
+def test_lab_context_manager_removes_the_lab_even_on_error(lab_name: Callable[[], str]) -> None:
+    name = lab_name()
+    with pytest.raises(RuntimeError), lab(name, index=12) as plan:
+        assert ping(plan.client.namespace, plan.server.ipv4)
+        raise RuntimeError("test body failed")
+    assert not _namespaces(plan.name)

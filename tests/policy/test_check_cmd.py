@@ -1,0 +1,163 @@
+"""`fwemu check`: what a user sees for good policies, presets, and a mix of good and bad."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fwemu.cli import main
+from fwemu.policy import preset_names
+
+GOOD = """\
+[policy]
+name = "example"
+description = "an example with [brackets] that are not markup"
+sources = ["https://example.com/doc"]
+
+[timeouts]
+embryonic = "30s"
+established = "1h"
+half_closed = "10m"
+close_wait = "1m"
+
+[on_expire]
+established = "reset-both"
+
+[out_of_state]
+action = "drop"
+from_client = "reset"
+remember = "5m"
+
+[[rule]]
+name = "postgres"
+match = { dst = "10.0.2.0/24", dst_port = [5432, "6000-6010"] }
+timeouts = { established = "5m" }
+on_expire = { default = "reset-client" }
+out_of_state = { pickup = true }
+"""
+
+
+@pytest.fixture
+def good(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.chdir(tmp_path)
+    Path("good.toml").write_text(GOOD)
+    return "good.toml"
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["check", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def row(out: str, *cells: str) -> bool:
+    """Whether one line of the table holds `cells` in this order, side by side."""
+    wanted = " ".join(cells)
+    return any(wanted in " ".join(line.split()) for line in out.splitlines())
+
+
+def test_table_names_the_values(good: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, good)
+    assert (code, err) == (0, "")
+    assert "\x1b[" not in out  # not a terminal: no colour codes
+    lines = out.splitlines()
+    assert lines[:3] == [
+        "example: an example with [brackets] that are not markup",
+        "from good.toml",
+        "source: https://example.com/doc",
+    ]
+    assert row(out, "postgres", "embryonic", "30s", "reset-client")
+    assert row(out, "dst 10.0.2.0/24", "established", "5m", "reset-client")
+    assert row(out, "dst_port 5432, 6000-6010", "half_closed", "fin_wait 10m, close_wait 1m")
+    assert row(out, "out of state", "remember 5m", "drop, from client: reset, pickup")
+    assert row(out, "default", "embryonic", "30s", "silent")
+    assert row(out, "established", "1h", "reset-both")
+    assert row(out, "closing", "30s", "silent")  # Linux's last_ack default
+    assert row(out, "out of state", "remember 5m", "drop, from client: reset, no pickup")
+    assert out.index("postgres") < out.index("default")
+
+
+def test_json(good: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--json", good)
+    assert code == 0
+    [policy] = json.loads(out)
+    assert {k: policy[k] for k in ("name", "origin", "description", "sources")} == {
+        "name": "example",
+        "origin": "good.toml",
+        "description": "an example with [brackets] that are not markup",
+        "sources": ["https://example.com/doc"],
+    }
+    postgres, default = policy["profiles"]
+    assert postgres == {
+        "name": "postgres",
+        "match": {"dst": ["10.0.2.0/24"], "dst_port": [5432, "6000-6010"]},
+        "timeouts": {
+            "syn_sent": 30,
+            "syn_recv": 30,
+            "established": 300,
+            "fin_wait": 600,
+            "close_wait": 60,
+            "last_ack": 30,
+            "time_wait": 120,
+            "close": 10,
+        },
+        "on_expire": dict.fromkeys(
+            ("embryonic", "established", "half_closed", "closing", "time_wait", "close"),
+            "reset-client",
+        ),
+        "out_of_state": {
+            "action": "drop",
+            "from_client": "reset",
+            "from_server": "drop",
+            "pickup": True,
+            "remember": 300,
+        },
+    }
+    assert default["name"] == "default"
+    assert default["match"] is None
+    assert default["timeouts"]["established"] == 3600
+
+
+def test_json_never_is_null(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "n.toml"
+    path.write_text('[timeouts]\nestablished = "never"\n')
+    _, out, _ = run(capsys, "--json", str(path))
+    assert json.loads(out)[0]["profiles"][0]["timeouts"]["established"] is None
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_every_preset_is_valid(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, name)
+    assert (code, err) == (0, "")
+    assert f"from preset:{name}" in out
+
+
+def test_bad_files_do_not_stop_the_others(good: str, capsys: pytest.CaptureFixture[str]) -> None:
+    Path("bad.toml").write_text('[timeouts]\nestablished = "1h"\nclose = "soon"\n')
+    code, out, err = run(capsys, "bad.toml", "nope.toml", "no-such-preset", good)
+    assert code == 2
+    assert out.startswith("example: ")
+    assert err.splitlines() == [
+        "bad.toml:3: timeouts.close: invalid duration 'soon' (use units d h m s ms, "
+        'largest first, like "90s", "1h30m" or "250ms")',
+        "nope.toml: cannot read: No such file or directory",
+        "fwemu: no policy file or preset named 'no-such-preset'; presets: "
+        + ", ".join(preset_names()),
+    ]
+
+
+def test_json_lists_only_valid_policies(good: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--json", "nope.toml", good)
+    assert code == 2
+    assert [p["name"] for p in json.loads(out)] == ["example"]
+
+
+def test_help_has_an_example(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["check", "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out
+    assert "fwemu check cisco-asa" in out

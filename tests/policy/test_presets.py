@@ -1,0 +1,186 @@
+"""The shipped presets: each loads, and each says what its product does by default."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+
+import pytest
+
+from fwemu.policy import (
+    PHASE_STATES,
+    ExpireAction,
+    OutOfStateAction,
+    Phase,
+    Policy,
+    load_preset,
+    preset_names,
+)
+
+PRESETS = (
+    "linux",
+    "pf",
+    "cisco-asa",
+    "panos",
+    "fortigate",
+    "checkpoint",
+    "juniper-srx",
+    "aws-nlb",
+    "aws-nat-gateway",
+    "azure-lb",
+    "azure-lb-tcp-reset",
+    "azure-nat-gateway",
+    "gcp-cloud-nat",
+    "kube-proxy",
+)
+
+SILENT = ExpireAction.SILENT
+RESET_BOTH = ExpireAction.RESET_BOTH
+DROP = OutOfStateAction.DROP
+RESET = OutOfStateAction.RESET
+
+
+def _file(name: str) -> str:
+    return resources.files("fwemu.presets").joinpath(name).read_text(encoding="utf-8")
+
+
+def test_the_presets_are_the_fourteen_products() -> None:
+    assert sorted(preset_names()) == sorted(PRESETS)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_loads_under_its_own_name_with_sources(name: str) -> None:
+    policy = load_preset(name)
+    assert policy.name == name
+    assert policy.description
+    assert policy.sources
+    assert all(s.startswith(("https://", "http://")) for s in policy.sources)
+
+
+@dataclass(frozen=True, slots=True)
+class Headline:
+    """One preset's defining numbers and actions, as the model reports them."""
+
+    syn_sent: float | None
+    established: float | None
+    fin_wait: float | None
+    last_ack: float | None
+    time_wait: float | None
+    close: float | None
+    on_established_expiry: ExpireAction
+    late_from_client: OutOfStateAction
+    late_from_server: OutOfStateAction
+    pickup: bool
+
+    @classmethod
+    def of(cls, policy: Policy) -> Headline:
+        t, oos = policy.default.timeouts, policy.default.out_of_state
+        return cls(
+            t.syn_sent,
+            t.established,
+            t.fin_wait,
+            t.last_ack,
+            t.time_wait,
+            t.close,
+            policy.default.on_expire.established,
+            oos.for_side(True),
+            oos.for_side(False),
+            oos.pickup,
+        )
+
+
+# fmt: off
+HEADLINES = {
+    # columns: syn_sent, established, fin_wait, last_ack, time_wait, close (seconds);
+    # expiry action in ESTABLISHED; late packet from the client, from the server; pickup
+    "linux":              Headline(120, 432000,  120,  30, 120,  10, SILENT, DROP, DROP, True),
+    "kube-proxy":         Headline(120,  86400,  120,  30, 120,  10, SILENT, DROP, DROP, True),
+    "pf":                 Headline(120,  86400,  900,  45,  90,  90, SILENT, DROP, DROP, False),
+    "cisco-asa":          Headline( 30,   3600,  600, 600,   0,   0, SILENT, DROP, DROP, False),
+    "panos":              Headline(  5,   3600,  120,  15,  15,  15, SILENT, DROP, DROP, False),
+    "fortigate":          Headline( 10,   3600,  120, 120,   1,   5, SILENT, DROP, DROP, False),
+    "checkpoint":         Headline( 25,   3600, 3600,   5,   5,   5, SILENT, DROP, DROP, False),
+    "juniper-srx":        Headline( 20,   1800, 1800,  10,  10,  10, SILENT, DROP, DROP, False),
+    "aws-nlb":            Headline(350,    350,  350, 350, 350, 350, SILENT, RESET, RESET, False),
+    "aws-nat-gateway":    Headline(350,    350,  350, 350, 350, 350, SILENT, RESET, DROP, False),
+    "azure-lb":           Headline(240,    240,  240, 240, 240, 240, SILENT, DROP, DROP, False),
+    "azure-lb-tcp-reset": Headline(240,    240,  240, 240, 240, 240, RESET_BOTH, DROP, DROP, False),
+    "azure-nat-gateway":  Headline( 30,    240,  240,  65,  65,  16, SILENT, RESET, RESET, False),
+    "gcp-cloud-nat":      Headline( 30,   1200,   30,  30,  30,  30, SILENT, DROP, DROP, False),
+}
+# fmt: on
+
+
+def test_every_preset_has_a_headline_row() -> None:
+    assert sorted(HEADLINES) == sorted(PRESETS)
+
+
+@pytest.mark.parametrize(("name", "expected"), HEADLINES.items(), ids=list(HEADLINES))
+def test_headline_numbers_and_actions(name: str, expected: Headline) -> None:
+    assert Headline.of(load_preset(name)) == expected
+
+
+@pytest.mark.parametrize(("name", "syn_recv", "close_wait"), [
+    ("linux", 60, 60),
+    ("kube-proxy", 60, 3600),  # kube-proxy's 1 h CLOSE_WAIT, Linux's own SYN_RECV
+    ("pf", 30, 900),  # tcp.opening after the SYN/ACK; tcp.closing for the whole half-close
+    ("panos", 10, 120),  # TCP Handshake after the SYN/ACK
+])  # fmt: skip
+def test_states_that_differ_within_a_phase(name: str, syn_recv: float, close_wait: float) -> None:
+    timeouts = load_preset(name).default.timeouts
+    assert (timeouts.syn_recv, timeouts.close_wait) == (syn_recv, close_wait)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_only_azure_lb_tcp_reset_sends_anything_at_expiry(name: str) -> None:
+    on_expire = load_preset(name).default.on_expire
+    resetting = {p for p in Phase if on_expire.for_phase(p) is not SILENT}
+    assert resetting == ({Phase.ESTABLISHED} if name == "azure-lb-tcp-reset" else set())
+
+
+def test_aws_nat_gateway_remembers_a_flow_past_a_default_keepalive_probe() -> None:
+    """Linux's tcp_keepalive_time (7200 s) after expiry must still be known as the client's late
+    packet, or the documented RST to the inside never shows."""
+    oos = load_preset("aws-nat-gateway").default.out_of_state
+    assert oos.remember >= 7200
+    assert oos.for_side(None) is DROP  # a packet from no remembered flow: side unknown
+
+
+# --- the files themselves: every timer explicit and sourced ---------------------------------
+
+_ENTRY = re.compile(r"^(\w+)\s*=")
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_state_timer_is_set_in_the_file(name: str) -> None:
+    """A preset never inherits Linux's defaults by leaving a timer out."""
+    timeouts = tomllib.loads(_file(f"{name}.toml"))["timeouts"]
+    missing = [
+        state
+        for phase, states in PHASE_STATES.items()
+        for state in states
+        if state not in timeouts and phase.value not in timeouts
+    ]
+    assert missing == []
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_timer_carries_a_comment(name: str) -> None:
+    """Each `[timeouts]` entry has a comment on its line or right above it (its source)."""
+    lines = _file(f"{name}.toml").splitlines()
+    start = lines.index("[timeouts]")
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("["))
+    uncommented = [
+        line
+        for above, line in itertools.pairwise(lines[start:end])
+        if _ENTRY.match(line) and "#" not in line and not above.startswith("#")
+    ]
+    assert uncommented == []
+
+
+def test_readme_has_a_row_per_preset() -> None:
+    readme = _file("README.md")
+    assert [n for n in PRESETS if f"| `{n}` |" not in readme] == []

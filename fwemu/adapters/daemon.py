@@ -97,7 +97,7 @@ class Counters:
     packets: int = 0
     accepted: int = 0
     dropped: int = 0
-    resets: int = 0  # RST packets the engine asked to inject
+    resets: int = 0  # RST packets injected
     errors: int = 0  # packets accepted because the engine raised
 
 
@@ -132,20 +132,19 @@ class Daemon:
             return
         if decision.verdict is Verdict.DROP:
             self.counters.dropped += 1
-            if not self._dry_run:
-                packet.drop()
-                self._apply(decision.inject, decision.events)
-                return
         else:
             self.counters.accepted += 1
-        packet.accept()
+        if decision.verdict is Verdict.DROP and not self._dry_run:
+            packet.drop()
+        else:
+            packet.accept()
         self._apply(decision.inject, decision.events)
 
     def _apply(self, inject: tuple[bytes, ...], events: Iterable[Event]) -> None:
-        self.counters.resets += len(inject)
-        if not self._dry_run:
-            for data in inject:
-                self._injector.send(data)
+        if self._dry_run:
+            self.counters.resets += len(inject)
+        else:
+            self.counters.resets += sum(self._injector.send(data) for data in inject)
         self._reporter.events(events)
 
     def run(self, nfq: NetfilterQueue, signals: Signals) -> None:

@@ -38,7 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except FwemuError as err:
-        print(f"fwemu: {err}", file=sys.stderr)
+        # One problem: "fwemu: <message>". Several (a policy file's): one self-locating line each.
+        message = str(err)
+        print(message if "\n" in message else f"fwemu: {message}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         return 130

@@ -39,6 +39,11 @@ as FILE:LINE: KEY: MESSAGE, and the other policies are still checked).
 """
 
 
+# Output width when stdout is not a terminal (no width to fit): wide enough that cells rarely
+# wrap; tables take only the width they need.
+_PIPE_WIDTH = 120
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "check",
@@ -72,8 +77,6 @@ def _run(args: argparse.Namespace) -> int:
     else:
         console = Console(file=sys.stdout, highlight=False)
         if not console.is_terminal:
-            # No terminal width to fit: wide enough that cells rarely wrap (tables only take
-            # the width they need).
             console.width = _PIPE_WIDTH
         for index, policy in enumerate(valid):
             if index:
@@ -84,14 +87,18 @@ def _run(args: argparse.Namespace) -> int:
 
 def policy_to_dict(policy: Policy) -> dict[str, Any]:
     """The JSON form of a policy: every profile with its effective values, seconds as numbers."""
-    rules = {rule.profile.name: rule.match for rule in policy.rules}
     return {
         "name": policy.name,
         "origin": policy.origin,
         "description": policy.description,
         "sources": list(policy.sources),
-        "profiles": [_profile_to_dict(p, rules.get(p.name)) for p in policy.profiles],
+        "profiles": [_profile_to_dict(p, match) for p, match in _profiles(policy)],
     }
+
+
+def _profiles(policy: Policy) -> list[tuple[Profile, Match | None]]:
+    """Each profile in match order with its rule's match (None for the default)."""
+    return [*((rule.profile, rule.match) for rule in policy.rules), (policy.default, None)]
 
 
 def _profile_to_dict(profile: Profile, match: Match | None) -> dict[str, Any]:
@@ -131,8 +138,6 @@ def _port_text(ports: PortRange) -> str | int:
     return ports.low if ports.low == ports.high else f"{ports.low}-{ports.high}"
 
 
-_PIPE_WIDTH = 120
-
 # --- the readable table ---------------------------------------------------------------------
 
 
@@ -144,12 +149,11 @@ def _print_policy(console: Console, policy: Policy) -> None:
     console.print(Text(f"from {policy.origin}", style="dim"), soft_wrap=True)
     for source in policy.sources:
         console.print(Text(f"source: {source}", style="dim"), soft_wrap=True)
-    rules = {rule.profile.name: rule.match for rule in policy.rules}
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for column in ("profile", "phase", "timeout", "on expire"):
         table.add_column(column)
-    for profile in policy.profiles:
-        _add_profile(table, profile, rules.get(profile.name))
+    for profile, match in _profiles(policy):
+        _add_profile(table, profile, match)
     console.print(table)
 
 

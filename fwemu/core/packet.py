@@ -55,10 +55,10 @@ _OPT_NOP = 1
 _OPT_WSCALE = 3  # RFC 7323 §2.2: kind 3, length 3, shift count
 _MAX_WSCALE = 14  # RFC 7323 §2.3: a larger shift MUST be treated as 14 (Linux TCP_MAX_WSCALE)
 
-# RSTs we build: IPv4 IHL 5, DF, TTL 64; IPv6 hop limit 64; TCP data offset 5, window 0.
-_RST_IP4 = struct.Struct("!BBHHHBBH4s4s")
-_RST_IP6 = struct.Struct("!IHBB16s16s")
-_RST_TCP = struct.Struct("!HHIIBBHHH")
+# Segments we build: IPv4 IHL 5, DF, TTL 64; IPv6 hop limit 64; TCP data offset 5, no options.
+_IP4_HEADER = struct.Struct("!BBHHHBBH4s4s")
+_IP6_HEADER = struct.Struct("!IHBB16s16s")
+_TCP_HEADER = struct.Struct("!HHIIBBHHH")
 _IP4_DF = 0x4000
 _TTL = 64  # Linux net.ipv4.ip_default_ttl and IPv6 hop_limit default
 _TCP_DOFF_5 = 5 << 4
@@ -79,6 +79,10 @@ _FLAG_LETTERS = (
 class Segment:
     """One parsed TCP segment, keyed by its flow.
 
+    `key` is the same for both directions of a connection (`endpoints` takes it apart); `forward`
+    says whether this packet goes from the key's first endpoint to its second. `payload_len`
+    comes from the IP length fields, `wscale` is -1 unless this is a SYN carrying the option.
+
     A plain slotted class rather than a frozen dataclass: frozen `__init__` goes through
     `object.__setattr__` and this is built for every forwarded packet.
     """
@@ -97,7 +101,7 @@ class Segment:
         "wscale",
     )
 
-    def __init__(  # noqa: PLR0917  positional: keyword arguments make this call 2.5x slower
+    def __init__(  # positional only in practice: keyword arguments make this call 2.5x slower
         self,
         version: int,
         key: bytes,
@@ -155,7 +159,7 @@ class Unparseable:
 
 
 def parse(data: bytes) -> Segment | Unparseable:
-    """Parse an IP packet as queued; never raises, whatever the bytes."""
+    """Parse an IP packet as queued, possibly truncated after its headers; never raises."""
     size = len(data)
     if size >= 40 and data[0] == 0x45:
         # IPv4 without options, most of the traffic: both fixed headers in one unpack.
@@ -302,34 +306,58 @@ def endpoints(key: bytes) -> tuple[bytes, int, bytes, int]:
     )
 
 
-def build_rst(
-    src: bytes, sport: int, dst: bytes, dport: int, *, seq: int, ack: int | None
+def build_segment(
+    src: bytes,
+    sport: int,
+    dst: bytes,
+    dport: int,
+    *,
+    flags: int,
+    seq: int,
+    ack: int,
+    payload_len: int = 0,
+    window: int = 0xFFFF,
 ) -> bytes:
-    """A complete IP packet carrying a TCP RST, or RST|ACK when `ack` is given.
+    """A complete IP packet carrying one TCP segment without options and with a zero payload.
 
-    The address length (4 or 16 bytes) selects IPv4 or IPv6. `seq` and `ack` are taken modulo
-    2**32 so callers can pass sequence arithmetic unmasked. No options: Linux accepts an RST
-    without timestamps (reference §2.1: "Reset is accepted even if it did not pass PAWS").
+    The address length (4 or 16 bytes) selects IPv4 (IHL 5, DF, TTL 64, id 0) or IPv6 (hop limit
+    64, flow label 0); both checksums are correct, so a real stack accepts it. `seq` and `ack` are
+    taken modulo 2**32 so callers can pass sequence arithmetic unmasked.
     """
     if len(src) != len(dst) or len(src) not in (4, 16):
-        raise ValueError(f"RST addresses must both be 4 or 16 bytes, not {len(src)} and {len(dst)}")
-    flags = TCP_RST if ack is None else TCP_RST | TCP_ACK
-    tcp_ack = 0 if ack is None else ack & _SEQ_MASK
-    tcp_len = _TCP_MIN_LEN
-    if len(src) == 4:
+        raise ValueError(f"addresses must both be 4 or 16 bytes, not {len(src)} and {len(dst)}")
+    ipv4 = len(src) == 4
+    tcp_len = _TCP_MIN_LEN + payload_len
+    # IPv4's 16-bit total length counts its own header; IPv6's payload length does not.
+    if not 0 <= payload_len <= 0xFFFF - _TCP_MIN_LEN - (20 if ipv4 else 0):
+        raise ValueError(f"a {payload_len}-byte payload does not fit in one IP packet")
+    if ipv4:
         # RFC 9293 §3.1 pseudo-header: src, dst, zero, protocol, TCP length.
-        pseudo = src + dst + struct.pack("!BBH", 0, _PROTO_TCP, tcp_len)
+        pseudo = src + dst + struct.pack("!xBH", _PROTO_TCP, tcp_len)
     else:
         # RFC 8200 §8.1 pseudo-header: src, dst, 32-bit length, 3 zero bytes, next header.
         pseudo = src + dst + struct.pack("!I3xB", tcp_len, _PROTO_TCP)
-    fields = (sport, dport, seq & _SEQ_MASK, tcp_ack, _TCP_DOFF_5, flags, 0)
-    checksum = _internet_checksum(pseudo + _RST_TCP.pack(*fields, 0, 0))
-    tcp = _RST_TCP.pack(*fields, checksum, 0)
-    if len(src) == 16:
-        return _RST_IP6.pack(6 << 28, tcp_len, _PROTO_TCP, _TTL, src, dst) + tcp
+    fields = (sport, dport, seq & _SEQ_MASK, ack & _SEQ_MASK, _TCP_DOFF_5, flags, window)
+    payload = bytes(payload_len)
+    checksum = _internet_checksum(pseudo + _TCP_HEADER.pack(*fields, 0, 0) + payload)
+    tcp = _TCP_HEADER.pack(*fields, checksum, 0) + payload
+    if not ipv4:
+        return _IP6_HEADER.pack(6 << 28, tcp_len, _PROTO_TCP, _TTL, src, dst) + tcp
     header = (0x45, 0, 20 + tcp_len, 0, _IP4_DF, _TTL, _PROTO_TCP)
-    checksum = _internet_checksum(_RST_IP4.pack(*header, 0, src, dst))
-    return _RST_IP4.pack(*header, checksum, src, dst) + tcp
+    checksum = _internet_checksum(_IP4_HEADER.pack(*header, 0, src, dst))
+    return _IP4_HEADER.pack(*header, checksum, src, dst) + tcp
+
+
+def build_rst(
+    src: bytes, sport: int, dst: bytes, dport: int, *, seq: int, ack: int | None
+) -> bytes:
+    """A complete IP packet carrying a TCP RST (window 0), or RST|ACK when `ack` is given.
+
+    No options: Linux accepts an RST without timestamps (reference §2.1: "Reset is accepted even
+    if it did not pass PAWS").
+    """
+    flags = TCP_RST if ack is None else TCP_RST | TCP_ACK
+    return build_segment(src, sport, dst, dport, flags=flags, seq=seq, ack=ack or 0, window=0)
 
 
 def build_reply_rst(seg: Segment) -> bytes:
@@ -360,7 +388,9 @@ def _endpoint(addr: bytes, port: int) -> str:
 
 
 def _internet_checksum(data: bytes) -> int:
-    """RFC 1071 one's-complement checksum of an even-length buffer."""
+    """RFC 1071 one's-complement checksum; an odd length counts as padded with a zero byte."""
+    if len(data) & 1:
+        data += b"\x00"
     total: int = sum(struct.unpack(f"!{len(data) >> 1}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)

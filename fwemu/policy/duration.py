@@ -12,9 +12,9 @@ from fwemu.errors import FwemuError
 # Largest unit first: the order components must appear in, and the order `format_duration` uses.
 _UNITS: dict[str, float] = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
-# Spellings people reach for, mapped to ours, so the hint can offer a fix.
 _UNIT_ORDER = list(_UNITS)
 
+# Spellings people reach for, mapped to ours, so the hint can offer a fix.
 _UNIT_ALIASES: dict[str, str] = {
     **dict.fromkeys(("day", "days"), "d"),
     **dict.fromkeys(("hr", "hrs", "hour", "hours"), "h"),
@@ -23,14 +23,15 @@ _UNIT_ALIASES: dict[str, str] = {
     **dict.fromkeys(("msec", "msecs", "millisecond", "milliseconds"), "ms"),
 }
 
-# A timer longer than a year is a typo (a missing unit, "5d" meant as minutes, ...), not a policy.
+# No firewall keeps an idle flow for over a year: such a value is a slip (a wrong unit), and
+# "never" says "no timer" explicitly.
 MAX_SECONDS = 365 * 86400.0
 
 _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
 _COMPONENT = re.compile(rf"\s*({_NUMBER})\s*([a-zA-Z]*)\s*")
 _BARE_NUMBER = re.compile(rf"[+-]?{_NUMBER}")
 
-EXPECTED = 'a duration (seconds or a string like "90s")'
+_EXPECTED = 'a duration (seconds or a string like "90s")'
 
 
 class DurationError(FwemuError):
@@ -68,7 +69,7 @@ def parse_duration(value: object) -> float | None:
     "250ms"), "0", or "never".
     """
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise DurationError(f"expected {EXPECTED}, got {type_name(value)}")
+        raise DurationError(f"expected {_EXPECTED}, got {type_name(value)}")
     if isinstance(value, str):
         return _parse_text(value)
     return _checked(float(value), repr(value))

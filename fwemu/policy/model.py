@@ -148,7 +148,9 @@ class Match:
         )
 
 
-def _in_nets(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, nets: tuple[IPNetwork, ...]) -> bool:
+def _in_nets(
+    addr: ipaddress.IPv4Address | ipaddress.IPv6Address, nets: tuple[IPNetwork, ...]
+) -> bool:
     return not nets or any(addr.version == n.version and addr in n for n in nets)
 
 

@@ -45,4 +45,4 @@ def fwemus() -> Iterator[list[Fwemu]]:
     for fw in started:
         if fw.process.poll() is None:
             fw.process.kill()
-            fw.process.wait()
+            fw.finish()

@@ -6,6 +6,8 @@ removed even when a test fails. Without root these tests skip, except under CI, 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -15,7 +17,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 import pytest
 
@@ -65,9 +67,11 @@ def tcp_exchange(plan: LabPlan, payload: bytes = b"ping", *, ipv6: bool = False)
         port = server.getsockname()[1]
 
         def echo() -> None:
-            conn, _ = server.accept()
-            with conn:
-                conn.sendall(conn.recv(1024))
+            # A failure shows on the client side; the thread just ends.
+            with contextlib.suppress(OSError):
+                conn, _ = server.accept()
+                with conn:
+                    conn.sendall(conn.recv(1024))
 
         thread = threading.Thread(target=echo)
         thread.start()
@@ -88,6 +92,7 @@ class Fwemu:
     process: subprocess.Popen[str]
     lines: list[str]
     _reader: threading.Thread
+    stdout: str = ""
 
     def wait_for(self, text: str, timeout: float = STARTUP_TIMEOUT) -> str:
         """The first stderr line containing `text`; fails if the process ends first."""
@@ -107,9 +112,23 @@ class Fwemu:
         return self.finish()
 
     def finish(self) -> int:
+        """Wait for the exit; then `stdout` holds what it wrote there (if piped)."""
         code = self.process.wait(STOP_TIMEOUT)
         self._reader.join(STOP_TIMEOUT)
+        self.close()
         return code
+
+    def close(self) -> None:
+        out, err = self.process.stdout, self.process.stderr
+        if out is not None and not out.closed:
+            self.stdout += out.read()
+            out.close()
+        if err is not None:
+            err.close()
+
+    def records(self) -> list[dict[str, Any]]:
+        """The JSON-lines events it wrote on stdout (`--events -`)."""
+        return [json.loads(line) for line in self.stdout.splitlines()]
 
     @property
     def stderr(self) -> str:

@@ -62,7 +62,7 @@ class TestLifecycle:
         t.handshake()
         t.client("R", at=5.0)
         assert t.state() == "CLOSE"
-        assert t.engine.next_deadline() == 15.0
+        assert t.deadline() == 15.0
 
     def test_every_accepted_packet_rearms_its_state_timer(self) -> None:
         t = Trace(make_policy(established=10.0))
@@ -81,7 +81,7 @@ class TestLifecycle:
         t = Trace(make_policy(established=1000.0, fin_wait=5.0))
         t.handshake(at=0.0)
         t.client("FA", at=2.0)
-        assert t.engine.next_deadline() == 7.0
+        assert t.deadline() == 7.0
 
     def test_ipv6_flow(self) -> None:
         t = Trace(make_policy(established=3.0, on_established=RESET_CLIENT), v6=True)
@@ -229,14 +229,14 @@ class TestOutOfState:
 
     def test_mid_stream_ack_without_flow(self) -> None:
         t = Trace(make_policy(oos=OutOfStateAction.RESET))
-        d = t.client("A", at=0.0)
+        d = t.client("A", at=0.0, ack=5000)
         assert d.verdict == Verdict.DROP
         assert d.inject == (t.rst_to_client(seq=5000, ack=None),)
         assert d.events[0].side is None  # no tombstone: side unknown
 
     def test_syn_ack_for_no_syn_is_answered_like_a_stack(self) -> None:
         t = Trace(make_policy(oos=OutOfStateAction.RESET))
-        d = t.server("SA", at=0.0)
+        d = t.server("SA", at=0.0, ack=1000)
         assert d.verdict == Verdict.DROP
         assert d.inject == (t.rst_to_server(seq=1000, ack=None),)
 
@@ -278,7 +278,7 @@ class TestKernelSpecialCases:
         t = Trace(make_policy(syn_sent=10.0))
         t.client("S", at=0.0)
         t.client("S", at=3.0, seq=1000)
-        assert t.engine.next_deadline() == 10.0
+        assert t.deadline() == 10.0
 
     def test_rst_as_the_only_reply_deletes_the_flow(self) -> None:
         t = Trace(make_policy())
@@ -305,7 +305,7 @@ class TestKernelSpecialCases:
         t.handshake(at=0.0)
         d = t.client("S", at=5.0, seq=777)
         assert d.verdict == Verdict.ACCEPT and d.reason.startswith("ignored")
-        assert t.state() == "ESTABLISHED" and t.engine.next_deadline() == 100.0
+        assert t.state() == "ESTABLISHED" and t.deadline() == 100.0
 
     def test_challenge_ack_in_last_ack_is_not_the_last_ack(self) -> None:
         t = Trace(make_policy())
@@ -333,7 +333,7 @@ class TestKernelSpecialCases:
         t.server("A", at=1.0)
         d = t.client("R", at=2.0, seq=1011 + 5000)  # in window, not the server's rcv_nxt
         assert d.verdict == Verdict.ACCEPT and t.state() == "ESTABLISHED"
-        assert t.engine.next_deadline() == 12.0
+        assert t.deadline() == 12.0
 
     def test_rst_below_the_receivers_ack_is_invalid(self) -> None:
         t = Trace(make_policy())

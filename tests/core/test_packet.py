@@ -24,6 +24,7 @@ from fwemu.core.packet import (
     Unparseable,
     build_reply_rst,
     build_rst,
+    build_segment,
     describe,
     endpoints,
     parse,
@@ -137,8 +138,9 @@ def test_ipv6_extension_headers_are_skipped() -> None:
     assert (seg.sport, seg.dport, seg.seq, seg.payload_len, seg.wscale) == (40000, 443, 1000, 7, 9)
 
 
-def test_first_ipv4_fragment_is_parsed() -> None:
-    packet = IP(src=CLIENT4, dst=SERVER4, flags="MF") / TCP(sport=1, dport=2, seq=9)
+@pytest.mark.parametrize("ip_options", [[], [IPOption_RR()]])
+def test_first_ipv4_fragment_is_parsed(ip_options: list[Packet]) -> None:
+    packet = IP(src=CLIENT4, dst=SERVER4, flags="MF", options=ip_options) / TCP(seq=9)
     assert segment(packet).seq == 9
 
 
@@ -217,8 +219,9 @@ def test_same_address_orders_by_port() -> None:
 
 
 def test_ipv4_and_ipv6_keys_never_collide() -> None:
-    mapped = segment(v6()).key
-    assert len(mapped) != len(segment(v4()).key)
+    mapped = IPv6(src=f"::ffff:{CLIENT4}", dst=f"::ffff:{SERVER4}") / TCP(**TCP_DEFAULTS)
+    keys = segment(mapped).key, segment(v4()).key
+    assert (len(keys[0]), len(keys[1])) == (36, 12)
 
 
 def test_endpoints_round_trip() -> None:
@@ -257,6 +260,7 @@ def with_u16(packet: Packet, at: int, value: int) -> bytes:
         (bytes(IP() / UDP()), "not TCP (protocol 17)"),
         (bytes(IP(frag=185) / TCP()), "IPv4 fragment"),
         (bytes(IP(flags="MF", frag=1) / TCP()), "IPv4 fragment"),
+        (bytes(IP(frag=1, options=[IPOption_RR()]) / TCP()), "IPv4 fragment"),
         (with_u16(v4(), 2, 39), "bad IPv4 total length 39"),
         (bytes(v4())[:30], "truncated TCP header (10 bytes)"),
         (with_byte(v4(), 32, 0x30), "bad TCP data offset 3"),
@@ -365,6 +369,32 @@ def test_rst_parses_back() -> None:
 def test_rst_needs_matching_addresses() -> None:
     with pytest.raises(ValueError, match="not 4 and 16"):
         build_rst(aton(CLIENT4), 1, aton(SERVER6), 2, seq=0, ack=None)
+
+
+@pytest.mark.parametrize(("src", "dst"), [(CLIENT4, SERVER4), (CLIENT6, SERVER6)])
+def test_built_segment_is_what_scapy_builds(src: str, dst: str) -> None:
+    data = build_segment(
+        aton(src), 40000, aton(dst), 443, flags=TCP_PSH | TCP_ACK, seq=7, ack=9, payload_len=1001
+    )
+    packet = (IP if ":" not in src else IPv6)(data)
+    assert rebuilt(packet) == data
+    tcp = packet[TCP]
+    assert (str(tcp.flags), tcp.seq, tcp.ack, tcp.window) == ("PA", 7, 9, 65535)
+    assert tcp[Raw].load == bytes(1001)
+
+
+def test_built_segment_payload_must_fit() -> None:
+    build_segment(
+        aton(CLIENT6), 1, aton(SERVER6), 2, flags=TCP_ACK, seq=0, ack=0, payload_len=65515
+    )
+    with pytest.raises(ValueError, match="65496-byte payload"):
+        build_segment(
+            aton(CLIENT4), 1, aton(SERVER4), 2, flags=TCP_ACK, seq=0, ack=0, payload_len=65496
+        )
+    with pytest.raises(ValueError, match="-1-byte payload"):
+        build_segment(
+            aton(CLIENT4), 1, aton(SERVER4), 2, flags=TCP_ACK, seq=0, ack=0, payload_len=-1
+        )
 
 
 # --- build_reply_rst -------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fwemu.core import packet as pk
@@ -70,24 +71,31 @@ class Side:
     addr: bytes
     port: int
     nxt: int  # next sequence number this side will send
+    rcv_nxt: int = 0  # what it has received from its peer (what it ACKs)
 
 
 @dataclass
 class Trace:
+    """`tap(side, packet)`, if given, sees every packet before the engine does (e.g. to send the
+    same bytes through a real kernel)."""
+
     policy: Policy
     v6: bool = False
+    client_addr: str | None = None
+    server_addr: str | None = None
+    client_port: int = 40000
+    tap: Callable[[str, bytes], None] | None = None
     engine: Engine = field(init=False)
     c: Side = field(init=False)
     s: Side = field(init=False)
 
     def __post_init__(self) -> None:
         self.engine = Engine(self.policy)
-        if self.v6:
-            self.c = Side(ipaddress.IPv6Address("fd00:1::2").packed, 40000, 1000)
-            self.s = Side(ipaddress.IPv6Address("fd00:2::2").packed, 80, 5000)
-        else:
-            self.c = Side(bytes([10, 0, 1, 2]), 40000, 1000)
-            self.s = Side(bytes([10, 0, 2, 2]), 80, 5000)
+        default_c, default_s = ("fd00:1::2", "fd00:2::2") if self.v6 else ("10.0.1.2", "10.0.2.2")
+        c_addr = ipaddress.ip_address(self.client_addr or default_c).packed
+        s_addr = ipaddress.ip_address(self.server_addr or default_s).packed
+        self.c = Side(c_addr, self.client_port, 1000)
+        self.s = Side(s_addr, 80, 5000)
 
     # -- sending
     def client(
@@ -128,7 +136,7 @@ class Trace:
             dst.port,
             flags=f,
             seq=src.nxt if seq is None else seq,
-            ack=(dst.nxt if ack is None else ack) if f & pk.TCP_ACK else 0,
+            ack=(src.rcv_nxt if ack is None else ack) if f & pk.TCP_ACK else 0,
             payload_len=length,
         )
 
@@ -143,12 +151,16 @@ class Trace:
         ack: int | None,
     ) -> Decision:
         data = self._packet(src, dst, flags, length, seq, ack)
+        if self.tap is not None:
+            self.tap("client" if src is self.c else "server", data)
         decision = self.engine.handle_packet(data, now=at)
+        f = flags_of(flags)
+        end = pk.parse(data).end if seq is not None else None  # type: ignore[union-attr]
         if seq is None:
-            f = flags_of(flags)
-            src.nxt = (
-                src.nxt + length + (1 if f & pk.TCP_SYN else 0) + (1 if f & pk.TCP_FIN else 0)
-            ) & 0xFFFFFFFF
+            src.nxt = (src.nxt + length + bool(f & pk.TCP_SYN) + bool(f & pk.TCP_FIN)) & 0xFFFFFFFF
+            end = src.nxt
+        if decision.accepted and not f & pk.TCP_RST:
+            dst.rcv_nxt = end  # delivered: the peer now acknowledges it
         return decision
 
     def handshake(self, at: float = 0.0) -> None:
@@ -168,6 +180,11 @@ class Trace:
         return Effects(tuple(inject), tuple(events))  # type: ignore[arg-type]
 
     # -- expectations
+    def deadline(self, now: float = 0.0) -> float | None:
+        """When the (only) flow's timer fires: exact, unlike next_deadline(), which may be early."""
+        (info,) = self.engine.flows(now=now)
+        return None if info.expires_in is None else now + info.expires_in
+
     def state(self) -> str | None:
         flows = self.engine.flows(now=0.0)
         return flows[0].state if flows else None

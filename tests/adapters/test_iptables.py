@@ -1,0 +1,105 @@
+"""fwemu's iptables rules: exactly what is added, exactly what is removed, nothing else touched."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from fwemu.adapters import iptables
+from fwemu.adapters.iptables import Capture, IptablesError
+from fwemu.lab import call_in_netns
+
+from .nfq_lab import in_netns, ruleset
+
+V4 = ipaddress.ip_network("10.1.0.0/16")
+V6 = ipaddress.ip_network("fd00:1::/64")
+
+
+def test_no_selector_captures_all_tcp_of_both_families() -> None:
+    assert Capture().selectors(4) == ((),)
+    assert Capture().selectors(6) == ((),)
+
+
+def test_selectors_multiply_and_addresses_stay_in_their_family() -> None:
+    capture = Capture(in_interfaces=("eth0", "eth1"), sources=(V4, V6))
+    assert capture.selectors(4) == (
+        ("-i", "eth0", "-s", "10.1.0.0/16"),
+        ("-i", "eth1", "-s", "10.1.0.0/16"),
+    )
+    assert capture.selectors(6) == (
+        ("-i", "eth0", "-s", "fd00:1::/64"),
+        ("-i", "eth1", "-s", "fd00:1::/64"),
+    )
+
+
+def test_addresses_of_one_family_capture_nothing_of_the_other() -> None:
+    capture = Capture(destinations=(V4,), out_interfaces=("srv0",))
+    assert capture.selectors(4) == (("-o", "srv0", "-d", "10.1.0.0/16"),)
+    assert capture.selectors(6) == ()
+
+
+def add_unrelated_rules(namespace: str) -> tuple[str, str]:
+    for binary, addr in (("iptables", "192.0.2.1"), ("ip6tables", "2001:db8::1")):
+        in_netns(namespace, binary, "-N", "MINE")
+        in_netns(namespace, binary, "-A", "MINE", "-j", "RETURN")
+        in_netns(namespace, binary, "-A", "FORWARD", "-s", addr, "-j", "ACCEPT")
+    return ruleset(namespace)
+
+
+def test_install_puts_the_jump_first_and_remove_restores_the_ruleset(netns: str) -> None:
+    before = add_unrelated_rules(netns)
+    capture = Capture(in_interfaces=("cli0",), sources=(V4,))
+    families = call_in_netns(netns, lambda: iptables.install(3, capture))
+    assert families == (4,)
+
+    v4, v6 = ruleset(netns)
+    assert v4.splitlines()[3:] == [
+        "-N FWEMU-Q3",
+        "-N MINE",
+        '-A FORWARD -p tcp -m comment --comment "fwemu:q3" -j FWEMU-Q3',
+        "-A FORWARD -s 192.0.2.1/32 -j ACCEPT",
+        "-A FWEMU-Q3 -s 10.1.0.0/16 -i cli0 -j NFQUEUE --queue-num 3 --queue-bypass",
+        "-A MINE -j RETURN",
+    ]
+    assert v6 == before[1]
+
+    assert call_in_netns(netns, lambda: iptables.remove(3)) is True
+    assert ruleset(netns) == before
+    assert call_in_netns(netns, lambda: iptables.remove(3)) is False
+
+
+def test_installed_removes_the_rules_when_the_block_raises(netns: str) -> None:
+    before = ruleset(netns)
+
+    def crash_inside() -> None:
+        with iptables.installed(0, Capture()):
+            assert "FWEMU-Q0" in "".join(ruleset(netns))
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        call_in_netns(netns, crash_inside)
+    assert ruleset(netns) == before
+
+
+def test_a_rejected_rule_leaves_nothing_installed(netns: str) -> None:
+    before = add_unrelated_rules(netns)
+    too_long = Capture(in_interfaces=("an-interface-name-too-long",))
+    with pytest.raises(IptablesError, match="iptables -A FWEMU-Q0 -i an-interface-name-too-long"):
+        call_in_netns(netns, lambda: iptables.install(0, too_long))
+    assert ruleset(netns) == before
+
+
+def test_a_stale_install_is_replaced_not_duplicated(netns: str) -> None:
+    call_in_netns(netns, lambda: iptables.install(1, Capture()))
+    call_in_netns(netns, lambda: iptables.install(1, Capture(out_interfaces=("srv0",))))
+    v4, _ = ruleset(netns)
+    assert v4.count("-j FWEMU-Q1") == 1
+    assert "-A FWEMU-Q1 -o srv0 -j NFQUEUE --queue-num 1 --queue-bypass" in v4
+    call_in_netns(netns, lambda: iptables.remove(1))
+
+
+def test_the_nfqueue_probe_leaves_nothing_behind(netns: str) -> None:
+    before = ruleset(netns)
+    call_in_netns(netns, lambda: iptables.check_available(7))
+    assert ruleset(netns) == before

@@ -1,0 +1,72 @@
+"""Binding a queue: the flags message the kernel ACKs, /proc showing the binding, batches."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from contextlib import ExitStack
+
+import pytest
+from netfilterqueue import Packet
+
+from fwemu.adapters import nfqueue
+from fwemu.adapters.nfqueue import BudgetSocket, QueueError
+from fwemu.lab import call_in_netns
+
+from .nfq_lab import bound_queues
+
+
+def flags_of(message: bytes) -> tuple[int, int, int, int]:
+    """(queue, mask, flags, length) of a config message, after checking its header."""
+    _, kind, nl_flags, _, _ = struct.unpack_from("=IHHII", message)
+    _, _, queue = struct.unpack_from("!BBH", message, 16)
+    mask, flags = struct.unpack_from("!4xI4xI", message, 20)
+    assert kind == 3 << 8 | 2  # NFQNL_MSG_CONFIG
+    assert nl_flags == 0x1 | 0x4  # NLM_F_REQUEST | NLM_F_ACK
+    return queue, mask, flags, len(message)
+
+
+def test_fail_open_sets_both_flags_and_fail_closed_clears_fail_open() -> None:
+    # F_FAIL_OPEN = 1, F_GSO = 4 (uapi nfnetlink_queue.h); the mask names both in both cases.
+    assert flags_of(nfqueue.config_flags_message(7, fail_open=True)) == (7, 5, 5, 36)
+    assert flags_of(nfqueue.config_flags_message(7, fail_open=False)) == (7, 5, 4, 36)
+
+
+def test_a_batch_stops_after_its_budget_then_starts_again() -> None:
+    reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with reader, writer:
+        for n in range(3):
+            writer.send(bytes([n]))
+        batch = BudgetSocket(reader, 2)
+        assert [batch.recv(10), batch.recv(10)] == [b"\x00", b"\x01"]
+        with pytest.raises(BlockingIOError) as ended:
+            batch.recv(10)
+        assert ended.value.errno == errno.EAGAIN
+        assert batch.recv(10) == b"\x02"
+        with pytest.raises(BlockingIOError):  # empty: the batch ends early
+            batch.recv(10)
+
+
+def accept(packet: Packet) -> None:
+    packet.accept()
+
+
+def test_bound_queue_is_configured_listed_and_released(netns: str) -> None:
+    with ExitStack() as stack:
+        # bound() returns only once the kernel ACKed the flags message without error.
+        nfq = call_in_netns(
+            netns, lambda: stack.enter_context(nfqueue.bound(4, accept, fail_open=True))
+        )
+        columns = bound_queues(netns).split()
+        # queue, portid, queue_total, copy_mode (2 = COPY_PACKET), copy_range (§3.3)
+        assert columns[0] == "4" and columns[3] == "2" and columns[4] == "128"
+        with pytest.raises(QueueError, match="NFQUEUE 4 is already bound by another program"):
+            call_in_netns(netns, lambda: nfqueue.ensure_free(4))
+        assert call_in_netns(netns, nfqueue.bound_queues) == {4: int(columns[1])}
+
+        # The kernel's refusal is reported: queue 9 is not bound, so it cannot be configured.
+        with nfqueue.queue_socket(nfq) as sock, pytest.raises(QueueError) as refused:
+            nfqueue.set_flags(sock, 9, fail_open=True)
+        assert str(refused.value) == "the kernel refused NFQUEUE 9's flags: No such device"
+    assert bound_queues(netns) == ""

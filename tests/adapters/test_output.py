@@ -1,0 +1,49 @@
+"""What `fwemu run` prints: wall-clock times, JSON lines, dry-run marks, rate-limited errors."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from fwemu.adapters.output import Clock, Reporter
+from fwemu.core.events import FlowId, FlowNew
+
+EVENT = FlowNew(
+    ts=5.25, flow=FlowId("10.0.0.1", 40000, "10.0.0.2", 80), state="SYN_SENT", rule="web"
+)
+# 1_700_000_000 - 5.25 + 5.25 = 2023-11-14 22:13:20.000 UTC
+CLOCK = Clock(offset=1_700_000_000.0 - 5.25)
+
+
+def test_events_are_json_lines_with_wall_clock_time() -> None:
+    log, out = io.StringIO(), io.StringIO()
+    Reporter(CLOCK, log, out).events([EVENT, EVENT])
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert records[0] == {
+        "ts": 1_700_000_000.0,
+        "event": "new",
+        "flow": {"src": "10.0.0.1", "sport": 40000, "dst": "10.0.0.2", "dport": 80},
+        "state": "SYN_SENT",
+        "phase": None,
+        "action": None,
+        "rule": "web",
+    }
+    assert len(records) == 2
+    [line, _] = log.getvalue().splitlines()
+    assert line.endswith(".000 new      10.0.0.1:40000 > 10.0.0.2:80 SYN_SENT (rule web)")
+
+
+def test_dry_run_marks_events_and_log_lines() -> None:
+    log, out = io.StringIO(), io.StringIO()
+    Reporter(CLOCK, log, out, dry_run=True).events([EVENT])
+    assert json.loads(out.getvalue())["dry_run"] is True
+    assert "[dry run] new " in log.getvalue()
+
+
+def test_a_burst_of_errors_logs_one_line() -> None:
+    log = io.StringIO()
+    reporter = Reporter(Clock.start(), log)
+    for n in range(3):
+        reporter.error(f"failure {n}")
+    [line] = log.getvalue().splitlines()
+    assert line.endswith(" error: failure 0")

@@ -1,0 +1,245 @@
+"""Differential test against the real nf_conntrack: the same packet bytes go through the kernel's
+conntrack (in a lab's fw namespace) and through fwemu's engine, and after every packet both must
+name the same state.
+
+Packets are crafted and sent with raw sockets from the client and server namespaces, whose own
+stacks drop them (INPUT DROP) so that only our packets cross the fw namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fwemu.lab import LabPlan, lab, run_in, socket_in
+from fwemu.policy.model import OutOfStateAction
+
+from ..core.trace import Trace, make_policy
+from .conftest import require_root
+
+pytestmark = pytest.mark.e2e
+
+# Linux-like: pick up mid-stream flows (tcp_loose=1); conntrack itself accepts INVALID packets.
+LINUX = make_policy(oos=OutOfStateAction.ACCEPT, pickup=True)
+
+
+@dataclass
+class Kernel:
+    plan: LabPlan
+    raw: dict[tuple[str, int], socket.socket]  # (side, ip version) -> raw socket
+
+    def send(self, side: str, packet: bytes) -> None:
+        version = packet[0] >> 4
+        dst = self.plan.server if side == "client" else self.plan.client
+        addr = dst.ipv4 if version == 4 else dst.ipv6
+        self.raw[(side, version)].sendto(packet, (addr, 0))
+
+    def states(self) -> list[str]:
+        out = run_in(
+            self.plan.name, "fw", ["conntrack", "-L", "-p", "tcp"], capture_output=True, text=True
+        )
+        out6 = run_in(
+            self.plan.name,
+            "fw",
+            ["conntrack", "-L", "-p", "tcp", "-f", "ipv6"],
+            capture_output=True,
+            text=True,
+        )
+        names = [
+            line.split()[3]
+            for line in (out.stdout + out6.stdout).splitlines()
+            if line.startswith("tcp")
+        ]
+        return ["SYN_SENT2" if n == "LISTEN" else n for n in names]
+
+    def flush(self) -> None:
+        for family in ("ipv4", "ipv6"):
+            run_in(self.plan.name, "fw", ["conntrack", "-F", "-f", family], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def kernel() -> Iterator[Kernel]:
+    require_root()
+    with lab(f"fwemu-kp{os.getpid()}", 77) as plan:
+
+        def sh(side: str, *argv: str) -> None:
+            subprocess.run(["ip", "netns", "exec", f"{plan.name}-{side}", *argv], check=True)
+
+        for tool in ("iptables", "ip6tables"):
+            # Any rule that uses conntrack registers its hooks in the fw namespace.
+            sh(
+                "fw",
+                tool,
+                "-A",
+                "FORWARD",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "INVALID",
+                "-j",
+                "ACCEPT",
+            )
+            for side in ("client", "server"):
+                sh(side, tool, "-A", "INPUT", "-p", "tcp", "-j", "DROP")
+        raw = {
+            (side, v): socket_in(f"{plan.name}-{side}", fam, socket.SOCK_RAW, socket.IPPROTO_RAW)
+            for side in ("client", "server")
+            for v, fam in ((4, socket.AF_INET), (6, socket.AF_INET6))
+        }
+        try:
+            yield Kernel(plan, raw)
+        finally:
+            for s in raw.values():
+                s.close()
+
+
+def run_both(
+    kernel: Kernel, steps: Callable[[Trace], None], *, v6: bool = False
+) -> list[tuple[str, str | None, str | None]]:
+    """Play `steps` through kernel and engine; return (step, kernel state, engine state) per packet."""
+    kernel.flush()
+    log: list[tuple[str, str | None, str | None]] = []
+    plan = kernel.plan
+    client = plan.client.ipv6 if v6 else plan.client.ipv4
+    server = plan.server.ipv6 if v6 else plan.server.ipv4
+
+    def tap(side: str, packet: bytes) -> None:
+        kernel.send(side, packet)
+
+    t = Trace(LINUX, v6=v6, client_addr=client, server_addr=server, tap=tap)
+    original_send = t._send
+
+    def send_and_compare(src, dst, flags, length, at, seq, ack):  # type: ignore[no-untyped-def]
+        decision = original_send(src, dst, flags, length, at, seq, ack)
+        time.sleep(0.002)
+        states = kernel.states()
+        k = states[0] if states else None
+        e = t.state()
+        log.append((f"{'client' if src is t.c else 'server'} {flags or '-'}", k, e))
+        return decision
+
+    t._send = send_and_compare  # type: ignore[method-assign]
+    steps(t)
+    return log
+
+
+SCENARIOS: dict[str, Callable[[Trace], None]] = {
+    "handshake, data, client closes": lambda t: [
+        t.client("S", at=0),
+        t.server("SA", at=0),
+        t.client("A", at=0),
+        t.client("PA", 10, at=0),
+        t.server("A", at=0),
+        t.client("FA", at=0),
+        t.server("A", at=0),
+        t.server("FA", at=0),
+        t.client("A", at=0),
+    ],
+    "server closes first, simultaneous FINs": lambda t: [
+        t.client("S", at=0),
+        t.server("SA", at=0),
+        t.client("A", at=0),
+        t.server("FA", at=0),
+        t.client("FA", at=0),
+        t.server("A", at=0),
+        t.client("A", at=0),
+    ],
+    "client resets an established flow": lambda t: [
+        t.client("S", at=0),
+        t.server("SA", at=0),
+        t.client("A", at=0),
+        t.server("PA", 5, at=0),
+        t.client("A", at=0),
+        t.client("RA", at=0),
+        t.client("A", at=0),
+    ],
+    "refused: RST|ACK answers the SYN": lambda t: [
+        t.client("S", at=0),
+        t.server("RA", at=0, seq=0),
+    ],
+    "simultaneous open": lambda t: [
+        t.client("S", at=0),
+        t.server("S", at=0),
+        t.client("SA", at=0, ack=5001),
+        t.server("SA", at=0, seq=5000, ack=1001),
+        t.server("A", at=0),
+        t.client("A", at=0),
+    ],
+    "SYN in ESTABLISHED is ignored": lambda t: [
+        t.client("S", at=0),
+        t.server("SA", at=0),
+        t.client("A", at=0),
+        t.client("S", at=0, seq=77777),
+        t.client("PA", 3, at=0),
+    ],
+    "mid-stream pickup": lambda t: [
+        t.client("PA", 10, at=0),
+        t.server("A", at=0),
+        t.server("PA", 4, at=0),
+        t.client("FA", at=0),
+    ],
+    "invalid flags and orphan SYN/ACK": lambda t: [
+        t.server("SA", at=0),
+        t.client("F", at=0),
+        t.client("S", at=0),
+        t.client("F", at=0),
+        t.server("SA", at=0),
+        t.client("A", at=0),
+    ],
+    "SYN reopens TIME_WAIT": lambda t: [
+        t.client("S", at=0),
+        t.server("SA", at=0),
+        t.client("A", at=0),
+        t.client("FA", at=0),
+        t.server("FA", at=0),
+        t.client("A", at=0),
+        setattr(t.c, "nxt", 900000),
+        t.client("S", at=0),
+        t.server("SA", at=0),
+    ],
+}
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_same_states_as_the_kernel(kernel: Kernel, name: str, v6: bool) -> None:
+    log = run_both(kernel, SCENARIOS[name], v6=v6)
+    assert [(k, e) for _, k, e in log] == [(k, k) for _, k, _ in log], "\n".join(
+        f"{step:12} kernel={k} fwemu={e}" for step, k, e in log
+    )
+
+
+FLAGS = ["S", "SA", "A", "PA", "FA", "RA", "R"]
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["client", "server"]), st.sampled_from(FLAGS), st.integers(0, 3)),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_random_conversations_match_the_kernel(
+    kernel: Kernel, steps: list[tuple[str, str, int]]
+) -> None:
+    def play(t: Trace) -> None:
+        for side, flags, length in steps:
+            (t.client if side == "client" else t.server)(
+                flags, length if "S" not in flags else 0, at=0
+            )
+
+    log = run_both(kernel, play)
+    assert [k for _, k, _ in log] == [e for _, _, e in log], "\n".join(
+        f"{step:12} kernel={k} fwemu={e}" for step, k, e in log
+    )

@@ -7,7 +7,8 @@ readable snapshot for everything outside the hot path.
 
 The state machine is `fwemu.core.states.TRANSITIONS` plus the special cases Linux applies after
 the table lookup (`nf_conntrack_tcp_packet()`), each marked where it is implemented. Not
-emulated: `tcp_in_window()`'s window checks (out-of-window packets are tracked as in-window) and
+emulated: `tcp_in_window()`'s window checks other than the ACK's upper bound (out-of-window
+packets are tracked as in-window) and
 the RETRANS/UNACK timeout caps, which policies don't model.
 """
 
@@ -66,8 +67,10 @@ CLOSE_INIT = (1 << 2, 1 << 3)  # per direction: this side sent the first FIN
 MAXACK_SET = (1 << 4, 1 << 5)  # per direction: this side has sent an ACK
 SIMULTANEOUS_OPEN = 1 << 6
 CHALLENGE_ACK_EXPECTED = 1 << 7  # a SYN was let through in LAST_ACK (IP_CT_EXP_CHALLENGE_ACK)
+BE_LIBERAL = 1 << 8  # picked up mid-stream: window checks are skipped (tcp_new() with loose)
 
 _MASK32 = 0xFFFFFFFF
+_ACK_OVER_BOUND = "ACK above what the peer sent"
 _NO_LAST = 7  # last_index value before any packet: matches no PacketClass
 
 
@@ -123,7 +126,7 @@ class FlowTable:
         self._keys: list[bytes | None] = []
         self._free: list[int] = []
         self._state = array("B")
-        self._flags = array("B")
+        self._flags = array("H")
         self._client_fwd = array("B")  # 1 if the client is the key's first endpoint
         self._profile = array("H")
         self._last = array("B")  # last_index | last_dir << 3, as the kernel's last_index/last_dir
@@ -187,8 +190,10 @@ class FlowTable:
         if new == old and cls == _ACK and old != State.SYN_RECV:
             # Fast path: an in-state ACK or data segment (the vast majority of packets). SYN_RECV
             # is excluded: a reply ACK there may complete a simultaneous open.
-            self._track(slot, d, cls, seg)
             flags = self._flags[slot]
+            if self._acks_unsent(slot, d, seg, flags):
+                return self._invalid(slot, seg, now, _ACK_OVER_BOUND)
+            self._track(slot, d, cls, seg)
             if d and not flags & SEEN_REPLY:
                 self._flags[slot] = flags | SEEN_REPLY
             elif not flags & ASSURED and old == State.ESTABLISHED and flags & SEEN_REPLY:
@@ -260,6 +265,8 @@ class FlowTable:
                 return self._invalid(slot, seg, now, "invalid RST (below the receiver's ACK)")
             if verdict is False:
                 new = old  # not exact: keep the state, allow a challenge ACK
+        if cls != _RST and self._acks_unsent(slot, d, seg, flags):
+            return self._invalid(slot, seg, now, _ACK_OVER_BOUND)
         # in_window:
         self._last[slot] = cls | d << 3
         self._last_end[slot] = seg.end
@@ -322,6 +329,13 @@ class FlowTable:
         # A RST continuing a data train from the same side is exact enough.
         return last_index == _ACK and last_dir == d and seq == self._last_end[slot]
 
+    def _acks_unsent(self, slot: int, d: int, seg: pk.Segment, flags: int) -> bool:
+        """tcp_in_window()'s upper bound on the ACK: a segment acknowledging more than the peer
+        has sent is INVALID. The rest of the window checks are not emulated."""
+        if not seg.flags & pk.TCP_ACK or flags & BE_LIBERAL or not self._pkts[1 - d][slot]:
+            return False
+        return 0 < ((seg.ack - self._end[1 - d][slot]) & _MASK32) < 0x80000000
+
     def _track(self, slot: int, d: int, cls: int, seg: pk.Segment) -> None:
         """Sequence numbers an RST needs, and counters."""
         end = seg.end
@@ -370,6 +384,8 @@ class FlowTable:
         self._created[slot] = now
         self._last[slot] = cls
         self._last_end[slot] = seg.end
+        if cls != _SYN:
+            self._flags[slot] = BE_LIBERAL
         self._track(slot, ORIGINAL, cls, seg)
         self._refresh(slot, new, now)
         event = FlowNew(now, self._flow_id(slot), new.name, self._profiles[profile].name)

@@ -193,6 +193,8 @@ class FlowTable:
             flags = self._flags[slot]
             if self._acks_unsent(slot, d, seg, flags):
                 return self._invalid(slot, seg, now, _ACK_OVER_BOUND)
+            self._last[slot] = _ACK | d << 3
+            self._last_end[slot] = seg.end
             self._track(slot, d, cls, seg)
             if d and not flags & SEEN_REPLY:
                 self._flags[slot] = flags | SEEN_REPLY
@@ -229,19 +231,23 @@ class FlowTable:
                 self._end[last_dir][slot] = self._last_end[slot]
                 self._isn[last_dir][slot] = (self._last_end[slot] - 1) & _MASK32
                 self._end[d][slot] = self._ack[d][slot] = 0
-                self._flags[slot] = flags & ~MAXACK_SET[d]
+                flags &= ~MAXACK_SET[d]
                 old = State.SYN_SENT
                 new = State.SYN_RECV
             else:
                 self._last[slot] = cls | d << 3
                 self._last_end[slot] = seg.end
+                if d:
+                    # nf_conntrack_in() marks SEEN_REPLY for every accepted reply, ignored or not.
+                    flags |= SEEN_REPLY
                 if cls == _SYN and d == ORIGINAL:
                     # An RFC 5961 challenge ACK may answer this SYN; in LAST_ACK it must not be
                     # taken for the ACK of the last FIN.
                     if old == State.LAST_ACK:
-                        self._flags[slot] = flags | CHALLENGE_ACK_EXPECTED
+                        flags |= CHALLENGE_ACK_EXPECTED
                     else:
-                        self._flags[slot] = flags & ~CHALLENGE_ACK_EXPECTED
+                        flags &= ~CHALLENGE_ACK_EXPECTED
+                self._flags[slot] = flags
                 return IGNORED  # accepted, no state change, timer not refreshed
         if new == State.INVALID:
             return self._invalid(slot, seg, now, f"invalid in {State(old).name}")
@@ -253,7 +259,7 @@ class FlowTable:
             and last_index == _SYN
             and flags & CHALLENGE_ACK_EXPECTED
         ):
-            self._flags[slot] = flags & ~CHALLENGE_ACK_EXPECTED
+            self._flags[slot] = flags & ~CHALLENGE_ACK_EXPECTED | (SEEN_REPLY if d else 0)
             return accept("challenge ACK ignored")
         if new == State.SYN_SENT2:
             flags |= SIMULTANEOUS_OPEN
@@ -265,7 +271,9 @@ class FlowTable:
                 return self._invalid(slot, seg, now, "invalid RST (below the receiver's ACK)")
             if verdict is False:
                 new = old  # not exact: keep the state, allow a challenge ACK
-        if cls != _RST and self._acks_unsent(slot, d, seg, flags):
+        if not self._skips_window(slot, d, cls, old, seg, flags, last_index, last_dir) and (
+            self._acks_unsent(slot, d, seg, flags)
+        ):
             return self._invalid(slot, seg, now, _ACK_OVER_BOUND)
         # in_window:
         self._last[slot] = cls | d << 3
@@ -329,10 +337,37 @@ class FlowTable:
         # A RST continuing a data train from the same side is exact enough.
         return last_index == _ACK and last_dir == d and seq == self._last_end[slot]
 
+    def _skips_window(
+        self,
+        slot: int,
+        d: int,
+        cls: int,
+        old: int,
+        seg: pk.Segment,
+        flags: int,
+        last_index: int,
+        last_dir: int,
+    ) -> bool:
+        """The RSTs the kernel accepts without tcp_in_window() (`goto in_window`)."""
+        if cls != _RST:
+            return False
+        if old in CLOSING_STATES:
+            return True  # tcp_can_early_drop(): the tuple may be reused already
+        answers_ignored = (flags & SEEN_REPLY and last_index == _SYN) or (
+            not flags & ASSURED and last_index == _ACK
+        )
+        if answers_ignored and seg.ack == self._last_end[slot]:
+            return True  # a RST to a SYN or half-open ACK we let through
+        # A RST answering a challenge ACK let through in SYN_SENT.
+        return old == State.SYN_SENT and last_index == _ACK and last_dir == REPLY
+
     def _acks_unsent(self, slot: int, d: int, seg: pk.Segment, flags: int) -> bool:
         """tcp_in_window()'s upper bound on the ACK: a segment acknowledging more than the peer
-        has sent is INVALID. The rest of the window checks are not emulated."""
-        if not seg.flags & pk.TCP_ACK or flags & BE_LIBERAL or not self._pkts[1 - d][slot]:
+        has sent (its td_end, 0 while unseen) is INVALID. A RST|ACK with ack 0 (broken stacks)
+        counts as acknowledging everything. The rest of the window checks are not emulated."""
+        if not seg.flags & pk.TCP_ACK or flags & BE_LIBERAL:
+            return False
+        if seg.ack == 0 and seg.flags & pk.TCP_RST:
             return False
         return 0 < ((seg.ack - self._end[1 - d][slot]) & _MASK32) < 0x80000000
 

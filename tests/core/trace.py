@@ -72,6 +72,7 @@ class Side:
     port: int
     nxt: int  # next sequence number this side will send
     rcv_nxt: int = 0  # what it has received from its peer (what it ACKs)
+    isn: int | None = None  # set by its first SYN: a retransmitted SYN reuses it, as stacks do
 
 
 @dataclass
@@ -85,6 +86,9 @@ class Trace:
     server_addr: str | None = None
     client_port: int = 40000
     tap: Callable[[str, bytes], None] | None = None
+    # False: a packet the state table calls invalid does not advance its sender's sequence, as
+    # no peer would take it (the kernel's window checks then judge later packets like ours).
+    count_invalid: bool = True
     engine: Engine = field(init=False)
     c: Side = field(init=False)
     s: Side = field(init=False)
@@ -135,7 +139,9 @@ class Trace:
             dst.addr,
             dst.port,
             flags=f,
-            seq=src.nxt if seq is None else seq,
+            seq=(src.isn if f & pk.TCP_SYN and src.isn is not None else src.nxt)
+            if seq is None
+            else seq,
             ack=(src.rcv_nxt if ack is None else ack) if f & pk.TCP_ACK else 0,
             payload_len=length,
         )
@@ -155,12 +161,16 @@ class Trace:
             self.tap("client" if src is self.c else "server", data)
         decision = self.engine.handle_packet(data, now=at)
         f = flags_of(flags)
-        end = pk.parse(data).end if seq is not None else None  # type: ignore[union-attr]
-        if seq is None:
-            src.nxt = (src.nxt + length + bool(f & pk.TCP_SYN) + bool(f & pk.TCP_FIN)) & 0xFFFFFFFF
-            end = src.nxt
-        if decision.accepted and not f & pk.TCP_RST:
-            dst.rcv_nxt = end  # delivered: the peer now acknowledges it
+        seg = pk.parse(data)
+        assert isinstance(seg, pk.Segment)
+        invalid = decision.reason.startswith("out-of-state")
+        if seq is None and (self.count_invalid or not invalid):
+            if f & pk.TCP_SYN and src.isn is None:
+                src.isn = seg.seq
+            if 0 < (seg.end - src.nxt) & 0xFFFFFFFF < 0x80000000:
+                src.nxt = seg.end
+        if decision.accepted and not f & pk.TCP_RST and (self.count_invalid or not invalid):
+            dst.rcv_nxt = seg.end  # delivered: the peer now acknowledges it
         return decision
 
     def handshake(self, at: float = 0.0) -> None:

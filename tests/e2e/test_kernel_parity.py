@@ -21,9 +21,8 @@ from hypothesis import strategies as st
 
 from fwemu.lab import LabPlan, lab, run_in, socket_in
 from fwemu.policy.model import OutOfStateAction
-
-from ..core.trace import Trace, make_policy
-from .conftest import require_root
+from tests.core.trace import Trace, make_policy
+from tests.e2e.conftest import require_root
 
 pytestmark = pytest.mark.e2e
 
@@ -104,7 +103,7 @@ def kernel() -> Iterator[Kernel]:
 def run_both(
     kernel: Kernel, steps: Callable[[Trace], None], *, v6: bool = False
 ) -> list[tuple[str, str | None, str | None]]:
-    """Play `steps` through kernel and engine; return (step, kernel state, engine state) per packet."""
+    """Play `steps` through kernel and engine: (step, kernel state, engine state) per packet."""
     kernel.flush()
     log: list[tuple[str, str | None, str | None]] = []
     plan = kernel.plan
@@ -230,7 +229,7 @@ def plausible(steps: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
     kept = []
     for side, flags, length in steps:
         peer = "server" if side == "client" else "client"
-        if flags == "S" and (side in got_syn or peer in sent_syn and side not in sent_syn):
+        if flags == "S" and (side in got_syn or (peer in sent_syn and side not in sent_syn)):
             continue
         if flags == "SA" and side not in got_syn:
             continue

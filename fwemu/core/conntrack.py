@@ -70,13 +70,20 @@ CHALLENGE_ACK_EXPECTED = 1 << 7  # a SYN was let through in LAST_ACK (IP_CT_EXP_
 BE_LIBERAL = 1 << 8  # picked up mid-stream: window checks are skipped (tcp_new() with loose)
 
 _MASK32 = 0xFFFFFFFF
+_HALF = 0x80000000  # serial arithmetic: a - b mod 2**32 in (0, _HALF) means a is after b
+_LAST_ACK_FROM = (_ACK, _ACK | REPLY << 3)  # the `last` column after an ACK per direction
+# States an ACK-class packet leaves unchanged from both directions: the fast path's domain.
+_ACK_KEEPS = tuple(
+    s < State.INVALID and all(TRANSITIONS[d][_ACK][s] == s for d in (ORIGINAL, REPLY))
+    for s in range(len(State))
+)
 _ACK_OVER_BOUND = "ACK above what the peer sent"
 _NO_LAST = 7  # last_index value before any packet: matches no PacketClass
 
 
 def _after(a: int, b: int) -> bool:
     """Sequence-space a > b (RFC 1982 serial arithmetic, as the kernel's after())."""
-    return 0 < ((a - b) & _MASK32) < 0x80000000
+    return 0 < ((a - b) & _MASK32) < _HALF
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +147,7 @@ class FlowTable:
         self._pkts = (array("Q"), array("Q"))
         self._bytes = (array("Q"), array("Q"))
         self.timers = Timers()
+        self._deadlines = self.timers.deadlines
         self._tombstones: dict[bytes, _Tombstone] = {}
         self._forget_queues: list[deque[bytes]] = [deque() for _ in self._profiles]
 
@@ -186,22 +194,39 @@ class FlowTable:
             return self._invalid(slot, seg, now, "invalid TCP flags")
         d = ORIGINAL if seg.forward == self._client_fwd[slot] else REPLY
         old = self._state[slot]
-        new = TRANSITIONS[d][cls][old]
-        if new == old and cls == _ACK and old != State.SYN_RECV:
-            # Fast path: an in-state ACK or data segment (the vast majority of packets). SYN_RECV
-            # is excluded: a reply ACK there may complete a simultaneous open.
+        if cls == _ACK and _ACK_KEEPS[old]:
+            # Fast path: an in-state ACK or data segment, the vast majority of packets: the
+            # effect of _transition() for this case, inlined (no SYN/FIN, no special case).
             flags = self._flags[slot]
-            if self._acks_unsent(slot, d, seg, flags):
+            ack = seg.ack
+            if not flags & BE_LIBERAL and 0 < (ack - self._end[1 - d][slot]) & _MASK32 < _HALF:
                 return self._invalid(slot, seg, now, _ACK_OVER_BOUND)
-            self._last[slot] = _ACK | d << 3
-            self._last_end[slot] = seg.end
-            self._track(slot, d, cls, seg)
-            if d and not flags & SEEN_REPLY:
-                self._flags[slot] = flags | SEEN_REPLY
-            elif not flags & ASSURED and old == State.ESTABLISHED and flags & SEEN_REPLY:
-                self._flags[slot] = flags | ASSURED
-            self._refresh(slot, old, now)
+            length = seg.payload_len
+            end = (seg.seq + length) & _MASK32
+            self._last[slot] = _LAST_ACK_FROM[d]
+            self._last_end[slot] = end
+            ends, pkts = self._end[d], self._pkts[d]
+            if not pkts[slot] or 0 < (end - ends[slot]) & _MASK32 < _HALF:
+                ends[slot] = end
+            pkts[slot] += 1
+            self._bytes[d][slot] += length
+            self._ack[d][slot] = ack
+            new_flags = flags | MAXACK_SET[d]
+            if flags & SEEN_REPLY and old == State.ESTABLISHED:
+                new_flags |= ASSURED
+            if d:
+                new_flags |= SEEN_REPLY
+            if new_flags != flags:
+                self._flags[slot] = new_flags
+            self._seen_at[slot] = now
+            timeout = self._timeouts[self._profile[slot]][old]
+            deadline = None if timeout is None else now + timeout
+            if deadline is not None and deadline >= self._deadlines[slot]:
+                self._deadlines[slot] = deadline  # later: Timers re-files it lazily
+            else:
+                self.timers.set(slot, deadline)
             return IN_STATE
+        new = TRANSITIONS[d][cls][old]
         return self._transition(slot, d, cls, old, new, seg, now)
 
     def _transition(
@@ -369,7 +394,7 @@ class FlowTable:
             return False
         if seg.ack == 0 and seg.flags & pk.TCP_RST:
             return False
-        return 0 < ((seg.ack - self._end[1 - d][slot]) & _MASK32) < 0x80000000
+        return 0 < ((seg.ack - self._end[1 - d][slot]) & _MASK32) < _HALF
 
     def _track(self, slot: int, d: int, cls: int, seg: pk.Segment) -> None:
         """Sequence numbers an RST needs, and counters."""

@@ -23,11 +23,14 @@ _UNFILED = -1
 class Timers:
     """Deadlines for integer slots 0..n-1 (the flow table's slots)."""
 
-    __slots__ = ("_buckets", "_deadline", "_filed", "_granularity", "_heap", "_min")
+    __slots__ = ("_buckets", "_filed", "_granularity", "_heap", "_min", "deadlines")
 
     def __init__(self, granularity: float = 1.0) -> None:
         self._granularity = granularity
-        self._deadline = array("d")  # the slot's real deadline; inf = no timer
+        # The slot's real deadline (inf = no timer). A caller may move an armed deadline *later*
+        # by storing here directly (the slot stays filed earlier and is re-filed when that tick
+        # comes due); anything else goes through set().
+        self.deadlines = array("d")
         self._filed = array("q")  # the bucket tick the slot is filed in; _UNFILED = none
         self._buckets: dict[int, array[int]] = {}
         self._min: dict[int, float] = {}  # lower bound (exact unless stale) of each bucket
@@ -35,7 +38,7 @@ class Timers:
 
     def set(self, slot: int, deadline: float | None) -> None:
         """Arm (or re-arm, or with None disarm) `slot`'s timer."""
-        deadline_array = self._deadline
+        deadline_array = self.deadlines
         if slot >= len(deadline_array):
             grow = slot + 1 - len(deadline_array)
             deadline_array.extend([_INF] * grow)
@@ -52,9 +55,9 @@ class Timers:
             self._min[tick] = deadline
 
     def deadline(self, slot: int) -> float | None:
-        if slot >= len(self._deadline):
+        if slot >= len(self.deadlines):
             return None
-        d = self._deadline[slot]
+        d = self.deadlines[slot]
         return None if d == _INF else d
 
     def next_deadline(self) -> float | None:
@@ -66,7 +69,7 @@ class Timers:
     def pop_due(self, now: float, limit: int) -> list[int]:
         """Slots whose deadline is <= now (at most `limit`); their timers are disarmed."""
         due: list[int] = []
-        deadline, filed, heap = self._deadline, self._filed, self._heap
+        deadline, filed, heap = self.deadlines, self._filed, self._heap
         while len(due) < limit:
             head = self.next_deadline()
             if head is None or head > now:

@@ -235,6 +235,8 @@ def plausible(steps: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
             continue
         if flags in ("PA", "FA") and (side not in open_ or side in fin):
             continue
+        if side not in open_ or side in fin:
+            length = 0  # no data before the handshake completes or after the FIN
         kept.append((side, flags, length))
         if "S" in flags:
             sent_syn.add(side)

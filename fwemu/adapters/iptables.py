@@ -7,7 +7,7 @@ Per family (iptables, ip6tables) and queue N::
 
 The jump goes first in FORWARD so that an earlier ACCEPT cannot hide packets from the state
 machine. `--queue-bypass` lets traffic through while no program is bound to the queue (a crashed
-or SIGKILLed fwemu), per reference/tcp-rst-and-nfqueue.md §3.3.
+or SIGKILLed fwemu), per docs/tcp-rst-and-nfqueue.md §3.3.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Binding an NFQUEUE with python-netfilterqueue, plus the queue flags the library cannot set.
 
-Facts and numbers from reference/tcp-rst-and-nfqueue.md §3 (kernel) and §4 (netfilterqueue 1.1.0).
+Facts and numbers from docs/tcp-rst-and-nfqueue.md §3 (kernel) and §4 (netfilterqueue 1.1.0).
 """
 
 from __future__ import annotations

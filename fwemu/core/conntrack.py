@@ -629,7 +629,7 @@ class FlowTable:
         self._free_slot(slot)
 
     def _reset_towards(self, slot: int, y: int) -> tuple[bytes, int, int | None]:
-        """A RST that endpoint `y` accepts in its likely state (reference §2.5).
+        """A RST that endpoint `y` accepts in its likely state (docs/tcp-rst-and-nfqueue.md §2.5).
 
         seq = y's rcv_nxt = the highest sequence end its peer x sent (in SYN_SENT nothing: 0,
         and the kernel checks only the ACK there). ack = y's own next sequence, which a client in

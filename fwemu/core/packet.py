@@ -353,7 +353,7 @@ def build_rst(
 ) -> bytes:
     """A complete IP packet carrying a TCP RST (window 0), or RST|ACK when `ack` is given.
 
-    No options: Linux accepts an RST without timestamps (reference §2.1: "Reset is accepted even
+    No options: Linux accepts an RST without timestamps (docs/tcp-rst-and-nfqueue.md §2.1: "Reset is accepted even
     if it did not pass PAWS").
     """
     flags = TCP_RST if ack is None else TCP_RST | TCP_ACK

@@ -2,7 +2,7 @@
 
 Transcribed from Linux `net/netfilter/nf_conntrack_proto_tcp.c` (modern 6.x: `tcp_conntracks[2][6]
 [TCP_CONNTRACK_MAX]`, `get_conntrack_index()`, `tcp_valid_flags[]`), as quoted in
-shared/reference/tcp-rst-and-nfqueue.md §1.2-§1.3. The special cases the kernel applies after the
+docs/tcp-rst-and-nfqueue.md §1.2-§1.3. The special cases the kernel applies after the
 table lookup live in `fwemu.core.conntrack`, next to the code that needs flow state.
 """
 

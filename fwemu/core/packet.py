@@ -353,8 +353,8 @@ def build_rst(
 ) -> bytes:
     """A complete IP packet carrying a TCP RST (window 0), or RST|ACK when `ack` is given.
 
-    No options: Linux accepts an RST without timestamps (docs/tcp-rst-and-nfqueue.md §2.1: "Reset is accepted even
-    if it did not pass PAWS").
+    No options: Linux accepts an RST without timestamps (docs/tcp-rst-and-nfqueue.md §2.1:
+    "Reset is accepted even if it did not pass PAWS").
     """
     flags = TCP_RST if ack is None else TCP_RST | TCP_ACK
     return build_segment(src, sport, dst, dport, flags=flags, seq=seq, ack=ack or 0, window=0)

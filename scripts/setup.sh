@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(iptables iproute2 libnetfilter-queue-dev python3-venv python3-dev gcc tcpdump iperf3 conntrack procps)
+pkgs=(iptables iproute2 iputils-ping libnetfilter-queue-dev python3-venv python3-dev gcc tcpdump iperf3 conntrack procps)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from rich.console import Console
@@ -16,10 +17,11 @@ _EXAMPLES = """\
 examples:
   fwemu lab up                                  # lab "fwemu", index 201
   fwemu lab exec fwemu client -- ping -c1 10.201.2.2
-  ip netns exec fwemu-fw fwemu run POLICY       # fwemu between client and server
+  fwemu run --netns fwemu-fw --preset linux     # fwemu between client and server
   fwemu lab list --json
   fwemu lab down
 """
+_PIPE_WIDTH = 200
 
 
 def register(subparsers: Any) -> None:
@@ -78,8 +80,8 @@ def _up(args: argparse.Namespace) -> int:
     print(
         "next steps:\n"
         f"  fwemu lab exec {lab.name} client -- ping -c1 {lab.server.ipv4}\n"
-        f"  ip netns exec {namespace_name(lab.name, 'fw')} fwemu run POLICY"
-        "    # fwemu inline; iptables there queues FORWARD traffic\n"
+        f"  fwemu run --netns {namespace_name(lab.name, 'fw')} --preset linux"
+        "    # fwemu inline between client and server\n"
         f"  fwemu lab down {lab.name}"
     )
     return 0
@@ -101,7 +103,9 @@ def _list(args: argparse.Namespace) -> int:
     if not labs:
         print("no labs; create one with 'fwemu lab up'")
         return 0
-    table = Table("lab", "index", "state", *SIDES)
+    table = Table()
+    for heading in ("lab", "index", "state", *SIDES):
+        table.add_column(heading, overflow="fold")  # wrap rather than hide part of a name
     for info in labs:
         addresses = info.to_dict()["addresses"]
         table.add_row(
@@ -110,7 +114,8 @@ def _list(args: argparse.Namespace) -> int:
             "up" if info.up else "partial",
             *("\n".join(addresses.get(side, ["(missing)"])) for side in SIDES),
         )
-    Console().print(table)
+    # Rich assumes 80 columns when output is not a terminal; pipes and logs get whole rows.
+    Console(width=None if sys.stdout.isatty() else _PIPE_WIDTH).print(table)
     return 0
 
 

@@ -4,8 +4,12 @@ Everything is created inside the lab's namespaces (the veth pairs are made in th
 with their peer placed straight into the client or server namespace), so nothing ever appears
 in the root namespace and parallel labs cannot collide on interface names.
 
-`socket_in` and `call_in_netns` let a test in the root namespace open sockets inside a lab
-without a subprocess; see their docstrings.
+All netlink and sysctl work runs in short-lived threads that setns(2) into one namespace
+(`call_in_netns`), not in pyroute2's `IPRoute(netns=...)`: that forks a child and stops it with
+SIGTERM, and a child inherits the parent's Python signal handlers, so a program with its own
+SIGTERM handler (like `fwemu demo`) would run that handler, cleanup and all, in the child.
+(`netns.create` forks too, but stops its child with SIGKILL, which runs no handler.)
+`socket_in` uses the same threads to let a test open sockets inside a lab without a subprocess.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import socket
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal, TypeVar
 
 from pyroute2 import IPRoute, netns
@@ -25,6 +30,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 from fwemu.lab.plan import (
     DEFAULT_INDEX,
     DEFAULT_NAME,
+    MAX_INDEX,
+    MIN_INDEX,
     SIDES,
     LabError,
     LabPlan,
@@ -41,6 +48,8 @@ _IFF_UP = 0x1
 _RT_TABLE_MAIN = 254
 _FAMILIES: Mapping[int, Literal[4, 6]] = {socket.AF_INET: 4, socket.AF_INET6: 6}
 _NETLINK_ERRORS = (OSError, NetlinkError)
+# Linkwatch needs about 1 s (measured on 6.18); far more means something is wrong.
+_RUNNING_TIMEOUT = 5
 
 
 def require_root() -> None:
@@ -139,7 +148,11 @@ _EMPTY = _Observed(frozenset(), frozenset(), frozenset(), frozenset())
 
 
 def _observe(namespace: str, sysctl_keys: Sequence[str]) -> _Observed:
-    with IPRoute(netns=namespace, flags=0) as ipr:  # flags=0: never create it by looking
+    return call_in_netns(namespace, lambda: _observe_here(sysctl_keys))
+
+
+def _observe_here(sysctl_keys: Sequence[str]) -> _Observed:
+    with IPRoute() as ipr:
         links = ipr.get_links()
         names = {link["index"]: link.get("IFLA_IFNAME") for link in links}
         up = {names[link["index"]] for link in links if link["flags"] & _IFF_UP}
@@ -154,9 +167,12 @@ def _observe(namespace: str, sysctl_keys: Sequence[str]) -> _Observed:
             for r in ipr.get_routes(family=family, table=_RT_TABLE_MAIN)
             if r["dst_len"] == 0 and r.get("RTA_GATEWAY")
         }
-    sysctls = call_in_netns(namespace, lambda: {key: _read_sysctl(key) for key in sysctl_keys})
     return _Observed(
-        frozenset(names.values()), frozenset(up), frozenset(addresses), frozenset(gateways), sysctls
+        frozenset(names.values()),
+        frozenset(up),
+        frozenset(addresses),
+        frozenset(gateways),
+        {key: _read_sysctl(key) for key in sysctl_keys},
     )
 
 
@@ -212,12 +228,15 @@ def _problems(plan: LabPlan, observed: Mapping[str, _Observed]) -> list[str]:
 
 
 def _index_of(name: str, observed: Mapping[str, _Observed]) -> int | None:
-    """The index a lab was built with, read back from its client address 10.N.1.2/24."""
-    client = observed.get(namespace_name(name, "client"))
-    for ifname, address in client.addresses if client else ():
-        octets = address.split("/")[0].split(".")
-        if ifname == "eth0" and len(octets) == 4 and octets[0] == "10" and octets[1].isdigit():
-            return int(octets[1])
+    """The index a lab was built with, read back from its client address 10.N.1.2/24.
+
+    None when there is no such address, e.g. a foreign namespace that merely shares the name.
+    """
+    client = observed.get(namespace_name(name, "client"), _EMPTY)
+    for index in range(MIN_INDEX, MAX_INDEX + 1):
+        planned = LabPlan.create(name, index).client
+        if (planned.ifname, planned.addresses[0]) in client.addresses:
+            return index
     return None
 
 
@@ -348,48 +367,33 @@ def _build(plan: LabPlan) -> None:
     for namespace in plan.namespaces:
         with _step(plan.name, f"creating namespace {namespace}"):
             netns.create(namespace)
-    with ExitStack() as stack:
-        iproutes: dict[str, Any] = {}
-        for namespace in plan.namespaces:
-            with _step(plan.name, f"opening rtnetlink in {namespace}"):
-                iproutes[namespace] = stack.enter_context(IPRoute(netns=namespace, flags=0))
-        for namespace, ipr in iproutes.items():
-            with _step(plan.name, f"bringing up lo in {namespace}"):
-                ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+    # fw first: it creates the veth pairs whose other ends client and server then configure.
+    fw = plan.fw_client_side.namespace
+    for namespace in (fw, *(ns for ns in plan.namespaces if ns != fw)):
+        call_in_netns(namespace, partial(_configure_here, plan, namespace))
+    # Only now can links come up: a veth is running once both of its ends are up.
+    for namespace in plan.namespaces:
+        call_in_netns(namespace, partial(_wait_until_running_here, plan, namespace))
+
+
+def _configure_here(plan: LabPlan, namespace: str) -> None:
+    """Set up this thread's namespace, `namespace`, as `plan` says."""
+    with IPRoute() as ipr:
+        with _step(plan.name, f"bringing up lo in {namespace}"):
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
         for pair in plan.links:
             fw, peer = pair.fw_end, pair.peer
+            if fw.namespace != namespace:
+                continue
             with _step(plan.name, f"creating veth {fw.ifname} <-> {peer.namespace}:{peer.ifname}"):
-                # Made inside fw with its peer placed straight into the other namespace: the
-                # pair never exists in the root namespace, where names could collide.
-                iproutes[fw.namespace].link(
+                # The peer goes straight into its namespace: the pair never exists in the
+                # root namespace, where names of parallel labs could collide.
+                ipr.link(
                     "add",
                     ifname=fw.ifname,
                     kind="veth",
                     peer={"ifname": peer.ifname, "net_ns_fd": peer.namespace},
                 )
-        for namespace in plan.namespaces:
-            _write_sysctls(plan, namespace)
-        for end in plan.endpoints:
-            ipr = iproutes[end.namespace]
-            with _step(plan.name, f"configuring {end.namespace}:{end.ifname}"):
-                index = ipr.link_lookup(ifname=end.ifname)[0]
-                ipr.addr("add", index=index, address=end.ipv4, prefixlen=end.prefixlen4)
-                ipr.addr("add", index=index, address=end.ipv6, prefixlen=end.prefixlen6)
-                ipr.link("set", index=index, state="up")
-        for route in plan.routes:
-            family = socket.AF_INET if route.family == 4 else socket.AF_INET6
-            with _step(plan.name, f"adding IPv{route.family} default route in {route.namespace}"):
-                iproutes[route.namespace].route(
-                    "add",
-                    dst="default",
-                    gateway=route.gateway,
-                    oif=iproutes[route.namespace].link_lookup(ifname=route.ifname)[0],
-                    family=family,
-                )
-
-
-def _write_sysctls(plan: LabPlan, namespace: str) -> None:
-    def write() -> None:
         for sysctl in plan.sysctls:
             if sysctl.namespace == namespace:
                 with (
@@ -397,5 +401,42 @@ def _write_sysctls(plan: LabPlan, namespace: str) -> None:
                     open(f"/proc/sys/{sysctl.key}", "w", encoding="ascii") as f,
                 ):
                     f.write(sysctl.value)
+        for end in plan.endpoints:
+            if end.namespace == namespace:
+                with _step(plan.name, f"configuring {namespace}:{end.ifname}"):
+                    index = ipr.link_lookup(ifname=end.ifname)[0]
+                    ipr.addr("add", index=index, address=end.ipv4, prefixlen=end.prefixlen4)
+                    ipr.addr("add", index=index, address=end.ipv6, prefixlen=end.prefixlen6)
+                    ipr.link("set", index=index, state="up")
+        for route in plan.routes:
+            if route.namespace == namespace:
+                with _step(plan.name, f"adding IPv{route.family} default route in {namespace}"):
+                    ipr.route(
+                        "add",
+                        dst="default",
+                        gateway=route.gateway,
+                        oif=ipr.link_lookup(ifname=route.ifname)[0],
+                        family=socket.AF_INET if route.family == 4 else socket.AF_INET6,
+                    )
 
-    call_in_netns(namespace, write)
+
+def _wait_until_running_here(plan: LabPlan, namespace: str) -> None:
+    """Return once this thread's namespace's lab interfaces are operationally up.
+
+    Until the kernel's linkwatch work sees the carrier, which it batches at most once a second
+    (net/core/link_watch.c), a device's qdisc is noop and drops what is sent: the first ARP or
+    neighbour solicitation would be lost and a ping right after `up` would take seconds.
+    """
+    with IPRoute() as ipr:
+        for end in plan.endpoints:
+            if end.namespace != namespace:
+                continue
+            try:
+                ipr.poll(
+                    ipr.link, "dump", ifname=end.ifname, operstate="UP", timeout=_RUNNING_TIMEOUT
+                )
+            except TimeoutError:
+                raise LabError(
+                    f"lab {plan.name}: {namespace}:{end.ifname} did not come up "
+                    f"within {_RUNNING_TIMEOUT} s"
+                ) from None

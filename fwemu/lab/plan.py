@@ -178,7 +178,7 @@ class LabPlan:
         fw = namespace_name(self.name, "fw")
         forwarding = (
             Sysctl(fw, "net/ipv4/ip_forward", "1"),
-            Sysctl(fw, "net/ipv6/conf/all/forwarding", "0"),
+            Sysctl(fw, "net/ipv6/conf/all/forwarding", "1"),
         )
         no_dad = tuple(
             Sysctl(end.namespace, f"net/ipv6/conf/{end.ifname}/accept_dad", "0")

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 
 import pytest
 
 from fwemu.lab import LabPlan, lab
-
-from .nfq_lab import Fwemu, require_root
+from fwemu.testing import FwemuProcess
+from tests.e2e.conftest import require_root
 
 
 @pytest.fixture
@@ -38,11 +39,9 @@ def lab_plan() -> Iterator[LabPlan]:
 
 
 @pytest.fixture
-def fwemus() -> Iterator[list[Fwemu]]:
+def fwemus() -> Iterator[list[FwemuProcess]]:
     """Started fwemu processes to kill if a test leaves them running."""
-    started: list[Fwemu] = []
+    started: list[FwemuProcess] = []
     yield started
     for fw in started:
-        if fw.process.poll() is None:
-            fw.process.kill()
-            fw.finish()
+        fw.stop(signal.SIGKILL)

@@ -12,15 +12,9 @@ from pathlib import Path
 import pytest
 
 from fwemu.lab import LabPlan, socket_in
+from fwemu.testing import FwemuProcess, tcp_exchange
 
-from .nfq_lab import (
-    Fwemu,
-    bound_queues,
-    ruleset,
-    run_fwemu,
-    start_fwemu,
-    tcp_exchange,
-)
+from .nfq_lab import bound_queues, ruleset, run_fwemu, start_fwemu
 
 pytestmark = pytest.mark.e2e
 
@@ -29,7 +23,7 @@ def fw_args(plan: LabPlan, *extra: str) -> list[str]:
     return ["--netns", plan.fw_client_side.namespace, "--preset", "linux", *extra]
 
 
-def started(fwemus: list[Fwemu], fw: Fwemu) -> Fwemu:
+def started(fwemus: list[FwemuProcess], fw: FwemuProcess) -> FwemuProcess:
     fwemus.append(fw)
     fw.wait_for("fwemu started")
     return fw
@@ -44,7 +38,7 @@ def assert_clean(plan: LabPlan, before: tuple[str, str]) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_run_forwards_tcp_and_removes_everything_on_signal(
-    lab_plan: LabPlan, fwemus: list[Fwemu], tmp_path: Path, signum: signal.Signals
+    lab_plan: LabPlan, fwemus: list[FwemuProcess], tmp_path: Path, signum: signal.Signals
 ) -> None:
     fw_ns = lab_plan.fw_client_side.namespace
     before = ruleset(fw_ns)
@@ -71,7 +65,7 @@ def test_run_forwards_tcp_and_removes_everything_on_signal(
     assert [r["flow"]["src"] for r in new] == [lab_plan.client.ipv4]
 
 
-def test_run_forwards_ipv6(lab_plan: LabPlan, fwemus: list[Fwemu]) -> None:
+def test_run_forwards_ipv6(lab_plan: LabPlan, fwemus: list[FwemuProcess]) -> None:
     fw = started(fwemus, start_fwemu(fw_args(lab_plan)))
     assert tcp_exchange(lab_plan, b"over v6", ipv6=True) == b"over v6"
     fw.wait_for(f"new      [{lab_plan.client.ipv6}]:")
@@ -79,7 +73,7 @@ def test_run_forwards_ipv6(lab_plan: LabPlan, fwemus: list[Fwemu]) -> None:
 
 
 def test_timers_run_and_their_events_carry_wall_clock_time(
-    lab_plan: LabPlan, fwemus: list[Fwemu]
+    lab_plan: LabPlan, fwemus: list[FwemuProcess]
 ) -> None:
     # Linux's TIME_WAIT is 120 s; at x10000 it runs out 12 ms after the connection closes.
     args = fw_args(lab_plan, "--speed", "10000", "--events", "-")
@@ -95,7 +89,7 @@ def test_timers_run_and_their_events_carry_wall_clock_time(
 
 
 def test_state_file_holds_the_flow_table_on_sigusr1(
-    lab_plan: LabPlan, fwemus: list[Fwemu], tmp_path: Path
+    lab_plan: LabPlan, fwemus: list[FwemuProcess], tmp_path: Path
 ) -> None:
     state = tmp_path / "flows.json"
     fw = started(fwemus, start_fwemu(fw_args(lab_plan, "--state-file", str(state))))
@@ -117,7 +111,7 @@ def test_state_file_holds_the_flow_table_on_sigusr1(
     assert fw.stop() == 0
 
 
-def test_dry_run_marks_its_events(lab_plan: LabPlan, fwemus: list[Fwemu]) -> None:
+def test_dry_run_marks_its_events(lab_plan: LabPlan, fwemus: list[FwemuProcess]) -> None:
     fw = started(
         fwemus, start_fwemu(fw_args(lab_plan, "--dry-run", "--events", "-"), stdout=subprocess.PIPE)
     )
@@ -129,7 +123,7 @@ def test_dry_run_marks_its_events(lab_plan: LabPlan, fwemus: list[Fwemu]) -> Non
     assert records and all(r["dry_run"] is True for r in records)
 
 
-def test_no_rules_leaves_iptables_alone(lab_plan: LabPlan, fwemus: list[Fwemu]) -> None:
+def test_no_rules_leaves_iptables_alone(lab_plan: LabPlan, fwemus: list[FwemuProcess]) -> None:
     before = ruleset(lab_plan.fw_client_side.namespace)
     fw = started(fwemus, start_fwemu(fw_args(lab_plan, "--no-rules", "--queue", "5")))
     assert ruleset(lab_plan.fw_client_side.namespace) == before
@@ -139,13 +133,12 @@ def test_no_rules_leaves_iptables_alone(lab_plan: LabPlan, fwemus: list[Fwemu]) 
 
 
 def test_sigkill_leaves_rules_that_bypass_and_the_next_run_replaces(
-    lab_plan: LabPlan, fwemus: list[Fwemu]
+    lab_plan: LabPlan, fwemus: list[FwemuProcess]
 ) -> None:
     fw_ns = lab_plan.fw_client_side.namespace
     before = ruleset(fw_ns)
     fw = started(fwemus, start_fwemu(fw_args(lab_plan)))
-    fw.process.kill()
-    fw.finish()
+    fw.stop(signal.SIGKILL)
     # SIGKILL cannot clean up: the rules stay, but with no program bound to the queue
     # --queue-bypass lets the traffic through.
     assert "FWEMU-Q0" in ruleset(fw_ns)[0]
@@ -158,7 +151,9 @@ def test_sigkill_leaves_rules_that_bypass_and_the_next_run_replaces(
     assert_clean(lab_plan, before)
 
 
-def test_an_engine_failure_on_a_packet_accepts_it(lab_plan: LabPlan, fwemus: list[Fwemu]) -> None:
+def test_an_engine_failure_on_a_packet_accepts_it(
+    lab_plan: LabPlan, fwemus: list[FwemuProcess]
+) -> None:
     before = ruleset(lab_plan.fw_client_side.namespace)
     fw = started(fwemus, start_fwemu(fw_args(lab_plan), broken="handle_packet"))
     assert tcp_exchange(lab_plan, b"unharmed") == b"unharmed"
@@ -169,7 +164,7 @@ def test_an_engine_failure_on_a_packet_accepts_it(lab_plan: LabPlan, fwemus: lis
 
 
 def test_an_internal_error_exits_1_after_cleaning_up(
-    lab_plan: LabPlan, fwemus: list[Fwemu]
+    lab_plan: LabPlan, fwemus: list[FwemuProcess]
 ) -> None:
     before = ruleset(lab_plan.fw_client_side.namespace)
     fw = start_fwemu(fw_args(lab_plan), broken="handle_timer")
@@ -182,7 +177,7 @@ def test_an_internal_error_exits_1_after_cleaning_up(
 
 
 def test_a_second_fwemu_on_a_busy_queue_is_refused_before_touching_rules(
-    lab_plan: LabPlan, fwemus: list[Fwemu]
+    lab_plan: LabPlan, fwemus: list[FwemuProcess]
 ) -> None:
     fw_ns = lab_plan.fw_client_side.namespace
     fw = started(fwemus, start_fwemu(fw_args(lab_plan)))
@@ -219,7 +214,7 @@ def test_refusals_exit_2_with_one_line_and_change_nothing(
 
 
 def test_expiry_rsts_leave_through_the_raw_sockets(
-    lab_plan: LabPlan, fwemus: list[Fwemu], tmp_path: Path
+    lab_plan: LabPlan, fwemus: list[FwemuProcess], tmp_path: Path
 ) -> None:
     policy = tmp_path / "short.toml"
     policy.write_text('[timeouts]\nestablished = "1s"\n\n[on_expire]\ndefault = "reset-both"\n')

@@ -9,10 +9,11 @@ import sys
 from collections.abc import Callable
 
 import pytest
-from conftest import ping
 
 from fwemu.cli import main
 from fwemu.lab import LabPlan
+
+from .helpers import ping
 
 
 def _fwemu(*argv: str) -> subprocess.Popen[str]:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Callable
 
 import pytest
-from conftest import ping, root_network
 from pyroute2 import netns as pr_netns
 
 from fwemu.lab import LabError, LabPlan, down, exec_in, lab, list_labs, run_in, socket_in, up
 from fwemu.lab import netns as lab_netns
+
+from .helpers import ping, root_network
 
 pytestmark = pytest.mark.usefixtures("needs_root")
 
@@ -78,13 +80,14 @@ def test_tcp_connection_from_client_to_server(
     plan = make_lab()
     address = plan.server.ipv4 if version == 4 else plan.server.ipv6
     python = sys.executable
-    with exec_in(
+    server = exec_in(
         plan.name,
         "server",
         [python, "-c", _ECHO_SERVER, address],
         stdout=subprocess.PIPE,
         text=True,
-    ) as server:
+    )
+    try:
         assert server.stdout is not None
         assert server.stdout.readline() == "ready\n"
         client = run_in(
@@ -93,9 +96,11 @@ def test_tcp_connection_from_client_to_server(
             [python, "-c", _ECHO_CLIENT, address],
             capture_output=True,
             text=True,
-            timeout=10,
         )
         assert server.wait(timeout=10) == 0
+    finally:
+        server.kill()  # a no-op once it has exited; otherwise it would wait in accept() forever
+        server.communicate()
     assert client.stdout == "HELLO THROUGH FW\n"
 
 
@@ -155,10 +160,39 @@ def test_failed_up_leaves_nothing_behind(
     def fail(plan: LabPlan, namespace: str) -> None:
         raise LabError("injected failure")
 
-    monkeypatch.setattr(lab_netns, "_write_sysctls", fail)
+    # The last step, when everything else has been created.
+    monkeypatch.setattr(lab_netns, "_wait_until_running_here", fail)
     with pytest.raises(LabError, match="injected failure"):
         up(plan)
     assert not _namespaces(plan.name)
+
+
+def test_lab_calls_never_signal_a_child(
+    lab_name: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A program that cleans up on SIGTERM (like `fwemu demo`) must not see that cleanup run.
+
+    pyroute2's IPRoute(netns=...) forks a child and stops it with SIGTERM; the child inherits
+    Python handlers, so when it has not exited yet (a race, lost under load) it runs this one
+    and tears the lab down from inside `up`. Spying on os.kill makes the race deterministic.
+    """
+    sent: list[int] = []
+    real_kill = os.kill
+
+    def spy(pid: int, signum: int) -> None:
+        sent.append(signum)
+        real_kill(pid, signum)
+
+    monkeypatch.setattr(os, "kill", spy)
+    plan = LabPlan.create(lab_name())
+    previous = signal.signal(signal.SIGTERM, lambda *_: down(plan.name))
+    try:
+        up(plan)
+        labs = list_labs()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert next(info for info in labs if info.name == plan.name).up
+    assert signal.SIGTERM not in sent
 
 
 def test_down_removes_everything_and_reports_it(make_lab: Callable[[], LabPlan]) -> None:

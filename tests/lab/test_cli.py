@@ -35,7 +35,7 @@ def test_up_prints_addresses_and_next_steps(
     assert f"{name}-client  eth0  10.33.1.2/24  fd00:33:1::2/64" in out
     assert f"{name}-fw      srv0  10.33.2.1/24  fd00:33:2::1/64" in out
     assert f"fwemu lab exec {name} client -- ping -c1 10.33.2.2" in out
-    assert f"ip netns exec {name}-fw fwemu run" in out
+    assert f"fwemu run --netns {name}-fw" in out
     assert ping(f"{name}-client", "fd00:33:2::2")
 
 

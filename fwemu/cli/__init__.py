@@ -1,4 +1,4 @@
-"""Command-line entry point: argument parsing and output only; each subcommand lives in its module."""
+"""Command-line entry point: parsing and output only; each subcommand lives in its own module."""
 
 from __future__ import annotations
 
@@ -33,9 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         code: int = args.func(args)
     except FwemuError as err:
         # One problem: "fwemu: <message>". Several (a policy file's): one self-locating line each.
@@ -44,4 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`fwemu ... | head`): stop quietly, as Unix tools do.
+        sys.stderr.close()
+        return 141
     return code

@@ -227,7 +227,7 @@ def plausible(steps: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
     open_: set[str] = set()  # sides whose handshake completed
     fin: set[str] = set()
     kept = []
-    for side, flags, length in steps:
+    for side, flags, wanted in steps:
         peer = "server" if side == "client" else "client"
         if flags == "S" and (side in got_syn or (peer in sent_syn and side not in sent_syn)):
             continue
@@ -235,8 +235,8 @@ def plausible(steps: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
             continue
         if flags in ("PA", "FA") and (side not in open_ or side in fin):
             continue
-        if side not in open_ or side in fin:
-            length = 0  # no data before the handshake completes or after the FIN
+        # No data before the handshake completes or after the FIN.
+        length = 0 if side not in open_ or side in fin else wanted
         kept.append((side, flags, length))
         if "S" in flags:
             sent_syn.add(side)

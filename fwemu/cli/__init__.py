@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from fwemu import __version__
 from fwemu.errors import FwemuError
 
-# Each module exposes `register(subparsers)`, which adds its parser and sets `func(args) -> int`.
-_SUBCOMMANDS = ("check", "run", "lab", "demo")
+# Every module `fwemu/cli/<name>_cmd.py` is a subcommand: its `register(subparsers)` adds its
+# parser and sets `func(args) -> int`. `ORDER` (default 50) places it in `--help`.
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,9 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fwemu {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     import importlib
+    import pkgutil
 
-    for name in _SUBCOMMANDS:
-        module = importlib.import_module(f"fwemu.cli.{name}_cmd")
+    modules = [
+        importlib.import_module(f"{__name__}.{info.name}")
+        for info in pkgutil.iter_modules(__path__)
+        if info.name.endswith("_cmd")
+    ]
+    for module in sorted(modules, key=lambda m: (getattr(m, "ORDER", 50), m.__name__)):
         module.register(subparsers)
     return parser
 

@@ -26,6 +26,8 @@ from fwemu.policy import (
     resolve_policy,
 )
 
+ORDER = 40  # place in `fwemu --help`
+
 _EPILOG = """\
 POLICY is a TOML file (a path, or any name ending in .toml) or the name of a preset.
 

@@ -21,6 +21,8 @@ from fwemu.demo.runner import DEFAULT_LAB, CaseResult, policy_text, run_demo, su
 from fwemu.demo.timeline import Entry
 from fwemu.testing import Firewall
 
+ORDER = 10  # place in `fwemu --help`
+
 DESCRIPTION = f"""\
 Bring up a lab (client <-> fw <-> server network namespaces), run fwemu inline in the fw
 namespace with a built-in policy whose timers are a second or two, and script a client and a

@@ -13,6 +13,8 @@ from rich.table import Table
 from fwemu.lab import netns, plan
 from fwemu.lab.plan import DEFAULT_INDEX, DEFAULT_NAME, SIDES, LabPlan, namespace_name
 
+ORDER = 30  # place in `fwemu --help`
+
 _EXAMPLES = """\
 examples:
   fwemu lab up                                  # lab "fwemu", index 201

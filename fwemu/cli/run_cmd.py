@@ -18,6 +18,8 @@ from fwemu.core.engine import Engine
 from fwemu.errors import FwemuError
 from fwemu.policy import IPNetwork, Policy, load_policy, load_preset
 
+ORDER = 20  # place in `fwemu --help`
+
 DESCRIPTION = """\
 Track forwarded TCP flows through Linux conntrack's state machine and enforce a policy's
 per-state timers: when a flow's timer runs out, fwemu forgets it (later packets are dropped

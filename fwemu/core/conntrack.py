@@ -14,6 +14,7 @@ the RETRANS/UNACK timeout caps, which policies don't model.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from array import array
 from collections import deque
@@ -119,16 +120,7 @@ class FlowTable:
     """Tracks flows; `packet()` per accepted-or-not packet, `expire_due()` when timers run out."""
 
     def __init__(self, policy: Policy) -> None:
-        self.policy = policy
-        self._profiles: list[Profile] = list(policy.profiles)
-        # Timeout per profile per State value (None = never), looked up on every packet.
-        self._timeouts: list[tuple[float | None, ...]] = [
-            tuple(
-                getattr(p.timeouts, TIMEOUT_FIELD[State(s)]) if State(s) in TIMEOUT_FIELD else None
-                for s in range(len(State))
-            )
-            for p in self._profiles
-        ]
+        self._use(policy)
         self._index: dict[bytes, int] = {}
         self._keys: list[bytes | None] = []
         self._free: list[int] = []
@@ -150,6 +142,42 @@ class FlowTable:
         self._deadlines = self.timers.deadlines
         self._tombstones: dict[bytes, _Tombstone] = {}
         self._forget_queues: list[deque[bytes]] = [deque() for _ in self._profiles]
+
+    def _use(self, policy: Policy) -> None:
+        self.policy = policy
+        self._profiles: list[Profile] = list(policy.profiles)
+        # Timeout per profile per State value (None = never), looked up on every packet.
+        self._timeouts: list[tuple[float | None, ...]] = [
+            tuple(
+                getattr(p.timeouts, TIMEOUT_FIELD[State(s)]) if State(s) in TIMEOUT_FIELD else None
+                for s in range(len(State))
+            )
+            for p in self._profiles
+        ]
+
+    def reload(self, policy: Policy) -> int:
+        """Enforce `policy` from now on without losing a flow: each flow is matched against the
+        new rules and its timer re-armed from its last packet under the new timeouts (so a flow
+        whose new timer has already run out expires at the next handle_timer). Remembered
+        (expired) flows keep their rule by name, else fall back to the default. Returns the
+        number of live flows re-timed."""
+        old_names = [p.name for p in self._profiles]
+        self._use(policy)
+        by_name = {p.name: i for i, p in enumerate(self._profiles)}
+        default = len(self._profiles) - 1
+        for slot in self._index.values():
+            profile = self._match(self._flow_id(slot))
+            self._profile[slot] = profile
+            timeout = self._timeouts[profile][self._state[slot]]
+            seen = self._seen_at[slot]
+            self.timers.set(slot, None if timeout is None else seen + timeout)
+        queues: list[deque[bytes]] = [deque() for _ in self._profiles]
+        for key, tomb in self._tombstones.items():
+            index = by_name.get(old_names[tomb.profile], default)
+            self._tombstones[key] = dataclasses.replace(tomb, profile=index)
+            queues[index].append(key)
+        self._forget_queues = queues
+        return len(self._index)
 
     # ---------------------------------------------------------------- queries
 
@@ -535,14 +563,16 @@ class FlowTable:
             return tomb.profile
         if not self.policy.rules:
             return len(self._profiles) - 1
-        addr_a, port_a, addr_b, port_b = pk.endpoints(seg.key)
-        a, b = ipaddress.ip_address(addr_a), ipaddress.ip_address(addr_b)
-        tries = [(a, port_a, b, port_b), (b, port_b, a, port_a)]
-        if not seg.forward:
-            tries.reverse()
-        for src, sport, dst, dport in tries:
+        as_sent = _packet_flow_id(seg)
+        return self._match(as_sent, as_sent.reversed())
+
+    def _match(self, *orientations: FlowId) -> int:
+        """The index of the first rule matching the flow (trying each orientation in turn),
+        else of the default profile."""
+        for flow in orientations:
+            src, dst = ipaddress.ip_address(flow.src), ipaddress.ip_address(flow.dst)
             for i, rule in enumerate(self.policy.rules):
-                if rule.match.matches(src, sport, dst, dport):
+                if rule.match.matches(src, flow.sport, dst, flow.dport):
                     return i
         return len(self._profiles) - 1
 

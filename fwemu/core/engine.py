@@ -44,5 +44,10 @@ class Engine:
         inject, events = self.table.expire_now(keys, now, action)
         return Effects(tuple(inject), tuple(events))
 
+    def reload(self, policy: Policy) -> int:
+        """Switch to `policy`, keeping every flow (see FlowTable.reload); the flow count."""
+        self.policy = policy
+        return self.table.reload(policy)
+
     def flows(self, *, now: float) -> list[FlowInfo]:
         return self.table.flows(now)

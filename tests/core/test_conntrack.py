@@ -350,3 +350,29 @@ def test_expired_and_deleted_flows_report_distinct_events() -> None:
     fx = t.advance(1.0)
     assert isinstance(fx.events[0], FlowExpired)
     assert FlowDeleted.kind == "delete" and FlowExpired.kind == "expire"
+
+
+class TestReload:
+    def test_flows_survive_and_retime_from_their_last_packet(self) -> None:
+        t = Trace(make_policy(established=100.0))
+        t.handshake(at=0.0)
+        t.client("PA", 5, at=4.0)
+        assert t.engine.reload(make_policy(established=20.0)) == 1
+        assert t.state() == "ESTABLISHED"
+        assert t.deadline() == 24.0  # last packet at 4 + the new 20 s
+
+    def test_a_timer_already_run_out_expires_at_the_next_tick(self) -> None:
+        t = Trace(make_policy(established=100.0, on_established=RESET_BOTH))
+        t.handshake(at=0.0)
+        t.engine.reload(make_policy(established=5.0, on_established=RESET_CLIENT))
+        fx = t.engine.handle_timer(now=30.0)
+        assert kinds(fx.events) == ["FlowExpired", "ResetSent"]
+        assert fx.events[0].action == "reset-client"
+
+    def test_tombstones_keep_telling_the_side(self) -> None:
+        t = Trace(make_policy(established=1.0))
+        t.handshake()
+        t.advance(1.0)
+        t.engine.reload(make_policy(established=1.0, from_client=OutOfStateAction.RESET))
+        d = t.client("PA", 1, at=2.0)
+        assert d.events[0].side == "client" and d.inject

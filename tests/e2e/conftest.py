@@ -14,3 +14,19 @@ def require_root() -> None:
         if os.environ.get("CI"):
             pytest.fail(f"{reason} (CI is set, so not skipping)")
         pytest.skip(reason)
+
+
+# Figures a test module measured (e.g. timer lateness), printed at the end of the run.
+FIGURES = pytest.StashKey[list[str]]()
+
+
+def report_figures(config: pytest.Config, text: str) -> None:
+    config.stash.setdefault(FIGURES, []).append(text)
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    for text in config.stash.get(FIGURES, []):
+        terminalreporter.write_sep("-", "measured")
+        terminalreporter.write_line(text)

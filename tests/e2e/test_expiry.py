@@ -22,8 +22,7 @@ from pathlib import Path
 import pytest
 
 from fwemu.testing import Firewall, inline_firewall
-
-from .conftest import require_root
+from tests.e2e.conftest import report_figures, require_root
 
 pytestmark = pytest.mark.e2e
 
@@ -100,13 +99,7 @@ def lateness(request: pytest.FixtureRequest) -> Iterator[Lateness]:
     yield figures
     text = figures.summary()
     LATENESS_FILE.write_text(text + "\n")
-    # Shown even without -s: the module's last teardown still runs under output capture.
-    plugins = request.config.pluginmanager
-    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.ensure_newline()
-            reporter.write_line(f"{text}\n  (written to {LATENESS_FILE})")
+    report_figures(request.config, f"{text}\n  (also in {LATENESS_FILE})")
 
 
 @pytest.fixture(scope="module")

@@ -9,18 +9,14 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from fwemu.lab import LabPlan, down, up
+from tests.e2e.conftest import require_root
 
 _counter = itertools.count(1)
 
 
 @pytest.fixture
 def needs_root() -> None:
-    """Skip without root, except under CI, where a skipped lab test would hide a broken setup."""
-    if os.geteuid() != 0:
-        reason = "lab tests create network namespaces and need root"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (CI is set, so not skipping)")
-        pytest.skip(reason)
+    require_root()
 
 
 @pytest.fixture

@@ -184,9 +184,6 @@ class FlowTable:
     def __len__(self) -> int:
         return len(self._index)
 
-    def __contains__(self, key: bytes) -> bool:
-        return key in self._index
-
     def flows(self, now: float) -> list[FlowInfo]:
         return [self._info(slot, now) for slot in self._index.values()]
 

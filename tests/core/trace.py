@@ -124,11 +124,6 @@ class Trace:
     ) -> Decision:
         return self._send(self.s, self.c, flags, length, at, seq, ack)
 
-    def raw_from_client(
-        self, flags: str, length: int = 0, *, seq: int | None = None, ack: int | None = None
-    ) -> bytes:
-        return self._packet(self.c, self.s, flags, length, seq, ack)
-
     def _packet(
         self, src: Side, dst: Side, flags: str, length: int, seq: int | None, ack: int | None
     ) -> bytes:

@@ -454,8 +454,22 @@ class FlowTable:
         reason = "no flow" if cls != _INVALID_CLASS else "no flow, invalid TCP flags"
         return self._out_of_state(seg, now, reason, tomb)
 
+    def adopt(self, seg: pk.Segment, now: float, *, sender_is_client: bool) -> Decision:
+        """Track the connection of a mid-stream ACK as ESTABLISHED, as loose pickup does,
+        whatever the policy's `pickup` (a capture that starts mid-connection); the caller says
+        which side is the client. Any other packet is handled as usual."""
+        if seg.key in self._index or _CLASS_OF[seg.flags] != _ACK:
+            return self.packet(seg, now)
+        return self._new_flow(seg, _ACK, now, sender_is_client=sender_is_client)
+
     def _new_flow(
-        self, seg: pk.Segment, cls: int, now: float, profile: int | None = None
+        self,
+        seg: pk.Segment,
+        cls: int,
+        now: float,
+        profile: int | None = None,
+        *,
+        sender_is_client: bool = True,
     ) -> Decision:
         """tcp_new(): a SYN opens SYN_SENT; a picked-up ACK opens ESTABLISHED (loose)."""
         self._tombstones.pop(seg.key, None)
@@ -464,14 +478,15 @@ class FlowTable:
         slot = self._alloc(seg.key)
         new = State.SYN_SENT if cls == _SYN else State.ESTABLISHED
         self._state[slot] = new
-        self._client_fwd[slot] = seg.forward
+        self._client_fwd[slot] = seg.forward == sender_is_client
         self._profile[slot] = profile
         self._created[slot] = now
-        self._last[slot] = cls
+        direction = ORIGINAL if sender_is_client else REPLY
+        self._last[slot] = cls | direction << 3
         self._last_end[slot] = seg.end
         if cls != _SYN:
             self._flags[slot] = BE_LIBERAL
-        self._track(slot, ORIGINAL, cls, seg)
+        self._track(slot, direction, cls, seg)
         self._refresh(slot, new, now)
         event = FlowNew(now, self._flow_id(slot), new.name, self._profiles[profile].name)
         return accept("new flow", event)

@@ -28,6 +28,15 @@ class Engine:
         # Fragments, non-TCP, garbage: not ours to judge; conntrack would not track them either.
         return accept(f"unparseable: {seg.reason}")  # type: ignore[union-attr]
 
+    def adopt(self, data: bytes, *, now: float, sender_is_client: bool) -> Decision:
+        """Like handle_packet, but a mid-stream ACK of no flow starts an ESTABLISHED flow
+        (loose pickup) whatever the policy says, its sender being the client or the server as
+        given: for captures that begin after connections opened (`fwemu replay`)."""
+        seg = pk.parse(data)
+        if type(seg) is pk.Segment:
+            return self.table.adopt(seg, now, sender_is_client=sender_is_client)
+        return accept(f"unparseable: {seg.reason}")  # type: ignore[union-attr]
+
     def next_deadline(self) -> float | None:
         return self.table.timers.next_deadline()
 

@@ -376,3 +376,17 @@ class TestReload:
         t.engine.reload(make_policy(established=1.0, from_client=OutOfStateAction.RESET))
         d = t.client("PA", 1, at=2.0)
         assert d.events[0].side == "client" and d.inject
+
+
+def test_adopt_tracks_a_mid_stream_flow_with_the_given_client() -> None:
+    t = Trace(make_policy(established=10.0, on_established=RESET_BOTH))  # pickup off
+    data = t.server("PA", 5, at=0.0)  # plain handling: no flow, no pickup
+    assert data.verdict == Verdict.DROP
+    packet = t._packet(t.s, t.c, "PA", 5, None, None)
+    d = t.engine.adopt(packet, now=1.0, sender_is_client=False)
+    assert d.verdict == Verdict.ACCEPT
+    (new,) = d.events
+    assert isinstance(new, FlowNew) and str(new.flow) == "10.0.1.2:40000 > 10.0.2.2:80"
+    fx = t.advance(11.0)
+    # The server sent up to 5010; nothing is known of the client's own sequence.
+    assert fx.inject == (t.rst_to_client(seq=5010, ack=None), t.rst_to_server(seq=0, ack=5010))

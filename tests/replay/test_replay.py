@@ -1,0 +1,320 @@
+"""Replaying captures: expiries at the capture's exact times, late packets and what the policy
+does to them, every link layer and both file formats, corrupt files, and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fwemu.cli import main
+from fwemu.ops.replay import CaptureError, ReplayReport, open_capture, replay
+from tests.replay.captures import LINKS, T0, Conversation, merged, write
+from tests.replay.policies import LATE_RESET, RESET_BOTH, SILENT, policy
+
+
+def run(path: Path, text: str = SILENT, **kw: object) -> ReplayReport:
+    capture = open_capture(path)
+    try:
+        return replay(capture, policy(text), **kw)  # type: ignore[arg-type]
+    finally:
+        capture.close()
+
+
+def idle_then_late(v6: bool = False) -> tuple[Conversation, Conversation]:
+    """An idle flow (last packet at +0.502 s, late data at +5 s) and one that stays active."""
+    idle = Conversation(v6=v6).handshake(0).exchange(0.5)
+    idle.client(5.0, "PA", b"late")
+    active = Conversation(sport=40001, v6=v6).handshake(0)
+    for t in (1.0, 2.5, 4.0, 5.5):
+        active.exchange(t)
+    return idle, active
+
+
+@pytest.mark.parametrize("link", sorted(LINKS))
+@pytest.mark.parametrize("pcapng", [False, True], ids=["pcap", "pcapng"])
+def test_idle_flow_expires_at_the_exact_capture_time_in_every_format(
+    tmp_path: Path, link: str, pcapng: bool
+) -> None:
+    idle, active = idle_then_late()
+    report = run(write(tmp_path / "c", merged(idle, active), link, pcapng=pcapng))
+
+    [flow] = report.flows
+    assert (flow.flow.sport, flow.flow.dport) == (40000, 8080)
+    assert flow.expired is not None
+    assert flow.expired.ts == pytest.approx(T0 + 0.502 + 2.0, abs=1e-6)
+    assert (flow.expired.state, flow.expired.phase, flow.expired.timeout) == (
+        "ESTABLISHED",
+        "established",
+        2.0,
+    )
+    assert report.summary.flows == 2
+    assert [info.flow.sport for info in report.alive] == [40001]
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_black_holed_flow_lists_its_later_packets_as_dropped(tmp_path: Path, v6: bool) -> None:
+    idle, active = idle_then_late(v6)
+    idle.client(5.2, "PA", b"again")
+    report = run(write(tmp_path / "c.pcap", merged(idle, active)))
+
+    [flow] = report.flows
+    assert flow.expired is not None and flow.expired.action == "silent"
+    assert [(round(p.ts - T0, 6), p.side, p.outcome, p.length) for p in flow.late] == [
+        (5.0, "client", "dropped", 4),
+        (5.2, "client", "dropped", 5),
+    ]
+    assert flow.resets == ()
+
+
+def test_out_of_state_reset_policy_lists_the_rsts_it_would_send(tmp_path: Path) -> None:
+    idle, active = idle_then_late()
+    report = run(write(tmp_path / "c.pcap", merged(idle, active)), LATE_RESET)
+
+    [flow] = report.flows
+    [late] = flow.late
+    assert late.outcome == "answered with a RST"
+    assert late.reset is not None
+    # The RST answers the late segment: its seq is the segment's ack (RFC 9293 §3.10.7.1).
+    assert (late.reset.to, late.reset.seq) == ("client", late.ack)
+
+
+def test_reset_both_expiry_names_both_rsts_and_recognises_its_own_rst_in_the_capture(
+    tmp_path: Path,
+) -> None:
+    idle, active = idle_then_late()
+    # A capture taken behind a live firewall shows the RST it injected into the client.
+    rst = Conversation(sport=40000, client_seq=idle.client_seq, server_seq=idle.server_seq)
+    rst.server(2.503, "R")
+    report = run(write(tmp_path / "c.pcap", merged(idle, active, rst)), RESET_BOTH)
+
+    [flow] = report.flows
+    assert [(r.to, r.seq, r.ack) for r in flow.resets] == [
+        ("client", idle.server_seq, idle.client_seq - 4),
+        ("server", idle.client_seq - 4, idle.server_seq),
+    ]
+    assert [t - T0 for t in flow.echoes] == [pytest.approx(2.503)]
+    assert [p.ts - T0 for p in flow.late] == [pytest.approx(5.0)]  # the late data, not the RST
+
+
+def test_flow_that_stays_active_or_closes_normally_is_not_reported(tmp_path: Path) -> None:
+    _, active = idle_then_late()
+    closed = Conversation(sport=40002).handshake(0).exchange(0.5)
+    closed.client(0.6, "FA")
+    closed.server(0.601, "FA")
+    closed.client(0.602, "A")
+    closed.client(5.0, "S")  # later, the next connection on the same port
+    report = run(write(tmp_path / "c.pcap", merged(active, closed)))
+
+    assert report.flows == ()
+    assert report.summary.flows == 3
+
+
+def test_flows_open_before_the_capture_are_tracked_from_their_first_packet(
+    tmp_path: Path,
+) -> None:
+    ongoing = Conversation().exchange(0.0)  # no handshake in the capture
+    ongoing.client(3.0, "PA", b"late")
+    report = run(write(tmp_path / "c.pcap", merged(ongoing)))
+
+    [flow] = report.flows
+    assert flow.already_open
+    assert flow.expired is not None
+    assert flow.expired.ts - T0 == pytest.approx(0.002 + 2.0)
+    assert [p.outcome for p in flow.late] == ["dropped"]
+
+    fresh = run(tmp_path / "c.pcap", assume_open=False)
+    [flow] = fresh.flows
+    assert flow.opened is None and flow.expired is None
+    assert [p.outcome for p in flow.late] == ["dropped"] * 4
+
+
+def test_non_tcp_and_non_ip_frames_are_skipped_and_counted(tmp_path: Path) -> None:
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import ARP, Ether
+
+    idle, _ = idle_then_late()
+    path = write(tmp_path / "c.pcap", [*idle.packets, (T0 + 6, bytes(IP() / UDP()))])
+    import dpkt
+
+    with open(path, "ab") as f:  # an ARP frame appended to the Ethernet capture
+        frame = bytes(Ether(src="02:00:00:00:00:01", dst="ff:ff:ff:ff:ff:ff") / ARP())
+        f.write(dpkt.pcap.LEPktHdr(tv_sec=int(T0) + 7, caplen=len(frame), len=len(frame)).pack())
+        f.write(frame)
+    summary = run(path).summary
+    assert (summary.packets, summary.not_ip, summary.not_tcp, summary.tcp_packets) == (
+        len(idle.packets) + 2,
+        1,
+        1,
+        len(idle.packets),
+    )
+
+
+def test_nanosecond_pcap_keeps_the_exact_times(tmp_path: Path) -> None:
+    idle, active = idle_then_late()
+    [flow] = run(write(tmp_path / "c.pcap", merged(idle, active), nano=True)).flows
+    assert flow.expired is not None
+    assert flow.expired.ts == pytest.approx(T0 + 2.502, abs=1e-6)
+
+
+def test_packets_out_of_time_order_replay_at_the_previous_time_and_are_counted(
+    tmp_path: Path,
+) -> None:
+    idle, active = idle_then_late()
+    packets = merged(idle, active)
+    packets[5], packets[6] = packets[6], packets[5]
+    report = run(write(tmp_path / "c.pcap", packets))
+    assert report.summary.out_of_order == 1
+    assert [f.flow.sport for f in report.flows] == [40000]
+
+
+def test_truncated_snaplen_captures_still_replay(tmp_path: Path) -> None:
+    idle, active = idle_then_late()
+    cut = [(ts, ip[:40]) for ts, ip in merged(idle, active)]  # headers only, like -s 54
+    [flow] = run(write(tmp_path / "c.pcap", cut, "raw")).flows
+    assert flow.late[0].length == 4  # from the IP header, not the captured bytes
+
+
+# --- bad files --------------------------------------------------------------------------------
+
+
+def test_wrong_magic_is_refused_with_the_file_name(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("hello, this is not a capture\n")
+    with pytest.raises(CaptureError, match=r"notes\.txt: not a pcap or pcapng file"):
+        open_capture(path)
+
+
+def test_empty_and_missing_files_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "empty.pcap").write_bytes(b"")
+    with pytest.raises(CaptureError, match="not a capture file"):
+        open_capture(tmp_path / "empty.pcap")
+    with pytest.raises(CaptureError, match=r"cannot read .*missing\.pcap"):
+        open_capture(tmp_path / "missing.pcap")
+
+
+def test_unsupported_link_type_is_refused(tmp_path: Path) -> None:
+    import dpkt
+
+    path = tmp_path / "wifi.pcap"
+    with open(path, "wb") as f:
+        dpkt.pcap.Writer(f, linktype=105)
+    with pytest.raises(CaptureError, match="link type 105 is not supported"):
+        open_capture(path)
+
+
+def test_corrupt_record_length_names_the_packet(tmp_path: Path) -> None:
+    idle, _ = idle_then_late()
+    path = write(tmp_path / "c.pcap", idle.packets)
+    data = bytearray(path.read_bytes())
+    # Third record's caplen: the file header is 24 bytes, each record 16 + its frame.
+    at = 24
+    for _ in range(2):
+        at += 16 + int.from_bytes(data[at + 8 : at + 12], "little")
+    data[at + 8 : at + 12] = (0x7FFFFFFF).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(CaptureError, match=r"c\.pcap: corrupt at packet 3: record length"):
+        run(path)
+
+
+def test_corrupt_pcapng_block_is_refused(tmp_path: Path) -> None:
+    idle, _ = idle_then_late()
+    path = write(tmp_path / "c.pcapng", idle.packets, pcapng=True)
+    data = bytearray(path.read_bytes())
+    data[-4:] = b"\xff\xff\xff\xff"  # the last block's trailing length
+    path.write_bytes(bytes(data))
+    with pytest.raises(CaptureError, match="mismatched lengths"):
+        run(path)
+
+
+@pytest.mark.parametrize("pcapng", [False, True], ids=["pcap", "pcapng"])
+def test_capture_cut_mid_packet_replays_what_is_complete_and_warns(
+    tmp_path: Path, pcapng: bool
+) -> None:
+    idle, active = idle_then_late()
+    path = write(tmp_path / "c", merged(idle, active), pcapng=pcapng)
+    path.write_bytes(path.read_bytes()[:-30])  # as when tcpdump is killed mid-write
+    report = run(path)
+    assert report.summary.packets == len(merged(idle, active)) - 1
+    assert any("ends in the middle of" in w for w in report.summary.warnings)
+
+
+# --- the CLI ----------------------------------------------------------------------------------
+
+
+def test_cli_json_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    idle, active = idle_then_late()
+    path = write(tmp_path / "c.pcap", merged(idle, active))
+    policy_file = tmp_path / "p.toml"
+    policy_file.write_text(SILENT)
+
+    assert main(["replay", str(path), "--policy", str(policy_file), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["summary"]["flows"] == 2
+    assert doc["summary"]["skipped"] == {"not_ip": 0, "not_tcp": 0}
+    [flow] = doc["flows"]
+    assert flow["flow"] == {"src": "10.9.0.2", "sport": 40000, "dst": "10.9.1.2", "dport": 8080}
+    assert flow["expired"]["phase"] == "established"
+    assert flow["expired"]["ts"] == pytest.approx(T0 + 2.502)
+    assert [p["outcome"] for p in flow["late_packets"]] == ["dropped"]
+    assert [e["event"] for e in flow["events"]] == [
+        "new",
+        "state",
+        "state",
+        "expire",
+        "out_of_state",
+    ]
+    assert [a["flow"]["sport"] for a in doc["alive_at_end"]] == [40001]
+
+
+def test_cli_readable_report_and_timeline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    idle, active = idle_then_late()
+    path = write(tmp_path / "c.pcap", merged(idle, active))
+
+    assert main(["replay", str(path), "--preset", "linux"]) == 0
+    assert "No flow was expired, reset or black-holed." in capsys.readouterr().out
+
+    policy_file = tmp_path / "p.toml"
+    policy_file.write_text(SILENT)
+    assert main(["replay", str(path), "--policy", str(policy_file), "--timeline"]) == 0
+    out = capsys.readouterr().out
+    assert "10.9.0.2:40000 > 10.9.1.2:8080" in out
+    assert "forgotten silently (black hole)" in out
+    assert "after 2.000s idle, by the established timer (2s): silent" in out
+    assert "timeline:" in out and "SYN_RECV -> ESTABLISHED" in out
+
+
+def test_cli_flow_selects_flows_affected_or_not(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    idle, active = idle_then_late()
+    path = write(tmp_path / "c.pcap", merged(idle, active))
+    assert main(["replay", str(path), "--preset", "linux", "--flow", ":40001", "--json"]) == 0
+    [flow] = json.loads(capsys.readouterr().out)["flows"]
+    assert (flow["flow"]["sport"], flow["affected"]) == (40001, False)
+
+
+def test_cli_errors_exit_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(b"\x00" * 64)
+    assert main(["replay", str(bad), "--preset", "linux"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fwemu: ") and "bad.pcap" in err and err.count("\n") == 1
+    assert main(["replay", str(bad), "--preset", "no-such-preset"]) == 2
+
+
+def test_cli_warns_about_a_cut_capture_and_still_reports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    idle, active = idle_then_late()
+    path = write(tmp_path / "c.pcap", merged(idle, active))
+    path.write_bytes(path.read_bytes()[:-10])
+    assert main(["replay", str(path), "--preset", "linux"]) == 0
+    captured = capsys.readouterr()
+    assert "fwemu: warning:" in captured.err and "ends in the middle of" in captured.err
+    assert captured.out.startswith("capture ")

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 from fwemu.core.events import Event
 
@@ -36,8 +36,13 @@ class Clock:
         return now + self.offset
 
 
+# Receives each event's JSON form (the control socket's followers, the metrics).
+Listener = Callable[[dict[str, Any]], None]
+
+
 class Reporter:
-    """Writes log lines to `log` and, if given, one JSON object per event to `events`."""
+    """Writes log lines to `log` and, if given, one JSON object per event to `events` and to
+    every subscribed listener."""
 
     def __init__(
         self, clock: Clock, log: TextIO, events: TextIO | None = None, *, dry_run: bool = False
@@ -48,6 +53,10 @@ class Reporter:
         self._dry_run = dry_run
         self._last_error = -ERROR_LOG_INTERVAL
         self._suppressed = 0
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
 
     def line(self, text: str, now: float | None = None) -> None:
         """One log line, prefixed with the local wall-clock time."""
@@ -60,13 +69,22 @@ class Reporter:
         for event in events:
             prefix = "[dry run] " if self._dry_run else ""
             self.line(prefix + event.describe(), event.ts)
+            if self._events is None and not self._listeners:
+                continue
+            record = self.record(event)
             if self._events is not None:
-                record = event.to_dict()
-                record["ts"] = round(self.clock.wall(event.ts), 6)
-                if self._dry_run:
-                    record["dry_run"] = True
                 self._events.write(json.dumps(record) + "\n")
                 self._events.flush()
+            for listener in self._listeners:
+                listener(record)
+
+    def record(self, event: Event) -> dict[str, Any]:
+        """The event's JSON form, with wall-clock `ts` (and `dry_run` in a dry run)."""
+        record = event.to_dict()
+        record["ts"] = round(self.clock.wall(event.ts), 6)
+        if self._dry_run:
+            record["dry_run"] = True
+        return record
 
     def error(self, text: str) -> None:
         """A log line for a recurring problem; rate-limited, as a packet flood repeats it."""

@@ -11,12 +11,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fwemu.adapters import host, iptables, nfqueue
-from fwemu.adapters.daemon import Daemon, Signals
+from fwemu.adapters.daemon import Counters, Daemon, Signals
 from fwemu.adapters.inject import Injector
 from fwemu.adapters.output import Clock, Reporter
 from fwemu.core.engine import Engine
 from fwemu.errors import FwemuError
-from fwemu.policy import IPNetwork, Policy, load_policy, load_preset
+from fwemu.ops.commands import Commands, PolicySource
+from fwemu.ops.control import ControlServer, default_path
+from fwemu.ops.metrics import Metrics, MetricsError, parse_listen_address
+from fwemu.policy import IPNetwork, Policy
 
 ORDER = 20  # place in `fwemu --help`
 
@@ -40,8 +43,18 @@ examples:
   fwemu run --policy my-firewall.toml --speed 60 --events -
   # only traffic from the 10.1.0.0/16 side, on queue 3, logging what it would do
   fwemu run --preset linux --queue 3 --in-interface eth1 --src 10.1.0.0/16 --dry-run
-  # see the flow table of a running fwemu
+  # watch and steer a running fwemu (see docs/troubleshooting.md)
+  fwemu flows; fwemu top; fwemu events --follow; fwemu expire --match dport=5432
+  # edit the policy file, then apply it without losing a flow (or: kill -HUP <pid>)
+  fwemu reload
+  # Prometheus metrics, scraped from inside the namespace
+  fwemu run --netns demo-fw --preset linux --metrics :9100 &
+  ip netns exec demo-fw curl -s http://127.0.0.1:9100/metrics
+  # the flow table as JSON in a file, on SIGUSR1
   fwemu run --preset linux --state-file /run/fwemu.json &  kill -USR1 $!;  cat /run/fwemu.json
+
+signals: SIGINT/SIGTERM stop, SIGHUP reloads the policy (like 'fwemu reload'), SIGUSR1 writes
+the --state-file.
 
 exit status: 0 after SIGINT/SIGTERM, 2 when it refuses to start (nothing is changed then),
 1 on an internal error (rules are removed and the queue unbound first).
@@ -94,6 +107,20 @@ def register(subparsers: Any) -> None:
         metavar="PATH",
         type=Path,
         help="on SIGUSR1, write the flow table to PATH as JSON",
+    )
+    parser.add_argument(
+        "--control",
+        metavar="PATH",
+        type=Path,
+        help="serve 'fwemu flows/top/events/expire/reload' on this Unix socket "
+        "(default: /run/fwemu/q<N>.sock, or /run/fwemu/<NS>.q<N>.sock with --netns)",
+    )
+    parser.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        type=_metrics_address,
+        help="serve Prometheus metrics over HTTP at HOST:PORT in fwemu's network namespace "
+        "(:PORT = 127.0.0.1:PORT; default: off)",
     )
     parser.add_argument(
         "--dry-run",
@@ -163,6 +190,13 @@ def _network(text: str) -> IPNetwork:
         raise argparse.ArgumentTypeError(f"not an IP address or CIDR network: {text!r}") from None
 
 
+def _metrics_address(text: str) -> tuple[str, int]:
+    try:
+        return parse_listen_address(text)
+    except MetricsError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("bad --metrics ")) from None
+
+
 def _speed(text: str) -> float:
     try:
         value = float(text)
@@ -177,9 +211,8 @@ def _run(args: argparse.Namespace) -> int:
     host.require_root("fwemu run")
     if args.netns:
         host.enter_netns(args.netns)
-    policy = (load_policy(args.policy) if args.policy else load_preset(args.preset)).scaled(
-        args.speed
-    )
+    source = PolicySource(args.policy, args.preset, args.speed)
+    policy = source.load()
     capture = iptables.Capture(
         tuple(args.in_interface), tuple(args.out_interface), tuple(args.src), tuple(args.dst)
     )
@@ -190,11 +223,34 @@ def _run(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         events = _open_events(args.events, stack)
         reporter = Reporter(clock, sys.stderr, events, dry_run=args.dry_run)
+        engine, counters = Engine(policy), Counters()
+        metrics = None
+        if args.metrics:
+            metrics = Metrics(args.queue, counters, engine)
+            reporter.subscribe(metrics.on_event)
         signals = stack.enter_context(Signals())
         injector = stack.enter_context(Injector(reporter.error))
         daemon = Daemon(
-            Engine(policy), reporter, injector, dry_run=args.dry_run, state_file=args.state_file
+            engine,
+            reporter,
+            injector,
+            source,
+            dry_run=args.dry_run,
+            state_file=args.state_file,
+            counters=counters,
+            metrics=metrics,
         )
+        control_path = args.control or default_path(args.queue, args.netns)
+        control = ControlServer(
+            control_path, Commands(daemon, _status(args, control_path, clock)), reporter.line
+        )
+        stack.callback(control.close)
+        reporter.subscribe(control.publish)
+        served = ""
+        if metrics is not None:
+            # After enter_netns: the server's threads live in fwemu's namespace.
+            served = _metrics_line(args, metrics.serve(*args.metrics))
+            stack.callback(metrics.close)
         nfq = stack.enter_context(
             nfqueue.bound(args.queue, daemon.on_packet, fail_open=not args.fail_closed)
         )
@@ -202,8 +258,9 @@ def _run(args: argparse.Namespace) -> int:
             () if args.no_rules else stack.enter_context(iptables.installed(args.queue, capture))
         )
         reporter.line(_start_line(args, policy, rules, capture))
+        reporter.line(f"control socket {control_path}{served}")
         try:
-            daemon.run(nfq, signals)
+            daemon.run(nfq, signals, control)
         except Exception as err:
             stack.close()
             raise InternalError(
@@ -211,6 +268,24 @@ def _run(args: argparse.Namespace) -> int:
             ) from err
     reporter.line(_stop_line(daemon, signals, args))
     return 0
+
+
+def _status(args: argparse.Namespace, control: Path, clock: Clock) -> dict[str, Any]:
+    """What `fwemu top` and `status` show about this run that never changes."""
+    return {
+        "queue": args.queue,
+        "netns": args.netns,
+        "speed": args.speed,
+        "dry_run": args.dry_run,
+        "control": str(control),
+        "started": round(clock.wall(Clock.now()), 3),
+    }
+
+
+def _metrics_line(args: argparse.Namespace, port: int) -> str:
+    host = args.metrics[0]
+    where = f" in netns {args.netns}" if args.netns else ""
+    return f"; metrics on http://{f'[{host}]' if ':' in host else host}:{port}/metrics{where}"
 
 
 def _open_events(path: str | None, stack: ExitStack) -> TextIO | None:

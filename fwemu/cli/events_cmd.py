@@ -1,0 +1,73 @@
+"""`fwemu events`: the running fwemu's events, recent and (with --follow) live."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from fwemu.ops import client, views
+from fwemu.ops.filters import EVENT_KEYS, parse_selector
+from fwemu.ops.protocol import DEFAULT_HISTORY, Request
+
+ORDER = 24  # place in `fwemu --help`
+
+_EPILOG = f"""\
+Each event is one JSON object per line, exactly as 'fwemu run --events' writes it: ts (epoch
+seconds), event (new, state, expire, reset, out_of_state, delete), flow (src, sport, dst, dport:
+client first), state, phase, action, rule, and the event's own fields.
+
+FILTER is space-separated KEY=VALUE terms, all of which must hold; a term's comma-separated
+values are alternatives. Keys: {", ".join(EVENT_KEYS)}.
+
+examples:
+  fwemu events                                   the last {DEFAULT_HISTORY} events
+  fwemu events --follow --filter 'event=expire,reset'
+  fwemu events -f --filter 'port=5432' --history 0 | jq -c '{{event, state, action}}'
+  fwemu events -f --lines                        readable lines instead of JSON
+"""
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "events",
+        help="show a running fwemu's events (recent ones, then live with --follow)",
+        description="Print the running fwemu's recent events (it keeps the latest 1000), and "
+        "with --follow every new one as it happens, until Ctrl-C or fwemu stops.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--follow", "-f", action="store_true", help="then print live events")
+    parser.add_argument("--filter", metavar="FILTER", default="", help="only matching events")
+    parser.add_argument(
+        "--history",
+        type=_count,
+        default=DEFAULT_HISTORY,
+        metavar="N",
+        help=f"how many recent events to print first (default: {DEFAULT_HISTORY})",
+    )
+    parser.add_argument(
+        "--lines", action="store_true", help="one readable line per event instead of JSON"
+    )
+    client.add_control_argument(parser)
+    parser.set_defaults(func=_run)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, not {text!r}")
+    return int(text)
+
+
+def _run(args: argparse.Namespace) -> int:
+    selector = parse_selector(args.filter, EVENT_KEYS)
+    req = Request("events", selector=selector, follow=args.follow, history=args.history)
+    path = client.find_daemon(args.control)
+    for record in client.request(path, req):
+        if "event" in record:
+            event = record["event"]
+            print(views.event_line(event) if args.lines else json.dumps(event), flush=True)
+    if args.follow:
+        print(f"fwemu: the fwemu at {path} stopped", file=sys.stderr)
+    return 0

@@ -1,0 +1,85 @@
+"""`fwemu expire`: expire flows of the running fwemu now, as if their timers ran out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from fwemu.ops import client, views
+from fwemu.ops.filters import EVERYTHING, FilterError, parse_flow, parse_selector
+from fwemu.ops.protocol import Request
+from fwemu.policy import ExpireAction
+
+ORDER = 25  # place in `fwemu --help`
+
+_EPILOG = """\
+FLOW is a flow as 'fwemu flows' prints it, client first: 10.0.0.1:40000>10.0.0.2:80 (spaces
+around > are allowed; IPv6 as [fd00::1]:40000). MATCH is as in 'fwemu flows --match'.
+
+The flows are expired exactly as their timer would have: forgotten (later packets are
+out-of-state), with RSTs injected if the policy's on_expire says so for their phase, or as
+--action says. It answers "what does my application do if the firewall kills this connection
+right now?".
+
+examples:
+  fwemu expire '10.201.1.2:40000>10.201.2.2:5432'
+  fwemu expire --match 'dport=5432' --action reset-client
+  fwemu expire --all --action silent           a black hole for every connection
+
+Exit status: 0 when flows were expired, 1 when none matched, 2 on errors.
+"""
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "expire",
+        help="expire flows of a running fwemu now, as if their timers ran out",
+        description="Expire flows now, as if their timers ran out, and report what was done: "
+        "which flows, and which RSTs were injected to whom.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("flow", nargs="?", metavar="FLOW", help="one flow: CLIENT:PORT>SERVER:PORT")
+    which.add_argument("--match", metavar="MATCH", help="every flow matching MATCH")
+    which.add_argument("--all", action="store_true", help="every flow")
+    parser.add_argument(
+        "--action",
+        choices=[a.value for a in ExpireAction],
+        help="what to do instead of the policy's on_expire for each flow's phase",
+    )
+    parser.add_argument("--json", action="store_true", help="print the events as JSON lines")
+    client.add_control_argument(parser)
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.all:
+        selector = EVERYTHING
+    elif args.flow is not None:
+        selector = parse_flow(args.flow)
+    else:
+        selector = parse_selector(args.match)
+        if selector == EVERYTHING:
+            raise FilterError("--match needs at least one KEY=VALUE term (or use --all)")
+    action = None if args.action is None else ExpireAction(args.action)
+    req = Request("expire", selector=selector, all=args.all, action=action)
+    path = client.find_daemon(args.control)
+    summary: dict[str, Any] = {}
+    for record in client.request(path, req):
+        if "event" in record:
+            event = record["event"]
+            print(json.dumps(event) if args.json else views.event_line(event), flush=True)
+        else:
+            summary = record
+    if not args.json:
+        print(_summary(summary))
+    return 0 if summary.get("expired") else 1
+
+
+def _summary(summary: dict[str, Any]) -> str:
+    expired, injected = summary.get("expired", 0), summary.get("injected", 0)
+    if not expired:
+        return "no flow matched: nothing expired"
+    return f"expired {expired} flows, injected {injected} RSTs"

@@ -1,0 +1,63 @@
+"""`fwemu flows`: the running fwemu's flow table, like `conntrack -L`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from fwemu.ops import client, views
+from fwemu.ops.filters import parse_selector
+from fwemu.ops.protocol import Request
+
+ORDER = 22  # place in `fwemu --help`
+
+_EPILOG = """\
+MATCH is space-separated KEY=VALUE terms, all of which must hold; a term's comma-separated
+values are alternatives. Keys: src, dst, host (address or CIDR; src is the client, dst the
+server, host either), sport, dport, port (port or LOW-HIGH), state, rule.
+
+examples:
+  fwemu flows                                   every flow, with the time left on its timer
+  fwemu flows --state established,time_wait
+  fwemu flows --match 'dst=10.0.2.0/24 dport=5432'
+  fwemu flows --json | jq '.[] | select(.expires_in < 10)'
+
+The TIMER column is the phase whose timer runs (embryonic, established, half_closed, closing,
+time_wait, close) and LEFT the seconds before it expires, unless a packet refreshes it.
+Exit status: 0, or 2 when no fwemu can be asked (one line on stderr says why).
+"""
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "flows",
+        help="list the flows a running fwemu tracks, with their timers",
+        description="List the flows the running fwemu tracks: client and server, conntrack "
+        "state, the timer that runs and the time left on it, the rule that matched, packets "
+        "and bytes each way, and age. Soonest expiry first.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--state", metavar="S[,S]", help="only flows in these states")
+    parser.add_argument("--match", metavar="MATCH", default="", help="only flows matching MATCH")
+    parser.add_argument("--json", action="store_true", help="print a JSON list of flows")
+    client.add_control_argument(parser)
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    text = args.match + (f" state={args.state}" if args.state else "")
+    req = Request("flows", selector=parse_selector(text))
+    path = client.find_daemon(args.control)
+    flows = views.by_deadline(r["flow"] for r in client.request(path, req) if "flow" in r)
+    if args.json:
+        print(json.dumps(flows, indent=2))
+        return 0
+    console = views.stdout_console()
+    if not flows:
+        console.print("no flows match" if text.strip() else "no flows")
+        return 0
+    console.print(views.flows_table(flows))
+    console.print(f"{len(flows)} flows: {views.state_counts(flows)}")
+    return 0

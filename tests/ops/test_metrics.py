@@ -1,0 +1,75 @@
+"""The metrics' pure parts: --metrics addresses, the kernel's queue counters, and per-state flow
+counts kept from events (checked against the engine's own table)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from fwemu.core.decision import Decision, Effects
+from fwemu.ops.metrics import (
+    MetricsError,
+    QueueCounters,
+    StateCounts,
+    parse_listen_address,
+    read_queue_counters,
+)
+from tests.core.trace import Trace, make_policy
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        (":9100", ("127.0.0.1", 9100)),
+        ("9100", ("127.0.0.1", 9100)),
+        ("0.0.0.0:9100", ("0.0.0.0", 9100)),
+        ("[::1]:9100", ("::1", 9100)),
+        ("[::]:0", ("::", 0)),
+    ],
+)
+def test_listen_addresses(text: str, address: tuple[str, int]) -> None:
+    assert parse_listen_address(text) == address
+
+
+@pytest.mark.parametrize("text", ["", ":", "localhost:9100", ":http", ":70000", "::1:9100"])
+def test_bad_listen_addresses(text: str) -> None:
+    with pytest.raises(MetricsError, match=r"expected \[HOST\]:PORT with an IP address"):
+        parse_listen_address(text)
+
+
+PROC = """\
+    0  12345     3 2 128    17     4 99 1
+    7  23456     0 2 128     0     0  5 1
+"""
+
+
+def test_queue_counters_are_read_for_our_queue() -> None:
+    assert read_queue_counters(0, PROC) == QueueCounters(waiting=3, dropped=17, user_dropped=4)
+    assert read_queue_counters(7, PROC) == QueueCounters(waiting=0, dropped=0, user_dropped=0)
+    assert read_queue_counters(1, PROC) is None
+
+
+def test_state_counts_follow_the_table() -> None:
+    counts = StateCounts()
+    policy = make_policy(established=10.0)
+    a = Trace(policy)
+    b = Trace(policy, client_port=40001)
+    b.engine = a.engine  # two flows, one table
+
+    def feed(outcome: Decision | Effects) -> None:
+        for event in outcome.events:
+            counts.on_event(event.to_dict())
+        table = Counter(info.state for info in a.engine.flows(now=0.0))
+        assert +counts.counts == table
+
+    feed(a.client("S", at=0.0))
+    feed(a.server("SA", at=0.1))
+    feed(b.client("S", at=0.1))
+    feed(a.client("A", at=0.2))
+    feed(b.server("R", at=0.3))  # a RST before any reply: deleted outright
+    feed(b.client("S", at=0.4))
+    feed(a.client("FA", at=0.5))
+    feed(a.server("A", at=0.6))
+    feed(a.engine.expire(a.engine.table.keys(), now=0.7))
+    assert not +counts.counts

@@ -1,0 +1,878 @@
+"""Benchmark fwemu inline: kernel forwarding vs a bare Python accept-all queue vs fwemu.
+
+    sudo .venv/bin/python bench/inline.py [--quick] [--reps 3] [--duration 3] [--json]
+
+In a lab of its own (client <-> fw <-> server namespaces, fwemu.lab), each repetition runs every
+mode in turn on the fw namespace and the same four workloads through it:
+
+  modes      (a) kernel: forwarding only, no queue
+             (b) accept-all: a Python consumer that accepts every packet, with fwemu's queue
+                 settings and iptables rules (fwemu.adapters.nfqueue.bound, iptables.installed)
+             (c) fwemu: `python -m fwemu run --netns ... --preset linux` (or --policy FILE)
+  workloads  bulk: one iperf3 TCP stream, Gbit/s
+             small: one iperf3 stream of small segments (MSS 88, 64-byte writes, Nagle off,
+                    16 KiB buffers), packets/s forwarded by the fw namespace
+             connections: short request/response connections from several client processes
+             latency: round trips over one TCP connection (ping-pong), p50 and p99
+
+It prints the median of each figure over the repetitions, the ratios fwemu/(a) and fwemu/(b),
+the CPU the queue consumer used (µs per forwarded packet), and issue 6's targets, met or not.
+Modes alternate within each repetition so that noise from other load spreads over all of them.
+Needs root and iperf3. Everything runs inside the lab, which is removed on exit, even on Ctrl-C.
+
+The script is also the programs it runs inside the lab (an argv starting with "_": see ROLES).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from fwemu.errors import FwemuError
+from fwemu.lab.plan import LabPlan, Side
+
+# The roles below start inside measured windows and need only the standard library, so the
+# rest of fwemu (pyroute2, netfilterqueue: ~0.2 s to import) is imported where it is used.
+
+Mode = Literal["kernel", "accept-all", "fwemu"]
+MODES: tuple[Mode, ...] = ("kernel", "accept-all", "fwemu")
+MODE_LABELS: dict[Mode, str] = {
+    "kernel": "(a) kernel",
+    "accept-all": "(b) accept-all",
+    "fwemu": "(c) fwemu",
+}
+Workload = Literal["bulk", "small", "connections", "latency"]
+WORKLOADS: tuple[Workload, ...] = ("bulk", "small", "connections", "latency")
+
+SCRIPT = Path(__file__).resolve()
+QUEUE = 0
+IPERF_PORT = 5201
+RR_PORT = 7000  # request/response: one connection per request, the server closes first
+ECHO_PORT = 7001  # ping-pong: one long connection
+# Small segments: Linux's minimum MSS (TCP_MIN_MSS = 88, include/net/tcp.h), 64-byte writes with
+# Nagle off, and socket buffers small enough that the sender cannot merge writes into GSO
+# batches while it waits: every segment stays one queued packet (~110 B on the wire, measured).
+SMALL_ARGS = ("-N", "-l", "64", "-M", "88", "-w", "16k")
+REQUEST_SIZE, RESPONSE_SIZE = 64, 512
+PING_SIZE = 64
+CLIENT_PROCS = 4  # connection workers; each waits on one connection at a time
+SERVER_PROCS = 2  # one per CPU of the 2-core development machine
+LATENCY_WARMUP = 50  # round trips not counted: the first ones pay for cold caches
+IO_TIMEOUT = 2.0  # seconds a connection may stall before it counts as an error
+START_TIMEOUT = 20.0  # a consumer or server start on a busy 2-CPU VM takes well under 1 s
+STOP_TIMEOUT = 10.0
+SLACK = 15.0  # seconds a workload may overrun its nominal duration before it is killed
+POLL = 0.01
+STARTED = "fwemu started"  # fwemu run's log line once its queue and rules are up
+READY = "ready"  # what this script's roles print once they serve
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+TAIL_LINES = 3  # log lines quoted in an error message
+
+
+class BenchError(FwemuError):
+    """The bench cannot run, or a program it started failed."""
+
+
+# --- programs that run inside the lab (argv[1] starts with "_") -----------------------------
+
+
+def _die_with_parent() -> None:
+    """SIGKILL this process when its parent dies, so no worker outlives the bench's lab."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _fork(work: Callable[[], None]) -> int:
+    """A child process that runs `work` and exits; its pid."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            _die_with_parent()
+            work()
+        except BaseException:
+            code = 1
+        os._exit(code)
+    return pid
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("peer closed")
+        data += chunk
+    return data
+
+
+def _listener(address: str, port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((address, port))
+    sock.listen(4096)
+    return sock
+
+
+def _serve_requests(listener: socket.socket) -> None:
+    response = b"r" * RESPONSE_SIZE
+    while True:
+        conn, _ = listener.accept()
+        with contextlib.suppress(OSError), conn:
+            _recv_exactly(conn, REQUEST_SIZE)
+            conn.sendall(response)
+
+
+def _serve_echo(listener: socket.socket) -> None:
+    while True:
+        conn, _ = listener.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with contextlib.suppress(OSError), conn:
+            while True:
+                conn.sendall(_recv_exactly(conn, PING_SIZE))
+
+
+def role_serve(argv: Sequence[str]) -> None:
+    """_serve ADDRESS: request/response workers on RR_PORT and an echo server on ECHO_PORT."""
+    (address,) = argv
+    requests, echo = _listener(address, RR_PORT), _listener(address, ECHO_PORT)
+    pids = [_fork(lambda: _serve_requests(requests)) for _ in range(SERVER_PROCS)]
+    pids.append(_fork(lambda: _serve_echo(echo)))
+    stops = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # sigwait(3) needs them blocked
+    print(READY, flush=True)
+    signal.sigwait(stops)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def _client_socket() -> socket.socket:
+    """A blocking socket whose connect, send and recv give up after IO_TIMEOUT (SO_*TIMEO)."""
+    sock = socket.socket()
+    timeval = struct.pack("ll", int(IO_TIMEOUT), 0)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)  # connect(2) honours it
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    return sock
+
+
+def _connect_loop(address: str, start: float, seconds: float, out: int) -> None:
+    request = b"q" * REQUEST_SIZE
+    done = errors = 0
+    while time.monotonic() < start:
+        time.sleep(0.001)
+    end = start + seconds
+    while time.monotonic() < end:
+        try:
+            with _client_socket() as sock:
+                sock.connect((address, RR_PORT))
+                sock.sendall(request)
+                while sock.recv(65536):
+                    pass
+            done += 1
+        except OSError:
+            errors += 1
+    os.write(out, f"{done} {errors}\n".encode())
+
+
+def role_connect(argv: Sequence[str]) -> None:
+    """_connect ADDRESS SECONDS: CLIENT_PROCS processes open request/response connections."""
+    address, seconds = argv[0], float(argv[1])
+    read, write = os.pipe()
+    start = time.monotonic() + 0.05  # all workers begin together, once forked
+    pids = [
+        _fork(lambda: _connect_loop(address, start, seconds, write)) for _ in range(CLIENT_PROCS)
+    ]
+    os.close(write)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    with os.fdopen(read) as results:
+        counts = [tuple(map(int, line.split())) for line in results]
+    if len(counts) != CLIENT_PROCS:
+        raise SystemExit(f"only {len(counts)} of {CLIENT_PROCS} connection workers reported")
+    done, errors = (sum(column) for column in zip(*counts, strict=True))
+    print(json.dumps({"connections": done, "errors": errors, "seconds": seconds}))
+
+
+def role_pingpong(argv: Sequence[str]) -> None:
+    """_pingpong ADDRESS COUNT: time COUNT round trips over one connection, in µs."""
+    address, count = argv[0], int(argv[1])
+    ping = b"p" * PING_SIZE
+    rtts: list[float] = []
+    with _client_socket() as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.connect((address, ECHO_PORT))
+        for i in range(LATENCY_WARMUP + count):
+            t0 = time.perf_counter_ns()
+            sock.sendall(ping)
+            _recv_exactly(sock, PING_SIZE)
+            if i >= LATENCY_WARMUP:
+                rtts.append((time.perf_counter_ns() - t0) / 1000)
+    print(json.dumps({"rtt_us": rtts}))
+
+
+def role_accept_all(argv: Sequence[str]) -> None:
+    """_accept-all QUEUE: bind QUEUE exactly as fwemu does, install its rules, accept all.
+
+    Prints READY once serving and, on SIGTERM/SIGINT, the number of packets it accepted.
+    """
+    from netfilterqueue import Packet
+
+    from fwemu.adapters import iptables, nfqueue
+
+    queue = int(argv[0])
+    seen = 0
+
+    def accept(packet: Packet) -> None:
+        nonlocal seen
+        seen += 1
+        packet.accept()
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        with (
+            nfqueue.bound(queue, accept, fail_open=True) as nfq,
+            iptables.installed(queue, iptables.Capture()),
+        ):
+            print(READY, flush=True)
+            # recv(2) returns EINTR on a signal; netfilterqueue then runs the handler (§4.1).
+            nfq.run()
+    except (SystemExit, KeyboardInterrupt):
+        pass
+    print(f"accepted {seen} packets", flush=True)
+
+
+ROLES: dict[str, Callable[[Sequence[str]], None]] = {
+    "_serve": role_serve,
+    "_connect": role_connect,
+    "_pingpong": role_pingpong,
+    "_accept-all": role_accept_all,
+}
+
+
+# --- processes and measurements from the bench's side ---------------------------------------
+
+
+class Child:
+    """A program started in the lab, its stdout and stderr going to a log file."""
+
+    def __init__(self, name: str, process: subprocess.Popen[bytes], log: Path) -> None:
+        self.name = name
+        self.process = process
+        self._log = log
+
+    @classmethod
+    def start(cls, name: str, argv: Sequence[str], workdir: Path, namespace: str | None) -> Child:
+        """`argv` run in `namespace` (`ip netns exec`), or where the bench runs if None."""
+        log = workdir / f"{name}.log"
+        prefix = ["ip", "netns", "exec", namespace] if namespace else []
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                [*prefix, *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # see `run_tool`
+            )
+        return cls(name, process, log)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        return self._log.read_text(errors="replace")
+
+    def tail(self) -> str:
+        lines = self.log().splitlines()[-TAIL_LINES:]
+        return " | ".join(lines) or "(no output)"
+
+    def wait_for(self, text: str, timeout: float = START_TIMEOUT) -> None:
+        """Return once the log holds `text`; BenchError if the program exits or times out."""
+        end = time.monotonic() + timeout
+        while text not in self.log():
+            if self.process.poll() is not None:
+                raise BenchError(
+                    f"{self.name} exited with status {self.process.returncode} before it was "
+                    f"ready: {self.tail()}"
+                )
+            if time.monotonic() > end:
+                raise BenchError(f"{self.name} was not ready within {timeout:g}s: {self.tail()}")
+            time.sleep(POLL)
+
+    def stop(self) -> int:
+        """SIGTERM (SIGKILL after STOP_TIMEOUT) unless it has exited; its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.process.wait()
+
+
+def run_role(plan: LabPlan, side: Side, argv: Sequence[str], timeout: float) -> dict[str, Any]:
+    """Run one of this script's roles in the lab to completion; the JSON it prints."""
+    result: dict[str, Any] = json.loads(
+        run_tool(plan, side, [sys.executable, str(SCRIPT), *argv], timeout)
+    )
+    return result
+
+
+def run_tool(plan: LabPlan, side: Side, argv: Sequence[str], timeout: float) -> str:
+    """`argv`'s stdout, run in one side of the lab; BenchError if it fails or overruns."""
+    from fwemu.lab import run_in
+
+    try:
+        # A session of its own: Ctrl-C reaches only the bench, which then stops everything in
+        # order (a terminal's SIGINT would otherwise also kill the servers mid-workload).
+        result = run_in(
+            plan.name,
+            side,
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            start_new_session=True,
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{argv[0]} did not finish within {timeout:g}s") from None
+    if result.returncode != 0:
+        why = (result.stderr.strip() or result.stdout.strip()).splitlines()[-TAIL_LINES:]
+        raise BenchError(
+            f"{' '.join(argv[:3])}... failed with status {result.returncode}: {' | '.join(why)}"
+        )
+    return str(result.stdout)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Counters read before and after a workload."""
+
+    time: float
+    packets: int  # received by the fw namespace's lab interfaces, i.e. forwarded
+    consumer_cpu: tuple[float, float] | None  # seconds of user and system CPU of the consumer
+    busy: float  # seconds of CPU all CPUs spent not idle
+    total: float  # seconds of CPU time elapsed on all CPUs
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _forwarded_packets(fw_namespace: str) -> int:
+    from fwemu.lab import call_in_netns
+
+    # /proc/thread-self/net follows the reading thread's namespace (fwemu.adapters.nfqueue).
+    text = call_in_netns(fw_namespace, lambda: Path("/proc/thread-self/net/dev").read_text())
+    lines = [line.split(":", 1) for line in text.splitlines() if ":" in line]
+    # /proc/net/dev columns after "ifname:": rx bytes, rx packets, ...
+    return sum(int(stats.split()[1]) for name, stats in lines if name.strip() != "lo")
+
+
+def _process_cpu(pid: int) -> tuple[float, float]:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # proc(5): utime and stime are fields 14 and 15; fields[0] here is field 3 (state).
+    return (int(fields[11]) / _TICK, int(fields[12]) / _TICK)
+
+
+def _machine_cpu() -> tuple[float, float]:
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait (proc(5))
+    return ((sum(ticks) - idle) / _TICK, sum(ticks) / _TICK)
+
+
+def snapshot(fw_namespace: str, consumer: int | None) -> Snapshot:
+    busy, total = _machine_cpu()
+    return Snapshot(
+        time.monotonic(),
+        _forwarded_packets(fw_namespace),
+        None if consumer is None else _process_cpu(consumer),
+        busy,
+        total,
+    )
+
+
+def usage(before: Snapshot, after: Snapshot, prefix: str) -> dict[str, float]:
+    """Packets/s forwarded, machine CPU busy %, and the consumer's CPU % and µs per packet
+    (all, and the part spent in the kernel: recv(2), the verdict's sendmsg(2) and the forwarding
+    it triggers)."""
+    seconds = after.time - before.time
+    packets = max(after.packets - before.packets, 1)
+    figures = {
+        f"{prefix}_pps": packets / seconds,
+        f"{prefix}_machine_cpu": 100 * (after.busy - before.busy) / (after.total - before.total),
+    }
+    if before.consumer_cpu is not None and after.consumer_cpu is not None:
+        user, system = (a - b for a, b in zip(after.consumer_cpu, before.consumer_cpu, strict=True))
+        figures[f"{prefix}_consumer_cpu"] = 100 * (user + system) / seconds
+        figures[f"{prefix}_us_per_packet"] = 1e6 * (user + system) / packets
+        figures[f"{prefix}_sys_us_per_packet"] = 1e6 * system / packets
+    return figures
+
+
+# --- workloads ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    reps: int
+    duration: int  # seconds per throughput workload
+    round_trips: int
+    policy_args: tuple[str, ...]
+    fwemu_command: tuple[str, ...]
+    modes: tuple[Mode, ...]
+    workloads: tuple[Workload, ...]
+
+
+def iperf(plan: LabPlan, seconds: int, extra: Sequence[str]) -> float:
+    """One iperf3 run from client to server; received bits/s."""
+    argv = ["iperf3", "-c", plan.server.ipv4, "-p", str(IPERF_PORT), "-t", str(seconds)]
+    argv += ["-J", "--connect-timeout", str(int(IO_TIMEOUT * 1000)), *extra]
+    try:
+        report = json.loads(run_tool(plan, "client", argv, seconds + SLACK))
+    except json.JSONDecodeError:
+        raise BenchError("iperf3 printed no JSON report") from None
+    if "error" in report:
+        raise BenchError(f"iperf3: {report['error']}")
+    return float(report["end"]["sum_received"]["bits_per_second"])
+
+
+def measure(
+    workload: Workload, plan: LabPlan, settings: Settings, consumer: int | None
+) -> dict[str, float]:
+    """Run one workload through the fw namespace; its figures."""
+    fw = plan.fw_client_side.namespace
+    before = snapshot(fw, consumer)
+    if workload == "bulk":
+        figures = {"bulk_gbps": iperf(plan, settings.duration, ()) / 1e9}
+    elif workload == "small":
+        figures = {"small_mbps": iperf(plan, settings.duration, SMALL_ARGS) / 1e6}
+    elif workload == "connections":
+        result = run_role(
+            plan,
+            "client",
+            ["_connect", plan.server.ipv4, str(settings.duration)],
+            settings.duration + SLACK,
+        )
+        figures = {
+            "connections_per_s": result["connections"] / result["seconds"],
+            "connections_errors": float(result["errors"]),
+        }
+    else:
+        result = run_role(
+            plan, "client", ["_pingpong", plan.server.ipv4, str(settings.round_trips)], 60 + SLACK
+        )
+        rtts = sorted(result["rtt_us"])
+        figures = {"rtt_p50_us": percentile(rtts, 50), "rtt_p99_us": percentile(rtts, 99)}
+    return figures | usage(before, snapshot(fw, consumer), workload)
+
+
+def percentile(ordered: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile of an ascending sequence."""
+    rank = max(1, -(-len(ordered) * p // 100))  # ceil(n * p / 100)
+    return ordered[int(rank) - 1]
+
+
+# --- modes ----------------------------------------------------------------------------------
+
+
+def _queued_packets(plan: LabPlan) -> int:
+    """Packets fwemu's NFQUEUE rule sent to the queue so far (iptables counters, IPv4)."""
+    from fwemu.adapters import iptables
+
+    listing = run_tool(
+        plan, "fw", ["iptables", "-w", "-nvxL", iptables.chain_name(QUEUE)], STOP_TIMEOUT
+    )
+    return sum(int(line.split()[0]) for line in listing.splitlines() if "NFQUEUE" in line)
+
+
+@contextlib.contextmanager
+def running(
+    mode: Mode, plan: LabPlan, settings: Settings, workdir: Path, bypassed: dict[str, int]
+) -> Iterator[int | None]:
+    """The fw namespace in `mode` for the block's duration; the queue consumer's pid, if any.
+
+    On the way out, `bypassed[mode]` grows by the packets the queue rule saw but the consumer
+    did not: with F_FAIL_OPEN a full queue accepts packets unseen, and counts them nowhere
+    (docs/tcp-rst-and-nfqueue.md §3.3), which would flatter the figures.
+    """
+    if mode == "kernel":
+        yield None
+        return
+    fw = plan.fw_client_side.namespace
+    if mode == "accept-all":
+        child = Child.start(
+            mode, [sys.executable, str(SCRIPT), "_accept-all", str(QUEUE)], workdir, fw
+        )
+        ready = READY
+    else:
+        argv = [*settings.fwemu_command, "run", "--netns", fw, "--queue", str(QUEUE)]
+        child = Child.start(mode, [*argv, *settings.policy_args], workdir, None)
+        ready = STARTED
+    try:
+        child.wait_for(ready)
+        yield child.pid
+        queued = _queued_packets(plan)
+    finally:
+        code = child.stop()
+    if code != 0:
+        raise BenchError(f"{mode} exited with status {code}: {child.tail()}")
+    bypassed[mode] = bypassed.get(mode, 0) + queued - _seen_packets(child)
+
+
+# The consumer's last words: "accepted N packets" (accept-all), "fwemu stopped (SIGTERM): N
+# packets, ..." (fwemu run's stop line).
+_SEEN = re.compile(r"(?:accepted|stopped \(\w+\):) (\d+) packets")
+
+
+def _seen_packets(child: Child) -> int:
+    found = _SEEN.findall(child.log())
+    if not found:
+        raise BenchError(f"{child.name} did not say how many packets it saw: {child.tail()}")
+    return int(found[-1])
+
+
+# --- the whole run --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    rep: int
+    mode: Mode
+    figures: dict[str, float]
+
+
+def prepare(plan: LabPlan) -> None:
+    """Client ports for the connection workload: the whole range, not the default 28k."""
+    from fwemu.lab import call_in_netns
+
+    call_in_netns(
+        plan.client.namespace,
+        lambda: Path("/proc/sys/net/ipv4/ip_local_port_range").write_text("1024 65535"),
+    )
+
+
+def bench(settings: Settings, progress: Callable[[str], None]) -> tuple[list[Run], dict[str, int]]:
+    """Every repetition of every mode and workload, in a lab removed on every way out."""
+    from fwemu.lab import lab, require_root
+
+    require_root()
+    for tool in ("iperf3", "iptables"):
+        if not any(os.access(Path(d, tool), os.X_OK) for d in os.get_exec_path()):
+            raise BenchError(f"{tool} not found in PATH (scripts/setup.sh installs it)")
+    runs: list[Run] = []
+    bypassed: dict[str, int] = {}
+    pid = os.getpid()
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fwemu-bench-")))
+        plan = stack.enter_context(lab(f"fwemu-bench-{pid}", 1 + pid % 250))
+        prepare(plan)
+        for name, argv in (
+            ("iperf3-server", ["iperf3", "-s", "-p", str(IPERF_PORT), "--forceflush"]),
+            ("server", [sys.executable, str(SCRIPT), "_serve", plan.server.ipv4]),
+        ):
+            server = Child.start(name, argv, workdir, plan.server.namespace)
+            stack.callback(server.stop)
+            server.wait_for("listening" if name == "iperf3-server" else READY)
+        for rep in range(1, settings.reps + 1):
+            for mode in settings.modes:
+                with running(mode, plan, settings, workdir, bypassed) as consumer:
+                    where = f" (pid {consumer})" if consumer else ""
+                    progress(f"rep {rep}/{settings.reps}: {MODE_LABELS[mode]}{where}")
+                    figures: dict[str, float] = {}
+                    for workload in settings.workloads:
+                        figures |= measure(workload, plan, settings, consumer)
+                        progress(f"  {workload}: {_brief(workload, figures)}")
+                runs.append(Run(rep, mode, figures))
+    return runs, bypassed
+
+
+# --- reporting ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    key: str
+    label: str
+    unit: str
+    digits: int
+    ratios: bool = True  # whether fwemu/(a) and fwemu/(b) mean something for it
+
+
+FIGURES: dict[Workload, tuple[Figure, ...]] = {
+    "bulk": (
+        Figure("bulk_gbps", "bulk throughput", "Gbit/s", 2),
+        Figure("bulk_pps", "bulk packets forwarded", "pkt/s", 0),
+    ),
+    "small": (
+        Figure("small_pps", "small-segment packets forwarded", "pkt/s", 0),
+        Figure("small_mbps", "small-segment throughput", "Mbit/s", 1),
+    ),
+    "connections": (
+        Figure("connections_per_s", "new connections", "conn/s", 0),
+        Figure("connections_errors", "connection errors", "", 0, ratios=False),
+    ),
+    "latency": (
+        Figure("rtt_p50_us", "round trip p50", "µs", 0),
+        Figure("rtt_p99_us", "round trip p99", "µs", 0),
+        Figure("rtt_p50_added_us", "round trip p50 added vs (a)", "µs", 0, ratios=False),
+        Figure("rtt_p99_added_us", "round trip p99 added vs (a)", "µs", 0, ratios=False),
+    ),
+}
+# Per workload, prefixed with its name (see `usage`).
+CPU_FIGURES = (
+    Figure("consumer_cpu", "consumer CPU", "%", 0, ratios=False),
+    Figure("us_per_packet", "consumer CPU per packet", "µs", 2),
+    Figure("sys_us_per_packet", "  of which in the kernel", "µs", 2),
+    Figure("machine_cpu", "machine CPU busy", "%", 0, ratios=False),
+)
+LABEL_WIDTH = 46
+
+
+def _brief(workload: Workload, figures: dict[str, float]) -> str:
+    shown = [*FIGURES[workload], Figure(f"{workload}_us_per_packet", "", "µs/pkt (consumer)", 2)]
+    return ", ".join(
+        f"{_number(figures[f.key], f.digits)} {f.unit or f.label}".strip()
+        for f in shown
+        if f.key in figures
+    )
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def medians(runs: Sequence[Run]) -> dict[Mode, dict[str, float]]:
+    """Per mode, the median of each figure over the repetitions, plus the latency added."""
+    out: dict[Mode, dict[str, float]] = {}
+    for mode in dict.fromkeys(run.mode for run in runs):
+        mine = [run.figures for run in runs if run.mode == mode]
+        out[mode] = {key: statistics.median(f[key] for f in mine) for key in mine[0]}
+    kernel = out.get("kernel", {})
+    for mode in ("accept-all", "fwemu"):
+        for pct in ("p50", "p99"):
+            key = f"rtt_{pct}_us"
+            if key in kernel and key in out.get(mode, {}):
+                out[mode][f"rtt_{pct}_added_us"] = out[mode][key] - kernel[key]
+    return out
+
+
+def _ratio(top: float | None, bottom: float | None) -> float | None:
+    return None if top is None or not bottom else top / bottom
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    text: str
+    value: float | None  # a ratio, or µs for latency; None: a mode or workload it needs did not run
+    met: bool | None
+
+
+def targets(med: dict[Mode, dict[str, float]]) -> list[Target]:
+    """Issue 6's targets for one queue on the 2-core machine."""
+    a, b, c = (med.get(mode, {}) for mode in MODES)
+
+    def at_least(text: str, key: str, base: dict[str, float], floor: float) -> Target:
+        ratio = _ratio(c.get(key), base.get(key))
+        return Target(text, ratio, None if ratio is None else ratio >= floor)
+
+    added = c.get("rtt_p99_added_us")
+    return [
+        at_least("bulk throughput >= 90 % of (b)", "bulk_gbps", b, 0.9),
+        at_least("bulk throughput >= 60 % of (a)", "bulk_gbps", a, 0.6),
+        at_least("connections/s >= 70 % of (b)", "connections_per_s", b, 0.7),
+        Target("added round-trip p99 < 1 ms", added, None if added is None else added < 1000),
+    ]
+
+
+def table(settings: Settings, med: dict[Mode, dict[str, float]], bypassed: dict[str, int]) -> str:
+    """The human-readable report."""
+    modes = [m for m in MODES if m in med]
+    bases = [m for m in ("kernel", "accept-all") if m in med and "fwemu" in med]
+    head = f"{'':{LABEL_WIDTH}}" + "".join(f"{MODE_LABELS[m]:>16}" for m in modes)
+    head += "".join(f"{'fwemu/' + MODE_LABELS[m][:3]:>12}" for m in bases)
+
+    def row(figure: Figure, key: str, label: str) -> str:
+        cells = "".join(f"{_number(med[m].get(key), figure.digits):>16}" for m in modes)
+        if figure.ratios:
+            ratios = (_ratio(med["fwemu"].get(key), med[m].get(key)) for m in bases)
+            cells += "".join(f"{_number(r, 2):>12}" for r in ratios)
+        return f"{(label + ' ' + figure.unit).strip():{LABEL_WIDTH}}{cells}".rstrip()
+
+    lines = [
+        f"fwemu inline bench: median of {settings.reps} repetition(s), {settings.duration} s per "
+        f"throughput workload, {settings.round_trips} round trips; fwemu "
+        f"{' '.join(settings.policy_args)}; one queue",
+        "",
+        head,
+        *(row(f, f.key, f.label) for w in settings.workloads for f in FIGURES[w]),
+        "",
+        "CPU per workload (consumer = the queue reader; 100 % = one CPU, machine: of both)",
+        *(
+            row(f, f"{w}_{f.key}", f"{w}: {f.label}")
+            for w in settings.workloads
+            for f in CPU_FIGURES
+        ),
+        "",
+        "targets (issue 6)",
+    ]
+    for t in targets(med):
+        verdict = "n/a" if t.met is None else "met" if t.met else "NOT MET"
+        value = "" if t.value is None else f"  ({_target_value(t)})"
+        lines.append(f"  {verdict:8} {t.text}{value}")
+    lines += [
+        f"note: {count} packets bypassed the {mode} consumer (queue full, fail-open): "
+        "its figures are flattered"
+        for mode, count in sorted(bypassed.items())
+        if count > 0
+    ]
+    return "\n".join(lines)
+
+
+def _target_value(t: Target) -> str:
+    assert t.value is not None
+    return f"{t.value:.0f} µs" if "ms" in t.text else f"{100 * t.value:.0f} %"
+
+
+def report_json(
+    settings: Settings, runs: Sequence[Run], bypassed: dict[str, int]
+) -> dict[str, Any]:
+    med = medians(runs)
+    keys = dict.fromkeys(k for figures in med.values() for k in figures)
+    fwemu = med.get("fwemu", {})
+    return {
+        "settings": asdict(settings),
+        "runs": [asdict(run) for run in runs],
+        "medians": med,
+        "ratios": {
+            key: {
+                f"fwemu/{mode}": _ratio(fwemu.get(key), med[mode].get(key))
+                for mode in ("kernel", "accept-all")
+                if mode in med
+            }
+            for key in keys
+        },
+        "targets": [asdict(t) for t in targets(med)],
+        "bypassed_packets": bypassed,
+    }
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+def _choices(allowed: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        chosen = tuple(part.strip() for part in text.split(",") if part.strip())
+        unknown = [c for c in chosen if c not in allowed]
+        if unknown or not chosen:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: give a comma-separated subset of {','.join(allowed)}"
+            )
+        return tuple(c for c in allowed if c in chosen)  # canonical order
+
+    return parse
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {text!r}")
+    return value
+
+
+def parse_args(argv: Sequence[str]) -> tuple[Settings, bool]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 1 rep, 1 s workloads")
+    parser.add_argument("--reps", type=_positive, help="repetitions (default 3; --quick: 1)")
+    parser.add_argument(
+        "--duration", type=_positive, help="seconds per throughput workload (default 3; quick: 1)"
+    )
+    parser.add_argument(
+        "--round-trips", type=_positive, help="timed round trips (default 5000; quick: 300)"
+    )
+    policy = parser.add_mutually_exclusive_group()
+    policy.add_argument("--preset", default="linux", help="fwemu's preset (default: linux)")
+    policy.add_argument("--policy", metavar="FILE", help="a policy file for fwemu instead")
+    parser.add_argument(
+        "--fwemu-command",
+        default=shlex.join([sys.executable, "-m", "fwemu"]),
+        metavar="CMD",
+        help="how to run fwemu, e.g. a wrapper to compare a variant (default: %(default)s)",
+    )
+    parser.add_argument("--modes", type=_choices(MODES), default=MODES, help=",".join(MODES))
+    parser.add_argument(
+        "--workloads", type=_choices(WORKLOADS), default=WORKLOADS, help=",".join(WORKLOADS)
+    )
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args(argv)
+    quick = args.quick
+
+    def pick(value: int | None, normal: int, smoke: int) -> int:
+        return value if value is not None else smoke if quick else normal
+
+    settings = Settings(
+        reps=pick(args.reps, 3, 1),
+        duration=pick(args.duration, 3, 1),
+        round_trips=pick(args.round_trips, 5000, 300),
+        policy_args=("--policy", args.policy) if args.policy else ("--preset", args.preset),
+        fwemu_command=tuple(shlex.split(args.fwemu_command)),
+        modes=args.modes,
+        workloads=args.workloads,
+    )
+    return settings, args.json
+
+
+def main(argv: Sequence[str]) -> int:
+    if argv and argv[0] in ROLES:
+        ROLES[argv[0]](argv[1:])
+        return 0
+    settings, as_json = parse_args(argv)
+    # SIGTERM tears the lab down too, like Ctrl-C.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    def progress(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    try:
+        runs, bypassed = bench(settings, progress)
+    except FwemuError as err:
+        print(f"inline bench: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("inline bench: interrupted; lab removed", file=sys.stderr)
+        return 130
+    if as_json:
+        print(json.dumps(report_json(settings, runs, bypassed), indent=2))
+    else:
+        print(table(settings, medians(runs), bypassed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,63 @@
+"""bench/inline.py runs end to end and prints every figure (root only; never skipped under CI).
+
+A smoke run, not a measurement: figures belong to the bench, so nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.e2e.conftest import require_root
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "inline.py"
+# --quick with the smallest settings: one repetition, 1 s per workload.
+ARGS = ("--quick", "--duration", "1", "--round-trips", "200")
+TIMEOUT = 60  # seconds; the run takes ~12 s on the 2-CPU development VM
+
+FIGURES = (
+    "bulk throughput Gbit/s",
+    "bulk packets forwarded pkt/s",
+    "small-segment packets forwarded pkt/s",
+    "small-segment throughput Mbit/s",
+    "new connections conn/s",
+    "round trip p50 µs",
+    "round trip p99 µs",
+    "round trip p50 added vs (a) µs",
+    "round trip p99 added vs (a) µs",
+)
+TARGETS = (
+    "bulk throughput >= 90 % of (b)",
+    "bulk throughput >= 60 % of (a)",
+    "connections/s >= 70 % of (b)",
+    "added round-trip p99 < 1 ms",
+)
+NUMBER = r"-?[\d,]+(?:\.\d+)?"
+
+
+def test_quick_run_prints_every_figure_for_every_mode_and_the_targets() -> None:
+    require_root()
+    result = subprocess.run(
+        [sys.executable, str(BENCH), *ARGS],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if "(a) kernel" in line)
+    assert header.split() == [
+        "(a)", "kernel", "(b)", "accept-all", "(c)", "fwemu", "fwemu/(a)", "fwemu/(b)",
+    ]  # fmt: skip
+    for figure in FIGURES:
+        row = next((line for line in lines if line.startswith(figure + " ")), None)
+        assert row is not None, f"no row {figure!r} in:\n{result.stdout}"
+        # Throughput rows: a value per mode and both ratios; added latency: (b) and (c) only.
+        count = 2 if "added" in figure else 5
+        assert len(re.findall(NUMBER, row[len(figure) :])) == count, row
+    for target in TARGETS:
+        assert re.search(rf"^  (met|NOT MET) +{re.escape(target)}", result.stdout, re.M), target
+    assert "bypassed" not in result.stdout

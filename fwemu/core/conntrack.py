@@ -74,6 +74,9 @@ _MASK32 = 0xFFFFFFFF
 _HALF = 0x80000000  # serial arithmetic: a - b mod 2**32 in (0, _HALF) means a is after b
 _LAST_ACK_FROM = (_ACK, _ACK | REPLY << 3)  # the `last` column after an ACK per direction
 # States an ACK-class packet leaves unchanged from both directions: the fast path's domain.
+# Names by State value, for events (an enum lookup per event costs more than the event).
+_STATE_NAME = tuple(s.name for s in State)
+_PHASE_NAME = tuple(PHASE_OF[s].value if s in PHASE_OF else "" for s in State)
 _ACK_KEEPS = tuple(
     s < State.INVALID and all(TRANSITIONS[d][_ACK][s] == s for d in (ORIGINAL, REPLY))
     for s in range(len(State))
@@ -334,7 +337,7 @@ class FlowTable:
         self._state[slot] = new
         events: list[Event] = []
         if old != new:
-            events.append(self._state_event(slot, now, State(old), State(new)))
+            events.append(self._state_event(slot, now, old, new))
         if not flags & SEEN_REPLY:
             if cls == _RST:
                 # The only reply is a RST: the kernel deletes the entry at once.
@@ -768,13 +771,13 @@ class FlowTable:
         self._free_slot(slot)
         return event
 
-    def _state_event(self, slot: int, now: float, old: State, new: State) -> Event:
+    def _state_event(self, slot: int, now: float, old: int, new: int) -> Event:
         return StateChanged(
             now,
             self._flow_id(slot),
-            old_state=old.name,
-            state=new.name,
-            phase=PHASE_OF[new].value,
+            old_state=_STATE_NAME[old],
+            state=_STATE_NAME[new],
+            phase=_PHASE_NAME[new],
             rule=self._profiles[self._profile[slot]].name,
         )
 
@@ -792,8 +795,16 @@ _RESET_TARGETS: dict[ExpireAction, tuple[int, ...]] = {
 }
 
 
+_ADDRESS_TEXT: dict[bytes, str] = {}  # formatting via ipaddress costs ~1 µs; events need it often
+
+
 def _ntop(addr: bytes) -> str:
-    return str(ipaddress.ip_address(addr))
+    text = _ADDRESS_TEXT.get(addr)
+    if text is None:
+        if len(_ADDRESS_TEXT) >= 4096:
+            _ADDRESS_TEXT.clear()  # bounded; a busy network just formats again
+        text = _ADDRESS_TEXT[addr] = str(ipaddress.ip_address(addr))
+    return text
 
 
 def _key_flow_id(key: bytes, client_forward: bool) -> FlowId:

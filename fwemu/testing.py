@@ -23,14 +23,30 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from fwemu.errors import FwemuError
-from fwemu.lab import SIDES, LabPlan, lab, run_in, socket_in
+from fwemu.lab import (
+    SIDES,
+    LabPlan,
+    Side,
+    call_in_netns,
+    exec_in,
+    lab,
+    namespace_name,
+    run_in,
+    socket_in,
+)
 from fwemu.lab.plan import MAX_INDEX, MIN_INDEX
+from fwemu.ops.client import request as control_request
+from fwemu.ops.filters import parse_selector
+from fwemu.ops.protocol import Request
+from fwemu.policy import ExpireAction
+
+T = TypeVar("T")
 
 # The command that runs fwemu's CLI as a child: this interpreter, so a virtualenv carries over.
 FWEMU_COMMAND: tuple[str, ...] = (sys.executable, "-m", "fwemu")
@@ -162,14 +178,25 @@ class Firewall:
     """A running `fwemu run` in the fw namespace of `plan`; see `inline_firewall`."""
 
     def __init__(
-        self, plan: LabPlan, fwemu: FwemuProcess, events_file: Path, state_file: Path
+        self,
+        plan: LabPlan,
+        fwemu: FwemuProcess,
+        events_file: Path,
+        state_file: Path,
+        *,
+        speed: float = 1.0,
+        control: Path | None = None,
     ) -> None:
         self.plan = plan
         self.fwemu = fwemu
+        self.speed = speed
         self._events_file = events_file
         self._state_file = state_file
+        self._control = control
         self._events: list[dict[str, Any]] = []
         self._events_read = 0  # bytes of the events file already parsed
+        self._lock = threading.Lock()  # endpoints' threads and the test read events at once
+        self._children: list[subprocess.Popen[Any]] = []
 
     @property
     def process(self) -> subprocess.Popen[str]:
@@ -200,11 +227,9 @@ class Firewall:
 
         subprocess.run keywords pass through; `check=True` raises HarnessError on failure.
         """
-        if side not in SIDES:
-            raise HarnessError(f"no side {side!r} in a lab: use one of {', '.join(SIDES)}")
         check = kw.pop("check", False)
         result: subprocess.CompletedProcess[str] = run_in(
-            self.plan.name, side, argv, **{"capture_output": True, "text": True, **kw}
+            self.plan.name, _side(side), argv, **{"capture_output": True, "text": True, **kw}
         )
         if check and result.returncode != 0:
             why = (result.stderr or "").strip().replace("\n", " | ")
@@ -214,6 +239,43 @@ class Firewall:
             )
         return result
 
+    def call(self, side: str, fn: Callable[[], T]) -> T:
+        """`fn()` run in the client, fw or server namespace (in a short-lived thread): what it
+        creates there, such as sockets or a connection pool, stays there."""
+        return call_in_netns(self._namespace(side), fn)
+
+    def spawn(self, side: str, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
+        """Start `argv` in the client, fw or server namespace and go on; it gets SIGTERM (then
+        SIGKILL) when the firewall stops. subprocess.Popen keywords pass through."""
+        child: subprocess.Popen[Any] = exec_in(self.plan.name, _side(side), argv, **kw)
+        self._children.append(child)
+        return child
+
+    def stop_children(self) -> None:
+        """Stop what `spawn` started (also done when the firewall stops)."""
+        for child in self._children:
+            if child.poll() is None:
+                child.terminate()
+        for child in self._children:
+            try:
+                child.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        self._children.clear()
+
+    def stop(self) -> int:
+        """Stop what `spawn` started, then fwemu; its exit status."""
+        self.stop_children()
+        return self.fwemu.stop()
+
+    def scaled(self, seconds: float) -> float:
+        """Policy time -> wall-clock time at this firewall's speed (350 s at speed 100: 3.5)."""
+        return seconds / self.speed
+
+    def _namespace(self, side: str) -> str:
+        return namespace_name(self.plan.name, _side(side))
+
     # --- what fwemu says ------------------------------------------------------------------
 
     def stderr_lines(self) -> list[str]:
@@ -221,16 +283,17 @@ class Firewall:
 
     def events(self) -> list[dict[str, Any]]:
         """Every event fwemu has written so far (`ts` is wall-clock epoch seconds)."""
-        try:
-            with open(self._events_file, "rb") as f:
-                f.seek(self._events_read)
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        complete = data[: data.rfind(b"\n") + 1]  # a line being written waits for next time
-        self._events_read += len(complete)
-        self._events += [json.loads(line) for line in complete.splitlines()]
-        return list(self._events)
+        with self._lock:
+            try:
+                with open(self._events_file, "rb") as f:
+                    f.seek(self._events_read)
+                    data = f.read()
+            except FileNotFoundError:
+                return list(self._events)
+            complete = data[: data.rfind(b"\n") + 1]  # a line being written waits for next time
+            self._events_read += len(complete)
+            self._events += [json.loads(line) for line in complete.splitlines()]
+            return list(self._events)
 
     def wait_for_event(self, event: str, timeout: float = 10.0, **match: Any) -> dict[str, Any]:
         """The first event of kind `event` whose fields equal `match` (top-level fields such as
@@ -250,6 +313,25 @@ class Firewall:
                 )
             time.sleep(POLL_INTERVAL)
 
+    def expire(
+        self, match: str = "", *, action: ExpireAction | str | None = None
+    ) -> list[dict[str, Any]]:
+        """Expire flows now, as if their timers had run out (`fwemu expire`): those `match`
+        selects (e.g. "dport=8080", "state=established"; "" for every flow), with the policy's
+        action for their phase or `action` ("silent", "reset-both", ...). The events it caused.
+        """
+        if self._control is None:
+            raise HarnessError("this fwemu has no control socket to expire flows through")
+        try:
+            chosen = None if action is None else ExpireAction(action)
+        except ValueError:
+            names = ", ".join(a.value for a in ExpireAction)
+            raise HarnessError(f"no expiry action {action!r}: use one of {names}") from None
+        req = Request(
+            "expire", selector=parse_selector(match), all=not match.strip(), action=chosen
+        )
+        return [r["event"] for r in control_request(self._control, req) if "event" in r]
+
     def flows(self, timeout: float = 5.0) -> list[dict[str, Any]]:
         """fwemu's live flow table: SIGUSR1 makes it rewrite the state file, which is read back."""
         before = _file_version(self._state_file)
@@ -265,6 +347,13 @@ class Firewall:
             time.sleep(POLL_INTERVAL)
         flows: list[dict[str, Any]] = json.loads(self._state_file.read_text())["flows"]
         return flows
+
+
+def _side(side: str) -> Side:
+    for known in SIDES:
+        if side == known:
+            return known
+    raise HarnessError(f"no side {side!r} in a lab: use one of {', '.join(SIDES)}")
 
 
 def _matches(record: dict[str, Any], match: dict[str, Any]) -> bool:
@@ -332,36 +421,48 @@ def inline_firewall(
 
     `policy` is a preset name (default "linux") or a policy file; `toml` is policy text instead.
     The lab is named "fwemu-<pid>-<n>" unless `name` is given. fwemu runs as a child process
-    with its events and state file in a temporary directory; the block starts once fwemu is
-    running. On exit, even on an exception, fwemu gets SIGTERM (SIGKILL if it hangs) and the
-    lab is removed. A clean exit of the block raises HarnessError if fwemu did not exit 0.
+    with its events, state file and control socket (unless `extra_args` names one) in a
+    temporary directory; the block starts once fwemu is running. On exit, even on an exception,
+    fwemu gets SIGTERM (SIGKILL if it hangs) and the lab is removed. A clean exit of the block
+    raises HarnessError if fwemu did not exit 0.
     """
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fwemu-testing-")))
         policy_args = _policy_args(policy, toml, workdir)
         plan = stack.enter_context(lab(*_lab_identity(name, index)))
         events_file, state_file = workdir / "events.jsonl", workdir / "flows.json"
-        fwemu = FwemuProcess.start(
-            [
-                "run",
-                "--netns",
-                plan.fw_client_side.namespace,
-                *policy_args,
-                "--speed",
-                repr(speed),
-                "--events",
-                str(events_file),
-                "--state-file",
-                str(state_file),
-                *extra_args,
-            ]
+        given = [Path(v) for k, v in itertools.pairwise(extra_args) if k == "--control"]
+        control_args = [] if given else ["--control", str(workdir / "control.sock")]
+        control = given[-1] if given else workdir / "control.sock"
+        fw = Firewall(
+            plan,
+            FwemuProcess.start(
+                [
+                    "run",
+                    "--netns",
+                    plan.fw_client_side.namespace,
+                    *policy_args,
+                    "--speed",
+                    repr(speed),
+                    "--events",
+                    str(events_file),
+                    "--state-file",
+                    str(state_file),
+                    *control_args,
+                    *extra_args,
+                ]
+            ),
+            events_file,
+            state_file,
+            speed=speed,
+            control=control,
         )
-        stack.callback(fwemu.stop)
-        fwemu.wait_for(STARTED)
-        yield Firewall(plan, fwemu, events_file, state_file)
-        code = fwemu.stop()
+        stack.callback(fw.stop)
+        fw.fwemu.wait_for(STARTED)
+        yield fw
+        code = fw.stop()
         if code != 0:
-            raise HarnessError(f"fwemu exited with status {code} on SIGTERM: {fwemu.tail()}")
+            raise HarnessError(f"fwemu exited with status {code} on SIGTERM: {fw.fwemu.tail()}")
 
 
 def tcp_exchange(plan: LabPlan, payload: bytes = b"ping", *, ipv6: bool = False) -> bytes:

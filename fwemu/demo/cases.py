@@ -7,20 +7,18 @@ name, "timeout" or "nothing"), which the runner compares with what the case expe
 
 from __future__ import annotations
 
-import errno
-import os
-import select
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
+from functools import partial
 
-from fwemu.demo.timeline import Notebook, Who
 from fwemu.errors import FwemuError
 from fwemu.policy import PHASE_STATES, Phase, Profile, Rule
+from fwemu.scenario.peer import Peer, abort, hostport
+from fwemu.scenario.timeline import Notebook, Who
 from fwemu.testing import EventTimeout, Firewall
 
 # Case 4: how long the client waits for a reply before giving up, as an application's read
@@ -31,8 +29,6 @@ CLIENT_TIMEOUT = 3.0
 GRACE = 3.0
 # Cases 4 and 5: how long after fwemu forgot the flow the client writes again.
 LATE = 0.5
-# How long `poll` waits per round in `quiet`, so it notices the end of the case promptly.
-_POLL_MS = 50
 
 Observed = dict[Who, str]
 
@@ -56,83 +52,6 @@ class Case:
     @property
     def phase(self) -> Phase:
         return next(p for p, states in PHASE_STATES.items() if self.state in states)
-
-
-class Peer:
-    """A scripted socket of one endpoint: every call notes what it saw."""
-
-    def __init__(self, stage: Stage, who: Who, sock: socket.socket) -> None:
-        self.stage = stage
-        self.who = who
-        self.sock = sock
-
-    def note(self, what: str) -> None:
-        self.stage.note(self.who, what)
-
-    def connect(self, timeout: float) -> str:
-        """Connect to the case's server; "connected" or the errno name."""
-        address = self.stage.address
-        self.sock.settimeout(timeout)
-        self.note(f"connect() to {_hostport(address)}")
-        try:
-            self.sock.connect(address)
-        except OSError as err:
-            return self._failed("connect", err, timeout)
-        local = _hostport(self.sock.getsockname())
-        self.note(f"connected to {_hostport(address)} from {local}")
-        return "connected"
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-        self.note(f"sent {data.decode()!r}")
-
-    def recv(self, timeout: float) -> str:
-        """Wait up to `timeout` for data: "data", "EOF", "timeout" or the errno name."""
-        self.sock.settimeout(timeout)
-        try:
-            data = self.sock.recv(4096)
-        except OSError as err:
-            return self._failed("recv", err, timeout)
-        if not data:
-            self.note("recv: EOF (the peer will send no more)")
-            return "EOF"
-        self.note(f"received {data.decode(errors='replace')!r}")
-        return "data"
-
-    def quiet(self) -> str:
-        """Wait, reading nothing, until the case is over: "nothing" if the socket stayed quiet,
-        else what woke it (the socket's errno name, or "readable")."""
-        poller = select.poll()
-        # No event asked for: poll still reports POLLHUP and POLLERR, i.e. a reset (poll(2)).
-        poller.register(self.sock, 0)
-        started = time.monotonic()
-        while not self.stage.over.is_set():
-            if poller.poll(_POLL_MS):
-                return self._woken(started)
-        self.note(f"saw nothing for {time.monotonic() - started:.1f}s (still waiting)")
-        return "nothing"
-
-    def _woken(self, started: float) -> str:
-        code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if not code:
-            self.note("socket woke up with no error")
-            return "readable"
-        name = errno.errorcode.get(code, str(code))
-        # Linux reports a RST received in CLOSE_WAIT as EPIPE, elsewhere ECONNRESET (tcp_reset()
-        # in net/ipv4/tcp_input.c).
-        self.note(
-            f"socket reset after {time.monotonic() - started:.1f}s quiet: {name} "
-            f"({os.strerror(code).lower()})"
-        )
-        return name
-
-    def _failed(self, call: str, err: OSError, timeout: float) -> str:
-        if isinstance(err, TimeoutError) or err.errno is None:
-            self.note(f"{call}: no answer within {timeout:g}s (its socket timeout)")
-            return "timeout"
-        name = errno.errorcode.get(err.errno, str(err.errno))
-        self.note(f"{call}: {name} ({os.strerror(err.errno).lower()})")
-        return name
 
 
 class Task:
@@ -184,15 +103,15 @@ class Stage:
         return value
 
     def _peer(self, who: Who, sock: socket.socket) -> Peer:
-        self.sockets.callback(_abort, sock)
-        return Peer(self, who, sock)
+        self.sockets.callback(abort, sock)
+        return Peer(sock, partial(self.note, who))
 
     def client(self) -> Peer:
         return self._peer("client", self.fw.client_socket())
 
     def listen(self) -> socket.socket:
         listener = self.fw.server_socket()
-        self.sockets.callback(_abort, listener)
+        self.sockets.callback(abort, listener)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(self.address)
         listener.listen()
@@ -202,12 +121,12 @@ class Stage:
         """A server that accepts one connection, answers one message, then runs `then`."""
         listener = self.listen()
         listener.settimeout(self.timer + GRACE)
-        self.note("server", f"listening on {_hostport(self.address)}")
+        self.note("server", f"listening on {hostport(self.address)}")
 
         def run() -> str:
             conn, peer_address = listener.accept()
             server = self._peer("server", conn)
-            server.note(f"accepted {_hostport(peer_address)}")
+            server.note(f"accepted {hostport(peer_address)}")
             if server.recv(GRACE) != "data":
                 return "no request"
             server.send(b"hello back")
@@ -219,7 +138,7 @@ class Stage:
         """A connected client that has said hello and got its answer; the server runs `then`."""
         server = self.serve(then)
         client = self.client()
-        if client.connect(GRACE) == "connected":
+        if client.connect(self.address, GRACE) == "connected":
             client.send(b"hello")
             client.recv(GRACE)
         return client, server
@@ -233,21 +152,6 @@ class Stage:
         return True
 
 
-def _abort(sock: socket.socket) -> None:
-    """Close without a FIN handshake (SO_LINGER 0: a RST), so nothing of the case lingers on
-    into the next one; SHUT_RD first wakes a thread still blocked on it (shutdown(2))."""
-    with suppress(OSError):
-        # struct linger {int l_onoff; int l_linger;} (socket(7)): on, 0 seconds.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        sock.shutdown(socket.SHUT_RD)
-    sock.close()
-
-
-def _hostport(address: tuple[str, int]) -> str:
-    host, port = address[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 # --- the cases ------------------------------------------------------------------------------
 
 
@@ -258,9 +162,9 @@ def _handshake_abandoned(stage: Stage) -> Observed:
     stage.fw.run("server", drop, check=True)
     stage.note(
         "server",
-        f"listening on {_hostport(stage.address)}, but its firewall drops SYNs to port {port}",
+        f"listening on {hostport(stage.address)}, but its firewall drops SYNs to port {port}",
     )
-    return {"client": stage.client().connect(stage.timer + GRACE)}
+    return {"client": stage.client().connect(stage.address, stage.timer + GRACE)}
 
 
 def _idle_reset(stage: Stage) -> Observed:
@@ -274,7 +178,7 @@ def _half_closed_reset(stage: Stage) -> Observed:
     def server_side(peer: Peer) -> str:
         if peer.recv(GRACE) == "EOF":
             peer.note("keeps its side open (half-closed), sends nothing")
-        return peer.quiet()
+        return peer.quiet(stage.over)
 
     client, server = stage.exchange(server_side)
     client.sock.shutdown(socket.SHUT_WR)
@@ -286,7 +190,7 @@ def _half_closed_reset(stage: Stage) -> Observed:
 
 def _late_write(stage: Stage, timeout: float) -> Observed:
     """Cases 4 and 5: idle past the expiry, then write and wait for the answer."""
-    client, server = stage.exchange(lambda peer: peer.quiet())
+    client, server = stage.exchange(lambda peer: peer.quiet(stage.over))
     client.note("idle")
     if not stage.wait_for_expiry():
         client.note(

@@ -13,7 +13,6 @@ from importlib import resources
 from typing import Any, Protocol
 
 from fwemu.demo.cases import Case, CaseError, Observed, Stage
-from fwemu.demo.timeline import Entry, Notebook, fwemu_entries, merged
 from fwemu.lab import DEFAULT_INDEX
 from fwemu.policy import (
     ExpireAction,
@@ -23,6 +22,7 @@ from fwemu.policy import (
     format_duration,
     loads_policy,
 )
+from fwemu.scenario.timeline import Entry, Notebook, fwemu_entries, merged
 from fwemu.testing import Firewall, inline_firewall
 
 POLICY_ORIGIN = "fwemu/demo/policy.toml"

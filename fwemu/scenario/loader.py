@@ -1,0 +1,392 @@
+"""Scenario files (TOML) -> `Scenario`, or one ScenarioError listing every problem.
+
+It reads with the policy loader's machinery (key paths with line numbers, converters that
+collect every problem, "did you mean" hints), so a broken scenario reads like a broken policy:
+one `file:line: key: problem (hint)` line per mistake.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fwemu.errors import FwemuError
+from fwemu.policy import Policy, PolicyError, Problem, load_policy, load_preset, loads_policy
+from fwemu.policy.duration import type_name
+
+# The policy loader's reading machinery: private there, shared here on purpose (see the module
+# docstring); converters raise _Invalid through _fail.
+from fwemu.policy.loader import (
+    Converter,
+    KeyPath,
+    _did_you_mean,
+    _fail,
+    _finite_duration,
+    _flag,
+    _KeyScanner,
+    _name,
+    _Reader,
+    _syntax_problem,
+    _text,
+)
+from fwemu.scenario.model import (
+    EVENT_FIELDS,
+    EVENT_KINDS,
+    FLOW_FIELDS,
+    SIDES,
+    Action,
+    EventPattern,
+    Outcome,
+    Scenario,
+    Side,
+    Step,
+)
+
+DEFAULT_PORT = 8080
+# Scenario seconds a blocking step waits unless told: twice the policy's longest timer, so any
+# of its timers can run out during a step, and at least 10 minutes.
+MIN_DEFAULT_TIMEOUT = 600.0
+# Wall-clock seconds a step's or an event's time may miss its `after`/`within`: a busy 2-CPU VM
+# delays a thread or fwemu's timer by tens of milliseconds, rarely more.
+DEFAULT_TOLERANCE = 0.5
+_MAX_PORT = 65535
+
+
+class ScenarioError(FwemuError):
+    """Every problem found in one scenario file; str() is one line per problem."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(map(str, self.problems)))
+
+
+def load_scenario(path: str | os.PathLike[str]) -> Scenario:
+    """The scenario in the TOML file at `path`; problems name the file as given. A relative
+    policy file in it is found next to the scenario file."""
+    origin = os.fspath(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ScenarioError([Problem(origin, "", f"cannot read: {err.strerror or err}")]) from None
+    except UnicodeDecodeError:
+        raise ScenarioError([Problem(origin, "", "cannot read: not UTF-8 text")]) from None
+    return loads_scenario(text, origin, base=Path(path).parent)
+
+
+def loads_scenario(text: str, origin: str = "<string>", *, base: Path | None = None) -> Scenario:
+    """The scenario in TOML `text`; `origin` names it in messages, `base` is where relative
+    policy files are (default: the current directory)."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ScenarioError([_syntax_problem(str(err), text, origin)]) from None
+    reader = _Reader(origin, _KeyScanner(text).scan())
+    scenario = _scenario(document, reader, base or Path())
+    if reader.problems or scenario is None:
+        raise ScenarioError(sorted(reader.problems, key=lambda p: (p.line is None, p.line or 0)))
+    return scenario
+
+
+# --- converters ------------------------------------------------------------------------------
+
+
+def _positive(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        _fail(f"expected a number, got {type_name(value)}")
+    if not value > 0:
+        _fail(f"must be greater than 0, not {value}")
+    return float(value)
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        _fail(f"expected a number of seconds, got {type_name(value)}")
+    if value < 0:
+        _fail(f"must not be negative, not {value}")
+    return float(value)
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(f"expected a whole number, got {type_name(value)}")
+    if value < 1:
+        _fail(f"must be at least 1, not {value}")
+    return value
+
+
+def _port(value: Any) -> int:
+    port = _count(value)
+    if port > _MAX_PORT:
+        _fail(f"port {port} is out of range 1-{_MAX_PORT}")
+    return port
+
+
+def _choice(choices: Sequence[str], noun: str) -> Callable[[Any], str]:
+    listing = "choose from " + ", ".join(choices)
+
+    def convert(value: Any) -> str:
+        if not isinstance(value, str):
+            _fail(f"expected one of {', '.join(choices)}, got {type_name(value)}")
+        if value not in choices:
+            _fail(f"unknown {noun} {value!r}", _did_you_mean(value, choices) or listing)
+        return value
+
+    return convert
+
+
+def _command(value: Any) -> tuple[str, ...] | str:
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    _fail(
+        "expected a command: a list of arguments or a shell command line",
+        'like command = ["curl", "-s", "http://10.201.2.2:8080/"]',
+    )
+
+
+def _field_value(value: Any) -> str | int:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        _fail(f"expected a string or a number to compare with, got {type_name(value)}")
+    return value
+
+
+def _data(value: Any) -> bytes:
+    return _text(value).encode()
+
+
+_outcome = _choice([o.value for o in Outcome], "outcome")
+_action = _choice([a.value for a in Action], "action")
+_event_kind = _choice(EVENT_KINDS, "event")
+
+_SCENARIO: Mapping[str, Converter] = {
+    "name": _name,
+    "description": _text,
+    "policy": _name,
+    "policy_toml": _text,
+    "speed": _positive,
+    "port": _port,
+    "ipv6": _flag,
+    "timeout": _finite_duration,
+    "tolerance": _seconds,
+}
+_FIELDS: Mapping[str, Converter] = dict.fromkeys((*EVENT_FIELDS, *FLOW_FIELDS), _field_value)
+_TIMING: Mapping[str, Converter] = {"after": _finite_duration, "within": _finite_duration}
+_EVENT: Mapping[str, Converter] = {"event": _event_kind, **_FIELDS, **_TIMING}
+_STEP: Mapping[str, Converter] = {
+    "do": _action,
+    "expect": _outcome,
+    **_TIMING,
+    "timeout": _finite_duration,
+    "for": _finite_duration,
+    "data": _data,
+    "bytes": _count,
+    "keepalive": _finite_duration,
+    "command": _command,
+    "background": _flag,
+    **_EVENT,
+}
+_COMMON = ("do", "expect", "after", "within")
+# The keys each action takes besides _COMMON; (required ones first in the message).
+_ACTION_KEYS: Mapping[Action, tuple[str, ...]] = {
+    Action.LISTEN: (),
+    Action.ACCEPT: ("timeout",),
+    Action.CONNECT: ("timeout", "keepalive"),
+    Action.SEND: ("data", "bytes"),
+    Action.RECV: ("bytes", "timeout"),
+    Action.SLEEP: ("for",),
+    Action.IDLE: ("for",),
+    Action.HALF_CLOSE: (),
+    Action.CLOSE: (),
+    Action.ABORT: (),
+    Action.RUN: ("command", "background", "timeout"),
+    Action.WAIT: ("event", *_FIELDS, "timeout"),
+}
+_REQUIRED: Mapping[Action, tuple[str, ...]] = {
+    Action.SLEEP: ("for",),
+    Action.IDLE: ("for",),
+    Action.RUN: ("command",),
+    Action.WAIT: ("event",),
+}
+_ONLY_ON: Mapping[Action, Side] = {
+    Action.LISTEN: "server",
+    Action.ACCEPT: "server",
+    Action.CONNECT: "client",
+}
+_TOP_LEVEL = ("scenario", *SIDES, "event", "no_event")
+
+
+# --- the schema ------------------------------------------------------------------------------
+
+
+def _scenario(document: dict[str, Any], reader: _Reader, base: Path) -> Scenario | None:
+    reader.known_keys(document, (), _TOP_LEVEL)
+    meta = reader.read(reader.section(document, "scenario", ()), ("scenario",), _SCENARIO)
+    policy = _policy(meta, reader, base)
+    steps = {side: _steps(document.get(side), side, reader) for side in SIDES}
+    if not any(side in document for side in SIDES):
+        reader.problem((), "no steps", "add [[client]] and [[server]] steps")
+    events = _events(document.get("event"), "event", reader, timed=True)
+    no_events = _events(document.get("no_event"), "no_event", reader, timed=False)
+    if policy is None:
+        return None
+    return Scenario(
+        name=meta.get("name", Path(reader.origin).stem),
+        description=meta.get("description", ""),
+        origin=reader.origin,
+        policy=policy[0],
+        policy_ref=policy[1],
+        policy_toml=meta.get("policy_toml"),
+        speed=meta.get("speed", 1.0),
+        port=meta.get("port", DEFAULT_PORT),
+        ipv6=meta.get("ipv6", False),
+        timeout=meta.get("timeout", _default_timeout(policy[0])),
+        tolerance=meta.get("tolerance", DEFAULT_TOLERANCE),
+        client=steps["client"],
+        server=steps["server"],
+        events=events,
+        no_events=no_events,
+    )
+
+
+def _default_timeout(policy: Policy) -> float:
+    profiles = [policy.default, *(rule.profile for rule in policy.rules)]
+    timers = [
+        seconds
+        for profile in profiles
+        for seconds in dataclasses.astuple(profile.timeouts)
+        if seconds is not None
+    ]
+    return max(MIN_DEFAULT_TIMEOUT, 2 * max(timers, default=0.0))
+
+
+def _policy(
+    meta: Mapping[str, Any], reader: _Reader, base: Path
+) -> tuple[Policy, str | Path | None] | None:
+    """The policy and how `fwemu run` is to be given it; None (with a problem) if it is bad."""
+    path: KeyPath = ("scenario", "policy")
+    try:
+        if "policy_toml" in meta:
+            if "policy" in meta:
+                reader.problem(path, "give either policy or policy_toml, not both")
+                return None
+            origin = f"{reader.origin}: scenario.policy_toml"
+            return loads_policy(meta["policy_toml"], origin, default_name="inline"), None
+        ref: str = meta.get("policy", "linux")
+        if ref.endswith(".toml") or "/" in ref:
+            file = base / ref
+            return load_policy(file), file
+        return load_preset(ref), ref
+    except PolicyError as err:
+        reader.problems.extend(err.problems)
+    except FwemuError as err:  # an unknown preset: say where it was named
+        reader.problem(path, str(err))
+    return None
+
+
+def _array(value: Any, key: str, reader: _Reader) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        reader.problem((key,), f"expected an array of tables ([[{key}]]), got {type_name(value)}")
+        return []
+    return value
+
+
+def _steps(value: Any, side: Side, reader: _Reader) -> tuple[Step, ...]:
+    steps = []
+    for index, table in enumerate(_array(value, side, reader)):
+        path: KeyPath = (side, index)
+        values = reader.read(table, path, _STEP)
+        if "do" not in table:
+            reader.problem(path, "missing 'do'", f"what the step does: {', '.join(Action)}")
+        if "do" not in values:
+            continue
+        action = Action(values["do"])
+        if not _fits(action, side, table, values, path, reader):
+            continue
+        steps.append(
+            Step(
+                side=side,
+                number=index + 1,
+                action=action,
+                expect=Outcome(values.get("expect", Outcome.OK)),
+                after=values.get("after"),
+                within=values.get("within"),
+                timeout=values.get("timeout"),
+                duration=values.get("for"),
+                data=_payload(values) if action is Action.SEND else None,
+                size=values.get("bytes") if action is Action.RECV else None,
+                keepalive=values.get("keepalive"),
+                command=values.get("command"),
+                background=values.get("background", False),
+                wait_for=_pattern(values, reader, path) if action is Action.WAIT else None,
+                line=reader.lines.get(path),
+            )
+        )
+    return tuple(steps)
+
+
+def _payload(values: Mapping[str, Any]) -> bytes:
+    """What a send step sends: its `data`, or `bytes` filler bytes."""
+    data: bytes = values["data"] if "data" in values else b"x" * values["bytes"]
+    return data
+
+
+def _fits(
+    action: Action,
+    side: Side,
+    table: Mapping[str, Any],
+    values: Mapping[str, Any],
+    path: KeyPath,
+    reader: _Reader,
+) -> bool:
+    """Whether the step's keys suit its action and side (each misfit is a problem)."""
+    fits = True
+    only = _ONLY_ON.get(action)
+    if only is not None and only != side:
+        reader.problem((*path, "do"), f"only the {only} can {action}")
+        fits = False
+    allowed = (*_COMMON, *_ACTION_KEYS[action])
+    for key in table:
+        if key in _STEP and key not in allowed:
+            takes = ", ".join(_ACTION_KEYS[action]) or "nothing but do, expect, after, within"
+            reader.problem((*path, key), f"{action} does not take {key!r}", f"it takes {takes}")
+            fits = False
+    for key in _REQUIRED.get(action, ()):
+        if key not in table:
+            reader.problem(path, f"{action} needs {key!r}")
+            fits = False
+    if action is Action.SEND and ("data" in table) == ("bytes" in table):
+        reader.problem(path, "send needs either data or bytes", 'data = "GET /" or bytes = 100')
+        fits = False
+    return fits and all(key in values for key in table if key in _STEP)
+
+
+def _pattern(
+    values: Mapping[str, Any], reader: _Reader, path: KeyPath, *, timed: bool = False
+) -> EventPattern:
+    return EventPattern(
+        event=values["event"],
+        fields={k: v for k, v in values.items() if k in _FIELDS},
+        after=values.get("after") if timed else None,
+        within=values.get("within") if timed else None,
+        line=reader.lines.get(path),
+    )
+
+
+def _events(value: Any, key: str, reader: _Reader, *, timed: bool) -> tuple[EventPattern, ...]:
+    converters = _EVENT if timed else {"event": _event_kind, **_FIELDS}
+    patterns = []
+    for index, table in enumerate(_array(value, key, reader)):
+        path: KeyPath = (key, index)
+        values = reader.read(table, path, converters)
+        if "event" not in table:
+            reader.problem(path, "missing 'event'", f"one of {', '.join(EVENT_KINDS)}")
+        elif "event" in values:
+            patterns.append(_pattern(values, reader, path, timed=timed))
+    return tuple(patterns)

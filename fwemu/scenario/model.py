@@ -1,0 +1,130 @@
+"""A scenario as data: the policy, what each endpoint does step by step, what must be observed.
+
+Every duration is in the scenario's own time (the policy's time): the runner divides it by
+`speed`, as `fwemu run --speed` divides the policy's timers, so a scenario reads like the field
+failure it reproduces ("idle for 6m") and runs in seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+from fwemu.policy import Policy
+
+Side = Literal["client", "server"]
+SIDES: tuple[Side, ...] = ("client", "server")
+
+
+class Outcome(StrEnum):
+    """What a step observed, in the words a scenario expects."""
+
+    OK = "ok"
+    RESET = "reset"  # ECONNRESET, or EPIPE (Linux's word for a RST received in CLOSE_WAIT)
+    REFUSED = "refused"  # ECONNREFUSED: a RST answered the SYN
+    TIMEOUT = "timeout"  # nothing came before the step's timeout
+    EOF = "eof"  # the peer closed its sending side (a FIN)
+    ERROR = "error"  # any other failure: another errno, a command's non-zero exit
+
+
+class Action(StrEnum):
+    """A step's `do`."""
+
+    LISTEN = "listen"
+    ACCEPT = "accept"
+    CONNECT = "connect"
+    SEND = "send"
+    RECV = "recv"
+    SLEEP = "sleep"
+    IDLE = "idle"
+    HALF_CLOSE = "half-close"
+    CLOSE = "close"
+    ABORT = "abort"
+    RUN = "run"
+    WAIT = "wait"
+
+
+# The fields of fwemu's JSON events a scenario may match on (top-level, then the flow's).
+EVENT_FIELDS = ("state", "old_state", "phase", "action", "rule", "to", "side", "cause", "reason")
+FLOW_FIELDS = ("src", "sport", "dst", "dport")
+EVENT_KINDS = ("new", "state", "expire", "reset", "out_of_state", "delete")
+
+
+@dataclass(frozen=True, slots=True)
+class EventPattern:
+    """fwemu events of kind `event` whose fields equal `fields`; `after`/`within` bound when
+    (seconds since the scenario began)."""
+
+    event: str
+    fields: Mapping[str, str | int] = field(default_factory=dict)
+    after: float | None = None
+    within: float | None = None
+    line: int | None = None
+
+    def matches(self, record: Mapping[str, object]) -> bool:
+        flow = record.get("flow")
+        flow = flow if isinstance(flow, Mapping) else {}
+        return record.get("event") == self.event and all(
+            (record[k] if k in record else flow.get(k)) == v for k, v in self.fields.items()
+        )
+
+    def describe(self) -> str:
+        return " ".join([self.event, *(f"{k}={v}" for k, v in self.fields.items())])
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One thing an endpoint does. `number` counts from 1 within its side; `expect` is the
+    outcome it must observe, `after`/`within` bound when (seconds since the step began)."""
+
+    side: Side
+    number: int
+    action: Action
+    expect: Outcome = Outcome.OK
+    after: float | None = None
+    within: float | None = None
+    timeout: float | None = None  # blocking steps: when the outcome becomes "timeout"
+    duration: float | None = None  # sleep, idle: `for`
+    data: bytes | None = None  # send
+    size: int | None = None  # recv: how many bytes in all
+    keepalive: float | None = None  # connect: TCP keepalive idle time and probe interval
+    command: tuple[str, ...] | str | None = None  # run: argv, or a shell command line
+    background: bool = False  # run: start it and go on; it is stopped when the scenario ends
+    wait_for: EventPattern | None = None  # wait
+    line: int | None = None
+
+    def describe(self) -> str:
+        """e.g. "client step 4 (recv)"."""
+        return f"{self.side} step {self.number} ({self.action})"
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """A whole scenario file, validated. `policy_ref` is a preset name or a policy file, or
+    None when `policy_toml` holds the policy's text."""
+
+    name: str
+    origin: str
+    policy: Policy
+    policy_ref: str | Path | None
+    policy_toml: str | None
+    speed: float
+    port: int
+    ipv6: bool
+    timeout: float
+    tolerance: float
+    client: tuple[Step, ...]
+    server: tuple[Step, ...]
+    events: tuple[EventPattern, ...]
+    no_events: tuple[EventPattern, ...]
+    description: str = ""
+
+    def steps(self, side: Side) -> tuple[Step, ...]:
+        return self.client if side == "client" else self.server
+
+    def real(self, seconds: float) -> float:
+        """Scenario time -> wall-clock seconds."""
+        return seconds / self.speed

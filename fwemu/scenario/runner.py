@@ -1,0 +1,438 @@
+"""Plays a scenario in a lab of its own: fwemu inline, the client and the server each running its
+steps in a thread, then checks what they observed and what fwemu did against the scenario.
+
+The server's leading `listen` steps run before either side starts, so a client's first connect
+finds the port open. A side stops at its first step that does not go as expected (the steps
+after it would mean little); the other side runs on.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import ExitStack
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from fwemu.errors import FwemuError
+from fwemu.scenario.model import SIDES, Action, Outcome, Scenario, Side, Step
+from fwemu.scenario.peer import Peer, abort, hostport
+from fwemu.scenario.timeline import Entry, Notebook, fwemu_entries, merged
+from fwemu.testing import EventTimeout, Firewall, inline_firewall
+
+# fwemu writes an event just after acting on it, so an endpoint may see a RST a moment before the
+# event is in the file: wait this long before reading the events of a finished scenario.
+SETTLE = 0.2
+# How long (wall clock) past its steps' own limits a side may take before the run gives up on it.
+_SIDE_GRACE = 30.0
+_CASE = 0  # one scenario per notebook: the timeline's case number
+
+# A Peer's word for what it saw -> the scenario's outcome; anything else is an error.
+_OUTCOMES: Mapping[str, Outcome] = {
+    "connected": Outcome.OK,
+    "sent": Outcome.OK,
+    "data": Outcome.OK,
+    "nothing": Outcome.OK,
+    "ok": Outcome.OK,
+    "EOF": Outcome.EOF,
+    "readable": Outcome.EOF,  # woken with no error: the peer closed (POLLHUP)
+    "ECONNRESET": Outcome.RESET,
+    "EPIPE": Outcome.RESET,  # Linux's errno for a RST received in CLOSE_WAIT (see peer.py)
+    "ECONNREFUSED": Outcome.REFUSED,
+    "timeout": Outcome.TIMEOUT,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """What one step observed. `began` is scenario seconds since the scenario began, `took` the
+    step's own scenario seconds; `outcome` is None for a step that did not run."""
+
+    step: Step
+    outcome: Outcome | None
+    detail: str = ""  # the observation itself: "ECONNRESET", "exit status 3", ...
+    began: float = 0.0
+    took: float = 0.0
+    problem: str | None = None
+
+    @property
+    def ran(self) -> bool:
+        return self.outcome is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioResult:
+    """A played scenario: each step's result, the problems found, and the merged timeline."""
+
+    scenario: Scenario
+    steps: tuple[StepResult, ...]
+    problems: tuple[str, ...]
+    timeline: tuple[Entry, ...]
+    start: float  # wall-clock epoch seconds when the steps began
+    seconds: float  # wall-clock duration, lab included
+    error: str | None = None  # the run itself failed (fwemu or the lab did not come up)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems and self.error is None
+
+
+def run_scenario(scenario: Scenario, *, lab: str | None = None) -> ScenarioResult:
+    """Play `scenario` in a lab of its own (named `lab`, else a unique name), removed after."""
+    began = time.monotonic()
+    play: _Play | None = None
+    try:
+        with inline_firewall(
+            scenario.policy_ref,
+            toml=scenario.policy_toml,
+            speed=scenario.speed,
+            name=lab,
+        ) as fw:
+            play = _Play(scenario, fw)
+            play.run()
+        return play.result(time.monotonic() - began)
+    except FwemuError as err:
+        return ScenarioResult(
+            scenario,
+            play.step_results() if play else (),
+            (),
+            tuple(play.timeline) if play else (),
+            play.start if play else time.time(),
+            time.monotonic() - began,
+            error=str(err),
+        )
+
+
+def run_scenarios(
+    scenarios: Sequence[Scenario],
+    *,
+    jobs: int = 1,
+    started: Callable[[Scenario], None] | None = None,
+    finished: Callable[[ScenarioResult], None] | None = None,
+) -> list[ScenarioResult]:
+    """Each scenario in its own lab, `jobs` at a time; results in the order given. `started` and
+    `finished` are called (from worker threads) as each one starts and ends."""
+
+    def one(scenario: Scenario) -> ScenarioResult:
+        if started:
+            started(scenario)
+        return run_scenario(scenario)
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="scenario") as pool:
+        futures = {pool.submit(one, s): i for i, s in enumerate(scenarios)}
+        results: list[ScenarioResult | None] = [None] * len(scenarios)
+        for future in as_completed(futures):
+            result = future.result()
+            results[futures[future]] = result
+            if finished:
+                finished(result)
+    return [r for r in results if r is not None]
+
+
+class _Endpoint:
+    """One side's state while its steps run: its current connection, listener and children."""
+
+    def __init__(self, play: _Play, side: Side) -> None:
+        self.play = play
+        self.side = side
+        self.peer: Peer | None = None
+        self.listener: socket.socket | None = None
+        self.note = partial(play.notebook.note, _CASE, side)
+
+    def adopt(self, sock: socket.socket) -> Peer:
+        self.play.cleanup.callback(abort, sock)
+        self.peer = Peer(sock, self.note)
+        return self.peer
+
+
+class _Play:
+    def __init__(self, scenario: Scenario, fw: Firewall) -> None:
+        self.scenario = scenario
+        self.fw = fw
+        self.notebook = Notebook()
+        self.cleanup = ExitStack()
+        self.results: dict[Side, list[StepResult]] = {side: [] for side in SIDES}
+        self.endpoints = {side: _Endpoint(self, side) for side in SIDES}
+        self.family = socket.AF_INET6 if scenario.ipv6 else socket.AF_INET
+        self.address = (fw.server_address(scenario.ipv6), scenario.port)
+        self.start = time.time()
+        self.began = time.monotonic()
+        self.end = self.start
+        self.timeline: list[Entry] = []
+        self.events: list[dict[str, Any]] = []
+
+    # --- playing ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        with self.cleanup:
+            self.start, self.began = time.time(), time.monotonic()
+            server = self.scenario.server
+            leading = next((i for i, s in enumerate(server) if s.action is not Action.LISTEN), None)
+            first = len(server) if leading is None else leading
+            if self._steps(server[:first]):
+                threads = [
+                    threading.Thread(target=self._steps, args=(steps,), daemon=True)
+                    for steps in (self.scenario.client, server[first:])
+                ]
+                for thread in threads:
+                    thread.start()
+                limit = self._limit()
+                for thread in threads:
+                    thread.join(limit)
+                    if thread.is_alive():
+                        raise FwemuError(f"{self.scenario.name}: a side hung past {limit:.0f}s")
+            self.end = time.time()
+            time.sleep(SETTLE)
+            self.events = self.fw.events()
+        self.fw.stop_children()
+        self.timeline = merged(
+            self.notebook.entries(_CASE),
+            fwemu_entries(self.events, _CASE, None, self.start, self.end + SETTLE),
+        )
+
+    def _limit(self) -> float:
+        """Wall-clock seconds the sides may take: every step waiting as long as it may."""
+        scenario = self.scenario
+        total = sum(
+            scenario.real(s.duration or _timeout(scenario, s)) for s in scenario.client
+        ) + sum(scenario.real(s.duration or _timeout(scenario, s)) for s in scenario.server)
+        return total + _SIDE_GRACE
+
+    def _steps(self, steps: Iterable[Step]) -> bool:
+        """Run `steps` in order until one goes wrong; True if all went as expected."""
+        for step in steps:
+            began = time.monotonic()
+            try:
+                word, detail = self._do(step)
+            except OSError as err:  # e.g. the port is taken: the step's outcome, not a crash
+                word, detail = "error", str(err)
+            took = (time.monotonic() - began) * self.scenario.speed
+            outcome = _OUTCOMES.get(word, Outcome.ERROR)
+            result = StepResult(
+                step,
+                outcome,
+                detail or word,
+                (began - self.began) * self.scenario.speed,
+                took,
+                _judge(self.scenario, step, outcome, detail or word, took),
+            )
+            self.results[step.side].append(result)
+            if result.problem is not None:
+                self.endpoints[step.side].note(f"(stops here: {result.problem})")
+                return False
+        return True
+
+    def _do(self, step: Step) -> tuple[str, str]:
+        """Carry out `step`: (the Peer-style word for what happened, an optional detail)."""
+        end = self.endpoints[step.side]
+        real = self.scenario.real
+        timeout = real(_timeout(self.scenario, step))
+        match step.action:
+            case Action.LISTEN:
+                listener = self.fw.server_socket(self.family)
+                self.cleanup.callback(abort, listener)
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listener.bind(self.address)
+                listener.listen()
+                end.listener = listener
+                end.note(f"listening on {hostport(self.address)}")
+                return "ok", ""
+            case Action.ACCEPT:
+                if end.listener is None:
+                    return "error", "no listening socket: add a listen step first"
+                end.listener.settimeout(timeout)
+                try:
+                    conn, peer_address = end.listener.accept()
+                except TimeoutError:
+                    end.note(f"accept: no connection within {timeout:g}s")
+                    return "timeout", ""
+                end.adopt(conn)
+                end.note(f"accepted {hostport(peer_address)}")
+                return "ok", ""
+            case Action.CONNECT:
+                peer = end.adopt(self.fw.client_socket(self.family))
+                if step.keepalive is not None:
+                    end.note(_keepalive(peer.sock, real(step.keepalive)))
+                return peer.connect(self.address, timeout), ""
+            case Action.SLEEP:
+                assert step.duration is not None  # the loader requires it
+                end.note(f"sleeps for {format_time(step.duration)}")
+                time.sleep(real(step.duration))
+                return "ok", ""
+            case Action.RUN:
+                return self._run(step, timeout)
+            case Action.WAIT:
+                return self._wait(step, timeout)
+        if end.peer is None:
+            return "error", f"no connection to {step.action}: connect or accept first"
+        return self._on_connection(step, end.peer, timeout)
+
+    def _on_connection(self, step: Step, peer: Peer, timeout: float) -> tuple[str, str]:
+        match step.action:
+            case Action.SEND:
+                assert step.data is not None  # the loader requires it
+                return peer.send(step.data), ""
+            case Action.RECV:
+                return peer.recv(timeout, step.size), ""
+            case Action.IDLE:
+                assert step.duration is not None
+                peer.note(f"idle for {format_time(step.duration)}, watching the socket")
+                return peer.quiet(threading.Event(), self.scenario.real(step.duration)), ""
+            case Action.HALF_CLOSE:
+                return _call(peer, "shutdown(SHUT_WR): sent its FIN, still reading", shut=True)
+            case Action.CLOSE:
+                return _call(peer, "close(): sent its FIN", shut=False)
+            case Action.ABORT:
+                abort(peer.sock)
+                peer.note("abort: close() with SO_LINGER 0 (sends a RST)")
+                return "ok", ""
+        raise AssertionError(step.action)  # every action is handled above or in _do
+
+    def _run(self, step: Step, timeout: float) -> tuple[str, str]:
+        assert step.command is not None  # the loader requires it
+        argv = ["sh", "-c", step.command] if isinstance(step.command, str) else step.command
+        shown = step.command if isinstance(step.command, str) else " ".join(step.command)
+        end = self.endpoints[step.side]
+        env = {**os.environ, **self._environment()}
+        if step.background:
+            child = self.fw.spawn(
+                step.side, argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            end.note(f"started `{shown}` (pid {child.pid})")
+            return "ok", ""
+        try:
+            done = self.fw.run(step.side, argv, env=env, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            end.note(f"`{shown}` still running after {timeout:g}s: killed")
+            return "timeout", ""
+        output = (done.stdout + done.stderr).strip().splitlines()
+        said = f": {output[-1]}" if output else ""
+        end.note(f"ran `{shown}`: exit status {done.returncode}{said}")
+        return ("ok", "") if done.returncode == 0 else ("error", f"exit status {done.returncode}")
+
+    def _environment(self) -> dict[str, str]:
+        """What `run` commands find in their environment: the lab's addresses and the port."""
+        return {
+            "FWEMU_CLIENT": self.fw.client_address(self.scenario.ipv6),
+            "FWEMU_SERVER": self.fw.server_address(self.scenario.ipv6),
+            "FWEMU_PORT": str(self.scenario.port),
+        }
+
+    def _wait(self, step: Step, timeout: float) -> tuple[str, str]:
+        assert step.wait_for is not None  # the loader requires it
+        pattern = step.wait_for
+        end = self.endpoints[step.side]
+        end.note(f"waits for fwemu: {pattern.describe()}")
+        try:
+            self.fw.wait_for_event(pattern.event, timeout, **pattern.fields)
+        except EventTimeout:
+            end.note(f"no {pattern.describe()} within {timeout:g}s")
+            return "timeout", ""
+        return "ok", ""
+
+    # --- judging ----------------------------------------------------------------------------
+
+    def step_results(self) -> tuple[StepResult, ...]:
+        """Every step in file order per side, client first; those that did not run included."""
+        out: list[StepResult] = []
+        for side in SIDES:
+            done = {r.step.number: r for r in self.results[side]}
+            out += [done.get(s.number, StepResult(s, None)) for s in self.scenario.steps(side)]
+        return tuple(out)
+
+    def result(self, seconds: float) -> ScenarioResult:
+        steps = self.step_results()
+        problems = [f"{r.step.describe()}: {r.problem}" for r in steps if r.problem]
+        problems += [
+            f"{r.step.describe()}: did not run" for r in steps if not r.ran and not problems
+        ]
+        problems += self._event_problems()
+        return ScenarioResult(
+            self.scenario, steps, tuple(problems), tuple(self.timeline), self.start, seconds
+        )
+
+    def _event_problems(self) -> Iterator[str]:
+        speed, slack = self.scenario.speed, self.scenario.tolerance * self.scenario.speed
+        seen = [(record, (record["ts"] - self.start) * speed) for record in self.events]
+        for pattern in self.scenario.events:
+            times = [t for record, t in seen if pattern.matches(record)]
+            if not any(_in_window(t, pattern.after, pattern.within, slack) for t in times):
+                window = _window(pattern.after, pattern.within)
+                instead = f"; it came at {', '.join(map(format_time, times))}" if times else ""
+                yield f"expected event {pattern.describe()}{window}, none came{instead}"
+        for pattern in self.scenario.no_events:
+            for record, t in seen:
+                if pattern.matches(record):
+                    yield f"unexpected event {pattern.describe()} at {format_time(t)}"
+
+
+def _timeout(scenario: Scenario, step: Step) -> float:
+    """How long (scenario seconds) a blocking step waits before its outcome is "timeout"."""
+    if step.timeout is not None:
+        return step.timeout
+    if step.within is not None:
+        return step.within + scenario.tolerance * scenario.speed
+    return scenario.timeout
+
+
+def _judge(
+    scenario: Scenario, step: Step, outcome: Outcome, detail: str, took: float
+) -> str | None:
+    """Why the step did not go as expected, or None if it did."""
+    if outcome is not step.expect:
+        said = "" if detail == outcome else f" ({detail})"
+        return f"expected {step.expect}, got {outcome}{said} after {format_time(took)}"
+    if not _in_window(took, step.after, step.within, scenario.tolerance * scenario.speed):
+        return (
+            f"{outcome} came after {format_time(took)}, expected{_window(step.after, step.within)}"
+        )
+    return None
+
+
+def _in_window(t: float, after: float | None, within: float | None, slack: float) -> bool:
+    return (after is None or t >= after - slack) and (within is None or t <= within + slack)
+
+
+def _window(after: float | None, within: float | None) -> str:
+    parts = ([f"after {format_time(after)}"] if after is not None else []) + (
+        [f"within {format_time(within)}"] if within is not None else []
+    )
+    return f" ({' and '.join(parts)})" if parts else ""
+
+
+def format_time(seconds: float) -> str:
+    """Scenario time for people: "3.5s", "5m51.2s", "2h0m3.0s"."""
+    minutes, rest = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    if hours:
+        return f"{hours}h{minutes}m{rest:.1f}s"
+    return f"{minutes}m{rest:.1f}s" if minutes else f"{rest:.1f}s"
+
+
+def _call(peer: Peer, said: str, *, shut: bool) -> tuple[str, str]:
+    try:
+        if shut:
+            peer.sock.shutdown(socket.SHUT_WR)
+        else:
+            peer.sock.close()
+    except OSError as err:
+        return peer.failed("shutdown" if shut else "close", err, 0), ""
+    peer.note(said)
+    return "ok", ""
+
+
+def _keepalive(sock: socket.socket, seconds: float) -> str:
+    """Turn on TCP keepalive, first probe and interval after `seconds` (wall clock) rounded up:
+    TCP_KEEPIDLE and TCP_KEEPINTVL take whole seconds, at least 1 (tcp(7))."""
+    whole = max(1, math.ceil(seconds))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, whole)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, whole)
+    return f"TCP keepalive on: a probe after {whole}s idle, then every {whole}s"

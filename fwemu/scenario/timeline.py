@@ -1,0 +1,127 @@
+"""A timeline of what each endpoint saw and what fwemu did, one entry per happening.
+
+Shared by `fwemu demo` (where `case` numbers its cases) and `fwemu test` (one scenario per
+notebook, case 0).
+
+Endpoint entries are noted by the scripted sockets as their calls return; fwemu entries come
+from its JSON events (`fwemu run --events`). Both carry wall-clock epoch seconds, so they merge
+into one order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Who = Literal["client", "server", "fwemu"]
+
+_OUT_OF_STATE_ACTIONS = {"drop": "dropped", "reset": "answered with a RST", "accept": "accepted"}
+_RESET_CAUSES = {"expire": "on expiry", "out_of_state": "for the out-of-state packet"}
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One thing that happened. `ts` is wall-clock epoch seconds; `event` is fwemu's record."""
+
+    ts: float
+    case: int
+    who: Who
+    what: str
+    event: Mapping[str, Any] | None = None
+
+    def to_dict(self, start: float) -> dict[str, Any]:
+        """The `fwemu demo --json` form: `t` is seconds since the demo started."""
+        out: dict[str, Any] = {
+            "t": round(self.ts - start, 3),
+            "case": self.case,
+            "who": self.who,
+            "what": self.what,
+        }
+        if self.event is not None:
+            out["event"] = dict(self.event)
+        return out
+
+
+class Notebook:
+    """Collects endpoint entries from several threads (a case's client and server)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: list[Entry] = []
+
+    def note(self, case: int, who: Who, what: str) -> None:
+        entry = Entry(time.time(), case, who, what)
+        with self._lock:
+            self._entries.append(entry)
+
+    def entries(self, case: int) -> list[Entry]:
+        with self._lock:
+            return [e for e in self._entries if e.case == case]
+
+
+def fwemu_entries(
+    events: Iterable[Mapping[str, Any]], case: int, port: int | None, start: float, end: float
+) -> list[Entry]:
+    """fwemu's events about connections to `port` (None: any) between `start` and `end`.
+
+    Events after `end` are left out: they come from closing the sockets afterwards.
+    """
+    return [
+        Entry(record["ts"], case, "fwemu", describe(record), record)
+        for record in events
+        if (port is None or port in (record["flow"]["sport"], record["flow"]["dport"]))
+        and start <= record["ts"] <= end
+    ]
+
+
+def merged(*parts: Iterable[Entry]) -> list[Entry]:
+    """All entries in time order; fwemu first on a tie, since it acts before endpoints see it.
+
+    A line that repeats the one before it (a retransmission dropped again) says so.
+    """
+    ordered = sorted((e for part in parts for e in part), key=lambda e: (e.ts, e.who != "fwemu"))
+    return [
+        dataclasses.replace(entry, what=f"{entry.what} (again)")
+        if i and (ordered[i - 1].who, ordered[i - 1].what) == (entry.who, entry.what)
+        else entry
+        for i, entry in enumerate(ordered)
+    ]
+
+
+def describe(record: Mapping[str, Any]) -> str:
+    """One readable line for a JSON event of `fwemu run --events`."""
+    kind = record["event"]
+    flow = record["flow"]
+    if kind == "new":
+        return (
+            f"new flow {_hostport(flow['src'], flow['sport'])} > "
+            f"{_hostport(flow['dst'], flow['dport'])}: {record['state']} (rule {record['rule']})"
+        )
+    if kind == "state":
+        return f"{record['old_state']} -> {record['state']}"
+    if kind == "expire":
+        why = (
+            "forced" if record.get("forced") else f"{record['phase']} timer {record['timeout']:g}s"
+        )
+        return (
+            f"expire {record['state']} after {record['idle']:.2f}s idle ({why}): {record['action']}"
+        )
+    if kind == "reset":
+        ack = "" if record["ack"] is None else f" ack {record['ack']}"
+        cause = _RESET_CAUSES.get(record["cause"], record["cause"])
+        return f"RST to {record['to']} seq {record['seq']}{ack} ({cause})"
+    if kind == "out_of_state":
+        side = record["side"] or "an unknown side"
+        action = _OUT_OF_STATE_ACTIONS.get(record["action"], record["action"])
+        return f"out-of-state packet from {side}, {record['reason']}: {action}"
+    if kind == "delete":
+        return f"flow deleted in {record['state']}: {record['reason']}"
+    return f"{kind} {record}"
+
+
+def _hostport(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"

@@ -1,0 +1,152 @@
+"""Scenario files -> Scenario, and the messages a user sees for broken ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fwemu.scenario.loader import ScenarioError, load_scenario, loads_scenario
+from fwemu.scenario.model import Action, EventPattern, Outcome
+
+SHIPPED = sorted((Path(__file__).parent.parent / "scenarios").glob("*.toml"))
+
+MINIMAL = """\
+[scenario]
+policy = "aws-nlb"
+speed = 100
+
+[[server]]
+do = "listen"
+
+[[client]]
+do = "connect"
+[[client]]
+do = "send"
+bytes = 3
+[[client]]
+do = "recv"
+expect = "reset"
+within = "1s"
+
+[[event]]
+event = "reset"
+to = "client"
+after = "5m"
+"""
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ScenarioError) as caught:
+        loads_scenario(text, "s.toml")
+    return str(caught.value).splitlines()
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_every_shipped_scenario_loads(path: Path) -> None:
+    scenario = load_scenario(path)
+    assert scenario.client and scenario.server
+    assert scenario.events or scenario.no_events
+
+
+def test_there_is_a_shipped_scenario_per_preset() -> None:
+    from fwemu.policy import preset_names
+
+    used = {load_scenario(path).policy.name for path in SHIPPED}
+    assert set(preset_names()) <= used
+
+
+def test_a_minimal_scenario() -> None:
+    scenario = loads_scenario(MINIMAL, "dir/nlb.toml")
+    assert (scenario.name, scenario.policy.name, scenario.speed) == ("nlb", "aws-nlb", 100)
+    assert scenario.policy_ref == "aws-nlb"
+    assert scenario.port == 8080
+    assert [s.action for s in scenario.client] == [Action.CONNECT, Action.SEND, Action.RECV]
+    send, recv = scenario.client[1:]
+    assert send.data == b"xxx" and send.expect is Outcome.OK
+    assert (recv.expect, recv.within, recv.line) == (Outcome.RESET, 1.0, 13)
+    assert scenario.events == (EventPattern("reset", {"to": "client"}, after=300.0, line=18),)
+    # Twice the policy's longest timer (350 s), but at least 10 minutes.
+    assert scenario.timeout == 700.0
+    assert scenario.real(350) == 3.5
+
+
+def test_a_policy_file_is_found_next_to_the_scenario(tmp_path: Path) -> None:
+    (tmp_path / "mine.toml").write_text('[timeouts]\nestablished = "3s"\n')
+    (tmp_path / "s.toml").write_text('[scenario]\npolicy = "mine.toml"\n[[client]]\ndo = "close"\n')
+    scenario = load_scenario(tmp_path / "s.toml")
+    assert scenario.policy.default.timeouts.established == 3.0
+    assert scenario.policy_ref == tmp_path / "mine.toml"
+
+
+def test_inline_policy_text() -> None:
+    text = '[scenario]\npolicy_toml = """\n[timeouts]\ntime_wait = "30s"\n"""\n'
+    scenario = loads_scenario(text + '[[client]]\ndo = "close"\n', "s.toml")
+    assert scenario.policy.default.timeouts.time_wait == 30.0
+    assert scenario.policy_toml is not None and scenario.policy_ref is None
+
+
+def test_every_problem_is_listed_with_its_line() -> None:
+    text = """\
+[scenario]
+policy = "aws-nbl"
+sped = 100
+
+[[server]]
+do = "lisen"
+
+[[client]]
+do = "connect"
+for = "1s"
+[[client]]
+do = "send"
+[[client]]
+do = "recv"
+expect = "reseted"
+[[client]]
+do = "listen"
+
+[[event]]
+event = "expired"
+"""
+    assert problems(text) == [
+        "s.toml:2: scenario.policy: no policy file or preset named 'aws-nbl' "
+        "(did you mean 'aws-nlb'?); presets: " + _presets(),
+        "s.toml:3: scenario.sped: unknown key (did you mean 'speed'?)",
+        "s.toml:6: server[1].do: unknown action 'lisen' (did you mean 'listen'?)",
+        "s.toml:10: client[1].for: connect does not take 'for' (it takes timeout, keepalive)",
+        's.toml:11: client[2]: send needs either data or bytes (data = "GET /" or bytes = 100)',
+        "s.toml:15: client[3].expect: unknown outcome 'reseted' (did you mean 'reset'?)",
+        "s.toml:17: client[4].do: only the server can listen",
+        "s.toml:20: event[1].event: unknown event 'expired' (did you mean 'expire'?)",
+    ]
+
+
+def test_a_broken_policy_reports_its_own_lines() -> None:
+    text = '[scenario]\npolicy_toml = """\n[timeouts]\nestablished = 5h\n"""\n'
+    (line,) = problems(text + '[[client]]\ndo = "close"\n')
+    assert line.startswith("s.toml: scenario.policy_toml:2: invalid TOML")
+
+
+def test_syntax_errors_and_empty_scenarios() -> None:
+    assert problems('[[client]]\ndo = "sleep"\nfor = 5m\n') == [
+        "s.toml:3: invalid TOML at column 8: Expected newline or end of document after a "
+        'statement (a duration with a unit is a string: "5m")'
+    ]
+    assert problems("") == ["s.toml: no steps (add [[client]] and [[server]] steps)"]
+    assert problems('[[client]]\ndo = "sleep"\n[[server]]\nexpect = "ok"\n') == [
+        "s.toml:1: client[1]: sleep needs 'for'",
+        "s.toml:3: server[1]: missing 'do' (what the step does: listen, accept, connect, send, "
+        "recv, sleep, idle, half-close, close, abort, run, wait)",
+    ]
+
+
+def test_an_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError, match=r"nope.toml: cannot read: No such file"):
+        load_scenario(tmp_path / "nope.toml")
+
+
+def _presets() -> str:
+    from fwemu.policy import preset_names
+
+    return ", ".join(preset_names())

@@ -18,7 +18,7 @@ from rich.text import Text
 from fwemu.adapters import host
 from fwemu.demo.cases import CASES, CLIENT_TIMEOUT, Case
 from fwemu.demo.runner import DEFAULT_LAB, CaseResult, policy_text, run_demo, summary
-from fwemu.demo.timeline import Entry
+from fwemu.scenario.timeline import Entry
 from fwemu.testing import Firewall
 
 ORDER = 10  # place in `fwemu --help`

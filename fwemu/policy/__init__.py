@@ -1,7 +1,7 @@
 """Policies: TOML files and presets -> the frozen, validated model the core enforces."""
 
 from fwemu.policy.duration import DurationError, format_duration, parse_duration
-from fwemu.policy.loader import PHASE_STATES, PolicyError, Problem, load_policy, loads_policy
+from fwemu.policy.loader import PHASE_STATES, PolicyError, load_policy, loads_policy
 from fwemu.policy.model import (
     ExpireAction,
     IPNetwork,
@@ -17,6 +17,7 @@ from fwemu.policy.model import (
     Timeouts,
 )
 from fwemu.policy.presets import load_preset, preset_names, resolve_policy
+from fwemu.policy.reading import Problem
 
 __all__ = [
     "PHASE_STATES",

@@ -17,21 +17,18 @@ from typing import Any
 from fwemu.errors import FwemuError
 from fwemu.policy import Policy, PolicyError, Problem, load_policy, load_preset, loads_policy
 from fwemu.policy.duration import type_name
-
-# The policy loader's reading machinery: private there, shared here on purpose (see the module
-# docstring); converters raise _Invalid through _fail.
-from fwemu.policy.loader import (
+from fwemu.policy.reading import (
     Converter,
     KeyPath,
-    _did_you_mean,
-    _fail,
-    _finite_duration,
-    _flag,
-    _KeyScanner,
-    _name,
-    _Reader,
-    _syntax_problem,
-    _text,
+    KeyScanner,
+    Reader,
+    as_finite_duration,
+    as_flag,
+    as_name,
+    as_text,
+    did_you_mean,
+    fail,
+    syntax_problem,
 )
 from fwemu.scenario.model import (
     EVENT_FIELDS,
@@ -83,8 +80,8 @@ def loads_scenario(text: str, origin: str = "<string>", *, base: Path | None = N
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise ScenarioError([_syntax_problem(str(err), text, origin)]) from None
-    reader = _Reader(origin, _KeyScanner(text).scan())
+        raise ScenarioError([syntax_problem(str(err), text, origin)]) from None
+    reader = Reader(origin, KeyScanner(text).scan())
     scenario = _scenario(document, reader, base or Path())
     if reader.problems or scenario is None:
         raise ScenarioError(sorted(reader.problems, key=lambda p: (p.line is None, p.line or 0)))
@@ -96,43 +93,43 @@ def loads_scenario(text: str, origin: str = "<string>", *, base: Path | None = N
 
 def _positive(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        _fail(f"expected a number, got {type_name(value)}")
+        fail(f"expected a number, got {type_name(value)}")
     if not value > 0:
-        _fail(f"must be greater than 0, not {value}")
+        fail(f"must be greater than 0, not {value}")
     return float(value)
 
 
 def _seconds(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        _fail(f"expected a number of seconds, got {type_name(value)}")
+        fail(f"expected a number of seconds, got {type_name(value)}")
     if value < 0:
-        _fail(f"must not be negative, not {value}")
+        fail(f"must not be negative, not {value}")
     return float(value)
 
 
 def _count(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        _fail(f"expected a whole number, got {type_name(value)}")
+        fail(f"expected a whole number, got {type_name(value)}")
     if value < 1:
-        _fail(f"must be at least 1, not {value}")
+        fail(f"must be at least 1, not {value}")
     return value
 
 
 def _port(value: Any) -> int:
     port = _count(value)
     if port > _MAX_PORT:
-        _fail(f"port {port} is out of range 1-{_MAX_PORT}")
+        fail(f"port {port} is out of range 1-{_MAX_PORT}")
     return port
 
 
-def _choice(choices: Sequence[str], noun: str) -> Callable[[Any], str]:
+def choice_of(choices: Sequence[str], noun: str) -> Callable[[Any], str]:
     listing = "choose from " + ", ".join(choices)
 
     def convert(value: Any) -> str:
         if not isinstance(value, str):
-            _fail(f"expected one of {', '.join(choices)}, got {type_name(value)}")
+            fail(f"expected one of {', '.join(choices)}, got {type_name(value)}")
         if value not in choices:
-            _fail(f"unknown {noun} {value!r}", _did_you_mean(value, choices) or listing)
+            fail(f"unknown {noun} {value!r}", did_you_mean(value, choices) or listing)
         return value
 
     return convert
@@ -143,7 +140,7 @@ def _command(value: Any) -> tuple[str, ...] | str:
         return value
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
         return tuple(value)
-    _fail(
+    fail(
         "expected a command: a list of arguments or a shell command line",
         'like command = ["curl", "-s", "http://10.201.2.2:8080/"]',
     )
@@ -151,43 +148,43 @@ def _command(value: Any) -> tuple[str, ...] | str:
 
 def _field_value(value: Any) -> str | int:
     if isinstance(value, bool) or not isinstance(value, str | int):
-        _fail(f"expected a string or a number to compare with, got {type_name(value)}")
+        fail(f"expected a string or a number to compare with, got {type_name(value)}")
     return value
 
 
 def _data(value: Any) -> bytes:
-    return _text(value).encode()
+    return as_text(value).encode()
 
 
-_outcome = _choice([o.value for o in Outcome], "outcome")
-_action = _choice([a.value for a in Action], "action")
-_event_kind = _choice(EVENT_KINDS, "event")
+_outcome = choice_of([o.value for o in Outcome], "outcome")
+_action = choice_of([a.value for a in Action], "action")
+_event_kind = choice_of(EVENT_KINDS, "event")
 
 _SCENARIO: Mapping[str, Converter] = {
-    "name": _name,
-    "description": _text,
-    "policy": _name,
-    "policy_toml": _text,
+    "name": as_name,
+    "description": as_text,
+    "policy": as_name,
+    "policy_toml": as_text,
     "speed": _positive,
     "port": _port,
-    "ipv6": _flag,
-    "timeout": _finite_duration,
+    "ipv6": as_flag,
+    "timeout": as_finite_duration,
     "tolerance": _seconds,
 }
 _FIELDS: Mapping[str, Converter] = dict.fromkeys((*EVENT_FIELDS, *FLOW_FIELDS), _field_value)
-_TIMING: Mapping[str, Converter] = {"after": _finite_duration, "within": _finite_duration}
+_TIMING: Mapping[str, Converter] = {"after": as_finite_duration, "within": as_finite_duration}
 _EVENT: Mapping[str, Converter] = {"event": _event_kind, **_FIELDS, **_TIMING}
 _STEP: Mapping[str, Converter] = {
     "do": _action,
     "expect": _outcome,
     **_TIMING,
-    "timeout": _finite_duration,
-    "for": _finite_duration,
+    "timeout": as_finite_duration,
+    "for": as_finite_duration,
     "data": _data,
     "bytes": _count,
-    "keepalive": _finite_duration,
+    "keepalive": as_finite_duration,
     "command": _command,
-    "background": _flag,
+    "background": as_flag,
     **_EVENT,
 }
 _COMMON = ("do", "expect", "after", "within")
@@ -223,7 +220,7 @@ _TOP_LEVEL = ("scenario", *SIDES, "event", "no_event")
 # --- the schema ------------------------------------------------------------------------------
 
 
-def _scenario(document: dict[str, Any], reader: _Reader, base: Path) -> Scenario | None:
+def _scenario(document: dict[str, Any], reader: Reader, base: Path) -> Scenario | None:
     reader.known_keys(document, (), _TOP_LEVEL)
     meta = reader.read(reader.section(document, "scenario", ()), ("scenario",), _SCENARIO)
     policy = _policy(meta, reader, base)
@@ -265,7 +262,7 @@ def _default_timeout(policy: Policy) -> float:
 
 
 def _policy(
-    meta: Mapping[str, Any], reader: _Reader, base: Path
+    meta: Mapping[str, Any], reader: Reader, base: Path
 ) -> tuple[Policy, str | Path | None] | None:
     """The policy and how `fwemu run` is to be given it; None (with a problem) if it is bad."""
     path: KeyPath = ("scenario", "policy")
@@ -288,7 +285,7 @@ def _policy(
     return None
 
 
-def _array(value: Any, key: str, reader: _Reader) -> list[dict[str, Any]]:
+def _array(value: Any, key: str, reader: Reader) -> list[dict[str, Any]]:
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
@@ -297,7 +294,7 @@ def _array(value: Any, key: str, reader: _Reader) -> list[dict[str, Any]]:
     return value
 
 
-def _steps(value: Any, side: Side, reader: _Reader) -> tuple[Step, ...]:
+def _steps(value: Any, side: Side, reader: Reader) -> tuple[Step, ...]:
     steps = []
     for index, table in enumerate(_array(value, side, reader)):
         path: KeyPath = (side, index)
@@ -343,7 +340,7 @@ def _fits(
     table: Mapping[str, Any],
     values: Mapping[str, Any],
     path: KeyPath,
-    reader: _Reader,
+    reader: Reader,
 ) -> bool:
     """Whether the step's keys suit its action and side (each misfit is a problem)."""
     fits = True
@@ -368,7 +365,7 @@ def _fits(
 
 
 def _pattern(
-    values: Mapping[str, Any], reader: _Reader, path: KeyPath, *, timed: bool = False
+    values: Mapping[str, Any], reader: Reader, path: KeyPath, *, timed: bool = False
 ) -> EventPattern:
     return EventPattern(
         event=values["event"],
@@ -379,7 +376,7 @@ def _pattern(
     )
 
 
-def _events(value: Any, key: str, reader: _Reader, *, timed: bool) -> tuple[EventPattern, ...]:
+def _events(value: Any, key: str, reader: Reader, *, timed: bool) -> tuple[EventPattern, ...]:
     converters = _EVENT if timed else {"event": _event_kind, **_FIELDS}
     patterns = []
     for index, table in enumerate(_array(value, key, reader)):

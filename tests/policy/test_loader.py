@@ -27,7 +27,7 @@ from fwemu.policy import (
     loads_policy,
     preset_names,
 )
-from fwemu.policy.loader import _KeyScanner
+from fwemu.policy.reading import KeyScanner
 
 ASA = """\
 [policy]
@@ -375,7 +375,7 @@ def test_every_key_line_holds_that_key(name: str) -> None:
     preset = resources.files("fwemu.presets").joinpath(f"{name}.toml")
     text = ASA if name == "asa-example" else preset.read_text(encoding="utf-8")
     lines = text.splitlines()
-    found = _KeyScanner(text).scan()
+    found = KeyScanner(text).scan()
     for path, value in _leaves(tomllib.loads(text)):
         line = lines[found[path] - 1]
         last = path[-1]

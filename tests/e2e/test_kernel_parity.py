@@ -132,9 +132,7 @@ def run_both(
 
 SCENARIOS: dict[str, Callable[[Trace], None]] = {
     "handshake, data, client closes": lambda t: [
-        t.client("S", at=0),
-        t.server("SA", at=0),
-        t.client("A", at=0),
+        t.handshake(at=0),
         t.client("PA", 10, at=0),
         t.server("A", at=0),
         t.client("FA", at=0),
@@ -143,18 +141,14 @@ SCENARIOS: dict[str, Callable[[Trace], None]] = {
         t.client("A", at=0),
     ],
     "server closes first, simultaneous FINs": lambda t: [
-        t.client("S", at=0),
-        t.server("SA", at=0),
-        t.client("A", at=0),
+        t.handshake(at=0),
         t.server("FA", at=0),
         t.client("FA", at=0),
         t.server("A", at=0),
         t.client("A", at=0),
     ],
     "client resets an established flow": lambda t: [
-        t.client("S", at=0),
-        t.server("SA", at=0),
-        t.client("A", at=0),
+        t.handshake(at=0),
         t.server("PA", 5, at=0),
         t.client("A", at=0),
         t.client("RA", at=0),
@@ -173,9 +167,7 @@ SCENARIOS: dict[str, Callable[[Trace], None]] = {
         t.client("A", at=0),
     ],
     "SYN in ESTABLISHED is ignored": lambda t: [
-        t.client("S", at=0),
-        t.server("SA", at=0),
-        t.client("A", at=0),
+        t.handshake(at=0),
         t.client("S", at=0, seq=77777),
         t.client("PA", 3, at=0),
     ],
@@ -194,9 +186,7 @@ SCENARIOS: dict[str, Callable[[Trace], None]] = {
         t.client("A", at=0),
     ],
     "SYN reopens TIME_WAIT": lambda t: [
-        t.client("S", at=0),
-        t.server("SA", at=0),
-        t.client("A", at=0),
+        t.handshake(at=0),
         t.client("FA", at=0),
         t.server("FA", at=0),
         t.client("A", at=0),

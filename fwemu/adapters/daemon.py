@@ -1,17 +1,24 @@
-"""The event loop of `fwemu run`: one thread, one selector, the engine's deadline as timeout.
+"""The event loop of `fwemu run`: one thread, one epoll, the engine's deadline as timeout.
 
 Adapters never decide: a queued packet goes to `Engine.handle_packet`, whose verdict, RSTs and
 events are applied as given; the loop sleeps until the queue is readable, a signal arrives, a
 control-socket client needs serving or `Engine.next_deadline()` is due, and then calls
 `handle_timer`. Control requests (fwemu.ops) are served between packet batches, with bounded work
 per turn, so they never hold verdicts up for long.
+
+Lean by measurement (docs/performance.md): a readable queue is drained by netfilterqueue's own
+C loop (`run(block=False)`: recv until EAGAIN, no Python between messages but the callback), and
+a packet whose decision carries no RST and no event (most of them) costs the engine's call and
+its verdict only. Under a flood the queue never empties; the callback then ends the batch every
+`PACKET_BATCH` packets by raising `BatchDone` (after the verdict), so timers, signals and the
+control socket keep their turn.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import selectors
+import select
 import signal
 import socket
 import tempfile
@@ -20,13 +27,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from time import perf_counter_ns
 from types import FrameType, TracebackType
-from typing import cast
 
 from netfilterqueue import NetfilterQueue, Packet
 
 from fwemu.adapters.inject import Injector
-from fwemu.adapters.nfqueue import BudgetSocket, queue_socket
 from fwemu.adapters.output import Clock, Reporter
+from fwemu.core.decision import IN_STATE, Decision
 from fwemu.core.engine import Engine, Verdict
 from fwemu.core.events import Event
 from fwemu.errors import FwemuError
@@ -39,6 +45,12 @@ from fwemu.ops.metrics import LATENCY_SAMPLE, Metrics
 TIMER_BATCH = 1024
 # Queue messages handled before the timers get a turn again, so a packet flood cannot starve them.
 PACKET_BATCH = 256
+
+
+class BatchDone(Exception):
+    """Raised by `Daemon.on_packet` after a batch's last verdict, to end `NetfilterQueue.run`
+    (the callback's exception propagates out of it: netfilterqueue 1.1.0, `nfq_handle_packet`
+    is declared `except? -1`). One message per recv: the rest of a batch is never skipped."""
 
 
 class Signals:
@@ -138,30 +150,47 @@ class Daemon:
         self._state_file = state_file
         self._metrics = metrics
         self._latency = None if metrics is None else metrics.latency
+        self._batch_left = PACKET_BATCH
 
     def on_packet(self, packet: Packet) -> None:
-        """The queue callback. Every packet gets a verdict, whatever the engine does."""
-        self.counters.packets += 1
-        timer = None if self.counters.packets % LATENCY_SAMPLE else self._latency
+        """The queue callback. Every packet gets a verdict, whatever the engine does; after the
+        last of a batch, BatchDone."""
+        counters = self.counters
+        counters.packets += 1
         try:
-            start = perf_counter_ns() if timer is not None else 0
-            decision = self.engine.handle_packet(packet.get_payload(), now=Clock.now())
-            if timer is not None:
-                timer.observe((perf_counter_ns() - start) * 1e-9)
+            if self._latency is None or counters.packets % LATENCY_SAMPLE:
+                decision = self.engine.handle_packet(packet.get_payload(), now=Clock.now())
+            else:
+                decision = self._timed(packet)
         except Exception as err:
             packet.accept()
-            self.counters.errors += 1
+            counters.errors += 1
             self.reporter.error(f"engine failed on a packet; accepted it: {err!r}")
-            return
-        if decision.verdict is Verdict.DROP:
-            self.counters.dropped += 1
         else:
-            self.counters.accepted += 1
-        if decision.verdict is Verdict.DROP and not self._dry_run:
-            packet.drop()
-        else:
-            packet.accept()
-        self.apply(decision.inject, decision.events)
+            if decision.verdict is Verdict.ACCEPT:
+                counters.accepted += 1
+                packet.accept()
+            else:
+                counters.dropped += 1
+                if self._dry_run:
+                    packet.accept()
+                else:
+                    packet.drop()
+            # IN_STATE, the shared decision of most packets, has neither RSTs nor events.
+            if decision is not IN_STATE and (decision.inject or decision.events):
+                self.apply(decision.inject, decision.events)
+        self._batch_left -= 1
+        if not self._batch_left:
+            self._batch_left = PACKET_BATCH
+            raise BatchDone
+
+    def _timed(self, packet: Packet) -> Decision:
+        """handle_packet, its duration observed by the latency histogram."""
+        assert self._latency is not None
+        start = perf_counter_ns()
+        decision = self.engine.handle_packet(packet.get_payload(), now=Clock.now())
+        self._latency.observe((perf_counter_ns() - start) * 1e-9)
+        return decision
 
     def apply(self, inject: tuple[bytes, ...], events: Iterable[Event]) -> int:
         """Inject the RSTs and report the events; the number of RSTs sent (would-be in a dry
@@ -179,32 +208,26 @@ class Daemon:
     ) -> None:
         """Serve the queue (and the control socket) until SIGINT/SIGTERM. Exceptions from the
         engine's timers propagate."""
-        with queue_socket(nfq) as sock, selectors.DefaultSelector() as selector:
-            batch = BudgetSocket(sock, PACKET_BATCH)
-            # Each key's data is what to call with the ready mask.
-            # run_socket only calls recv(); BudgetSocket provides just that.
-            selector.register(
-                sock, selectors.EVENT_READ, lambda _: nfq.run_socket(cast(socket.socket, batch))
-            )
-            selector.register(signals, selectors.EVENT_READ, lambda _: signals.drain())
+        queue, wakeup = nfq.get_fd(), signals.fileno()
+        with select.epoll() as epoll:
+            epoll.register(queue, select.EPOLLIN)
+            epoll.register(wakeup, select.EPOLLIN)
             if control is not None:
-                control.register(selector)
-            try:
-                while signals.stop is None:
+                epoll.register(control.fileno(), select.EPOLLIN)
+            while signals.stop is None:
+                if signals.snapshot or signals.reload:
                     self._on_signals(signals)
-                    for key, mask in selector.select(self._timeout(control)):
-                        key.data(mask)
-                    now = Clock.now()
-                    if control is not None:
-                        control.expire_sessions(now)
-                    # Re-read: the packets just handled may have moved the deadline.
-                    deadline = self.engine.next_deadline()
-                    if deadline is not None and now >= deadline:
-                        effects = self.engine.handle_timer(now=now, limit=TIMER_BATCH)
-                        self.apply(effects.inject, effects.events)
-            finally:
-                if control is not None:
-                    control.detach()
+                for fd, _ in epoll.poll(self._run_due(control)):
+                    if fd == queue:
+                        # Not contextlib.suppress: that is an object and two calls per wake-up.
+                        try:  # noqa: SIM105
+                            nfq.run(block=False)
+                        except BatchDone:
+                            pass  # more may wait: level-triggered, the next poll returns at once
+                    elif fd == wakeup:
+                        signals.drain()
+                    elif control is not None:
+                        control.serve()
 
     def _on_signals(self, signals: Signals) -> None:
         if signals.snapshot:
@@ -214,12 +237,21 @@ class Daemon:
             signals.reload = False
             self.reload()
 
-    def _timeout(self, control: ControlServer | None) -> float | None:
-        deadlines = [self.engine.next_deadline()]
+    def _run_due(self, control: ControlServer | None) -> float:
+        """Run the timers (a batch) and the control sessions' timeouts if due; the seconds until
+        the next is due (-1: nothing is), the poll's timeout."""
+        now = Clock.now()
+        # Read on every turn: the packets just handled may have moved the deadline.
+        due = self.engine.next_deadline()
+        if due is not None and now >= due:
+            effects = self.engine.handle_timer(now=now, limit=TIMER_BATCH)
+            self.apply(effects.inject, effects.events)
+            due, now = self.engine.next_deadline(), Clock.now()
         if control is not None:
-            deadlines.append(control.next_deadline())
-        due = min((d for d in deadlines if d is not None), default=None)
-        return None if due is None else max(0.0, due - Clock.now())
+            session_due = control.expire_sessions(now)
+            if session_due is not None and (due is None or session_due < due):
+                due = session_due
+        return -1.0 if due is None else max(0.0, due - now)
 
     def reload(self, path: str | None = None, preset: str | None = None) -> tuple[bool, str]:
         """Load the policy again (or the given file or preset) and enforce it, keeping every flow;

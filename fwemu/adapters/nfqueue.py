@@ -5,7 +5,6 @@ Facts and numbers from docs/tcp-rst-and-nfqueue.md §3 (kernel) and §4 (netfilt
 
 from __future__ import annotations
 
-import errno
 import os
 import select
 import socket
@@ -177,27 +176,3 @@ def queue_socket(nfq: NetfilterQueue) -> Iterator[socket.socket]:
         yield sock
     finally:
         sock.close()
-
-
-class BudgetSocket:
-    """What `NetfilterQueue.run_socket` reads from: at most `budget` messages, never blocking.
-
-    `run(block=False)` drains the socket until it is empty, which under a steady stream never
-    happens and would starve the timers; this stops the batch after `budget` messages.
-    """
-
-    def __init__(self, sock: socket.socket, budget: int) -> None:
-        self._sock = sock
-        self._budget = budget
-        self._left = budget
-
-    def recv(self, size: int) -> bytes:
-        if self._left <= 0:
-            self._left = self._budget
-            raise BlockingIOError(errno.EAGAIN, "batch budget used")
-        self._left -= 1
-        try:
-            return self._sock.recv(size, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            self._left = self._budget
-            raise

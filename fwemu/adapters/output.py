@@ -2,6 +2,11 @@
 
 The core's `now` is monotonic; output shows wall-clock time through one offset captured at start,
 so a clock step during a run shifts nothing the core decides.
+
+Events cost nothing nobody consumes: watchers (the metrics, the control socket's history) get the
+core's Event objects as they are; the JSON form (half of the ~14 µs per connection packet that
+reporting cost: docs/performance.md §3.2-§3.3) is built only while an events file is open or a
+listener (a following client) is subscribed.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from fwemu.core.events import Event
 
 # At most one error line per this many seconds; the rest are counted and summarised.
 ERROR_LOG_INTERVAL = 5.0
+# Event kinds logged only with --verbose: a connection has about 6 (docs/performance.md §5, 1.),
+# each line a strftime, a write(2) and a flush.
+VERBOSE_KINDS = frozenset({"new", "state"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,39 +32,56 @@ class Clock:
 
     offset: float  # wall-clock time minus monotonic time, at start
 
+    # Called for every packet: the C function itself, no Python frame around it.
+    now = staticmethod(time.monotonic)
+
     @classmethod
     def start(cls) -> Clock:
         return cls(time.time() - time.monotonic())
-
-    @staticmethod
-    def now() -> float:
-        return time.monotonic()
 
     def wall(self, now: float) -> float:
         return now + self.offset
 
 
-# Receives each event's JSON form (the control socket's followers, the metrics).
+# Sees each event as the core made it (cheap: the metrics, the control socket's history).
+Watcher = Callable[[Event], None]
+# Receives each event's JSON form (the control socket's followers).
 Listener = Callable[[dict[str, Any]], None]
 
 
 class Reporter:
     """Writes log lines to `log` and, if given, one JSON object per event to `events` and to
-    every subscribed listener."""
+    every subscribed listener. New flows and state changes are logged only if `verbose`."""
 
     def __init__(
-        self, clock: Clock, log: TextIO, events: TextIO | None = None, *, dry_run: bool = False
+        self,
+        clock: Clock,
+        log: TextIO,
+        events: TextIO | None = None,
+        *,
+        dry_run: bool = False,
+        verbose: bool = False,
     ) -> None:
         self.clock = clock
         self._log = log
         self._events = events
         self._dry_run = dry_run
+        self._prefix = "[dry run] " if dry_run else ""
+        self._quiet: frozenset[str] = frozenset() if verbose else VERBOSE_KINDS
         self._last_error = -ERROR_LOG_INTERVAL
         self._suppressed = 0
+        self._watchers: list[Watcher] = []
         self._listeners: list[Listener] = []
 
+    def watch(self, watcher: Watcher) -> None:
+        self._watchers.append(watcher)
+
+    # A listener may unsubscribe while it is being called: the list is replaced, never changed.
     def subscribe(self, listener: Listener) -> None:
-        self._listeners.append(listener)
+        self._listeners = [*self._listeners, listener]
+
+    def unsubscribe(self, listener: Listener) -> None:
+        self._listeners = [known for known in self._listeners if known != listener]
 
     def line(self, text: str, now: float | None = None) -> None:
         """One log line, prefixed with the local wall-clock time."""
@@ -66,17 +91,21 @@ class Reporter:
         self._log.flush()
 
     def events(self, events: Iterable[Event]) -> None:
+        out, listeners = self._events, self._listeners
         for event in events:
-            prefix = "[dry run] " if self._dry_run else ""
-            self.line(prefix + event.describe(), event.ts)
-            if self._events is None and not self._listeners:
+            for watcher in self._watchers:
+                watcher(event)
+            if event.kind not in self._quiet:
+                self.line(self._prefix + event.describe(), event.ts)
+            if out is None and not listeners:
                 continue
             record = self.record(event)
-            if self._events is not None:
-                self._events.write(json.dumps(record) + "\n")
-                self._events.flush()
-            for listener in self._listeners:
+            if out is not None:
+                out.write(json.dumps(record) + "\n")
+            for listener in listeners:
                 listener(record)
+        if out is not None:
+            out.flush()
 
     def record(self, event: Event) -> dict[str, Any]:
         """The event's JSON form, with wall-clock `ts` (and `dry_run` in a dry run)."""

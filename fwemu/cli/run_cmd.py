@@ -33,6 +33,10 @@ that sends TCP to NFQUEUE N with --queue-bypass, and removes exactly those rules
 (SIGINT or SIGTERM). If fwemu is killed (SIGKILL), the rules stay but traffic keeps flowing
 unfiltered thanks to --queue-bypass; the next 'fwemu run' on that queue replaces them.
 Needs root. Run it where traffic is forwarded: a router, or the fw namespace of 'fwemu lab'.
+
+It logs to stderr when it starts and stops, and each expiry, injected RST, out-of-state packet
+and deleted flow; -v/--verbose adds every new flow and state change (about 6 lines per
+connection, which costs CPU under load). --events and 'fwemu events' get every event either way.
 """
 
 EPILOG = """\
@@ -121,6 +125,13 @@ def register(subparsers: Any) -> None:
         type=_metrics_address,
         help="serve Prometheus metrics over HTTP at HOST:PORT in fwemu's network namespace "
         "(:PORT = 127.0.0.1:PORT; default: off)",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also log each new flow and each state change (default: only expiries, RSTs, "
+        "out-of-state packets and deletions)",
     )
     parser.add_argument(
         "--dry-run",
@@ -222,12 +233,12 @@ def _run(args: argparse.Namespace) -> int:
     clock = Clock.start()
     with ExitStack() as stack:
         events = _open_events(args.events, stack)
-        reporter = Reporter(clock, sys.stderr, events, dry_run=args.dry_run)
+        reporter = Reporter(clock, sys.stderr, events, dry_run=args.dry_run, verbose=args.verbose)
         engine, counters = Engine(policy), Counters()
         metrics = None
         if args.metrics:
             metrics = Metrics(args.queue, counters, engine)
-            reporter.subscribe(metrics.on_event)
+            reporter.watch(metrics.on_event)
         signals = stack.enter_context(Signals())
         injector = stack.enter_context(Injector(reporter.error))
         daemon = Daemon(
@@ -242,10 +253,9 @@ def _run(args: argparse.Namespace) -> int:
         )
         control_path = args.control or default_path(args.queue, args.netns)
         control = ControlServer(
-            control_path, Commands(daemon, _status(args, control_path, clock)), reporter.line
+            control_path, Commands(daemon, _status(args, control_path, clock)), reporter
         )
         stack.callback(control.close)
-        reporter.subscribe(control.publish)
         served = ""
         if metrics is not None:
             # After enter_netns: the server's threads live in fwemu's namespace.

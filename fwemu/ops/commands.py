@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from fwemu.adapters.output import Clock
 from fwemu.core.conntrack import FlowInfo
+from fwemu.core.events import Event
 from fwemu.ops.control import Reply
 from fwemu.ops.filters import EVERYTHING, Selector
 from fwemu.ops.protocol import Request, error_reply, flow_record
@@ -56,7 +57,7 @@ class Commands:
         self._daemon = daemon
         self._status = status  # what never changes: pid, queue, netns, control path, ...
 
-    def handle(self, request: Request, history: deque[dict[str, Any]]) -> Reply:
+    def handle(self, request: Request, history: deque[Event]) -> Reply:
         if request.command == "flows":
             return Reply(self._flows(request.selector))
         if request.command == "events":
@@ -95,12 +96,14 @@ class Commands:
                 yield {"flow": record}
         yield {"ok": True, "ts": ts, "count": count, "total": len(keys)}
 
-    def _events(self, request: Request, history: deque[dict[str, Any]]) -> Reply:
+    def _events(self, request: Request, history: deque[Event]) -> Reply:
         selector = request.selector
-        matching = [record for record in history if selector.matches_event(record)]
+        matching = [event for event in history if _event_selected(selector, event)]
         recent = matching[len(matching) - request.history :] if request.history else []
         done: dict[str, Any] = {"ok": True, "count": len(recent), "follow": request.follow}
-        items = itertools.chain(({"event": record} for record in recent), [done])
+        # JSON forms built as the client reads them, a turn's worth at a time.
+        record = self._daemon.reporter.record
+        items = itertools.chain(({"event": record(event)} for event in recent), [done])
         return Reply(items, follow=selector if request.follow else None)
 
     def _expire(self, request: Request) -> Iterator[dict[str, Any]]:
@@ -125,6 +128,18 @@ class Commands:
         path = None if request.policy is None else str(Path(request.policy))
         ok, message = self._daemon.reload(path, request.preset)
         return {"ok": True, "message": message} if ok else error_reply(message)
+
+
+def _event_selected(selector: Selector, event: Event) -> bool:
+    """`selector.matches_event` on the event itself: JSON forms are built only for the events
+    sent, not for the whole history scanned."""
+    flow = event.flow
+    return selector.matches(
+        {"src": flow.src, "sport": flow.sport, "dst": flow.dst, "dport": flow.dport},
+        state=getattr(event, "state", None),
+        rule=getattr(event, "rule", None),
+        event=event.kind,
+    )
 
 
 def _selected(selector: Selector, info: FlowInfo | None) -> bool:

@@ -5,6 +5,10 @@ verdicts: a few accepts, one recv and one send per ready connection, and at most
 reply items built (a flow listing of a million flows is spread over many loop iterations). A
 client that sends no request in time, stops reading its reply, or lets a followed event stream
 back up past `MAX_BACKLOG` is dropped.
+
+The server keeps the latest events as the core's Event objects (appending one costs nothing
+measurable) and subscribes to the reporter's JSON records only while a client follows events, so
+nobody pays for JSON nobody reads.
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ import socket
 import stat
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
+from fwemu.adapters.output import Reporter
+from fwemu.core.events import Event
 from fwemu.errors import FwemuError
 from fwemu.ops.filters import Selector
 from fwemu.ops.protocol import (
@@ -80,7 +86,7 @@ class Reply:
 
 
 class Handler(Protocol):
-    def handle(self, request: Request, history: deque[dict[str, Any]]) -> Reply:
+    def handle(self, request: Request, history: deque[Event]) -> Reply:
         """Serve one request; `history` holds the latest events, oldest first."""
         ...
 
@@ -99,22 +105,33 @@ class _Session:
 
 class ControlServer:
     """Listens on `path` (mode 0600; a stale socket left by a killed run is replaced) until
-    closed, then removes it. `register` adds it to the daemon's selector; each selector key's
-    data is a callback taking the ready mask."""
+    closed, then removes it. Its connections wait in a selector of its own: the daemon's loop
+    polls `fileno()` (readable when a connection is ready) and calls `serve()`."""
 
-    def __init__(self, path: Path, handler: Handler, log: Callable[[str], None]) -> None:
+    def __init__(self, path: Path, handler: Handler, reporter: Reporter) -> None:
         self.path = path
         self._handler = handler
-        self._log = log
-        self._history: deque[dict[str, Any]] = deque(maxlen=HISTORY_SIZE)
+        self._reporter = reporter
+        self._history: deque[Event] = deque(maxlen=HISTORY_SIZE)
         self._sessions: dict[int, _Session] = {}
-        self._selector: selectors.BaseSelector | None = None
+        self._subscribed = False
         self._listener = _listen(path)
         self._inode = os.stat(path).st_ino
+        # Each key's data is what to call with the ready mask.
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._listener, selectors.EVENT_READ, self._accept)
+        reporter.watch(self._history.append)
 
-    def register(self, selector: selectors.BaseSelector) -> None:
-        self._selector = selector
-        selector.register(self._listener, selectors.EVENT_READ, self._accept)
+    def fileno(self) -> int:
+        return self._selector.fileno()
+
+    def serve(self) -> None:
+        """One turn: serve every ready connection, with bounded work each."""
+        for key, mask in self._selector.select(0):
+            key.data(mask)
+
+    def _log(self, text: str) -> None:
+        self._reporter.line(text)
 
     # ------------------------------------------------------------------ loop callbacks
 
@@ -127,7 +144,6 @@ class ControlServer:
             except OSError as err:  # EMFILE and the like: the next turn tries again
                 self._log(f"control socket: cannot accept a client: {err}")
                 return
-            assert self._selector is not None
             sock.setblocking(False)
             session = _Session(sock, time.monotonic() + REQUEST_TIMEOUT)
             self._sessions[sock.fileno()] = session
@@ -193,6 +209,8 @@ class ControlServer:
         session.deadline = time.monotonic() + STALL_TIMEOUT
         self._fill(session)
         self._rewatch(session)
+        if follow is not None:
+            self._follow_changed()
 
     def _fill(self, session: _Session) -> None:
         """Build reply items until a chunk is ready or the turn's budget is used."""
@@ -206,6 +224,7 @@ class ControlServer:
             except Exception as err:
                 item, session.follow = self._failed("reply", err), None
                 session.reply = iter(())
+                self._follow_changed()
             if item is None:
                 session.reply = None
                 session.done = session.follow is None
@@ -232,8 +251,7 @@ class ControlServer:
     # ------------------------------------------------------------------ events and time
 
     def publish(self, record: dict[str, Any]) -> None:
-        """A new event (in `--events` JSON form): remember it and send it to followers."""
-        self._history.append(record)
+        """A new event (in `--events` JSON form), for the followers."""
         for session in list(self._sessions.values()):
             if session.follow is None or not session.follow.matches_event(record):
                 continue
@@ -246,24 +264,26 @@ class ControlServer:
                 session.deadline = time.monotonic() + STALL_TIMEOUT
                 self._rewatch(session)
 
-    def expire_sessions(self, now: float) -> None:
-        """Drop clients that sent no request, or read nothing, in time."""
+    def expire_sessions(self, now: float) -> float | None:
+        """Drop clients that sent no request, or read nothing, in time; when this must next run
+        (monotonic), if any session can time out."""
+        if not self._sessions:  # the daemon asks on every turn of its loop
+            return None
+        due = None
         for session in list(self._sessions.values()):
-            idle_follower = session.follow is not None and not session.outbuf
-            if now >= session.deadline and not idle_follower:
+            if session.follow is not None and not session.outbuf:
+                continue  # an idle follower waits for events as long as it likes
+            if now >= session.deadline:
                 self._drop(session)
-
-    def next_deadline(self) -> float | None:
-        """When `expire_sessions` must next run (monotonic), if any session can time out."""
-        deadlines = [s.deadline for s in self._sessions.values() if s.follow is None or s.outbuf]
-        return min(deadlines, default=None)
+            elif due is None or session.deadline < due:
+                due = session.deadline
+        return due
 
     # ------------------------------------------------------------------ bookkeeping
 
     def _rewatch(self, session: _Session) -> None:
         """Wait for what the session needs next: room to send a pending reply, and (unless the
         client shut down its side) input, which also tells when it hangs up."""
-        assert self._selector is not None
         pending = bool(session.outbuf) or session.reply is not None
         events = (selectors.EVENT_WRITE if pending else 0) | (
             0 if session.eof else selectors.EVENT_READ
@@ -276,22 +296,26 @@ class ControlServer:
         fd = session.sock.fileno()
         if self._sessions.pop(fd, None) is None:
             return
-        if self._selector is not None:
-            self._selector.unregister(session.sock)
+        self._selector.unregister(session.sock)
         session.sock.close()
+        if session.follow is not None:
+            self._follow_changed()
 
-    def detach(self) -> None:
-        """Close every connection and leave the selector (before it is closed)."""
-        for session in list(self._sessions.values()):
-            self._drop(session)
-        if self._selector is not None:
-            self._selector.unregister(self._listener)
-            self._selector = None
+    def _follow_changed(self) -> None:
+        """Get the reporter's JSON records while some client follows events, and only then."""
+        following = any(s.follow is not None for s in self._sessions.values())
+        if following and not self._subscribed:
+            self._reporter.subscribe(self.publish)
+        elif self._subscribed and not following:
+            self._reporter.unsubscribe(self.publish)
+        self._subscribed = following
 
     def close(self) -> None:
-        """Detach, close the listener, and remove the socket file if it is still ours (a later
-        run may already have replaced it)."""
-        self.detach()
+        """Close every connection and the listener, and remove the socket file if it is still
+        ours (a later run may already have replaced it)."""
+        for session in list(self._sessions.values()):
+            self._drop(session)
+        self._selector.close()
         self._listener.close()
         try:
             if os.stat(self.path).st_ino == self._inode:

@@ -1,10 +1,11 @@
 """Prometheus metrics for `fwemu run --metrics HOST:PORT`, on a registry of their own.
 
 Cheap on the packet path: per-state flow counts are kept from the events (a flow's life has a
-handful), packet counts are the daemon's own integers read at scrape time, and the verdict
-latency is timed on one packet in `LATENCY_SAMPLE`. The HTTP server runs in threads started
-after the daemon entered its network namespace, so they serve, and read the queue counters of,
-that namespace (a thread inherits its creator's namespace: setns(2), clone(2)).
+handful; the core's Event objects, never their JSON form), packet counts are the daemon's own
+integers read at scrape time, and the verdict latency is timed on one packet in
+`LATENCY_SAMPLE`. The HTTP server runs in threads started after the daemon entered its network
+namespace, so they serve, and read the queue counters of, that namespace (a thread inherits its
+creator's namespace: setns(2), clone(2)).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from fwemu.adapters.nfqueue import PROC_QUEUES
+from fwemu.core.events import Event, FlowDeleted, FlowExpired, FlowNew, OutOfState, StateChanged
 from fwemu.errors import FwemuError
 from fwemu.ops.filters import TRACKED_STATES
 from fwemu.policy import ExpireAction, OutOfStateAction, Phase
@@ -95,15 +97,14 @@ class StateCounts:
     def __init__(self) -> None:
         self.counts: Tally[str] = Tally()
 
-    def on_event(self, record: dict[str, Any]) -> None:
-        kind = record["event"]
-        if kind == "new":
-            self.counts[record["state"]] += 1
-        elif kind == "state":
-            self.counts[record["old_state"]] -= 1
-            self.counts[record["state"]] += 1
-        elif kind in ("expire", "delete"):
-            self.counts[record["state"]] -= 1
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, FlowNew):
+            self.counts[event.state] += 1
+        elif isinstance(event, StateChanged):
+            self.counts[event.old_state] -= 1
+            self.counts[event.state] += 1
+        elif isinstance(event, FlowExpired | FlowDeleted):
+            self.counts[event.state] -= 1
 
 
 class Metrics:
@@ -149,13 +150,12 @@ class Metrics:
             self.reloads.labels(result)
         self.registry.register(_Snapshot(self))
 
-    def on_event(self, record: dict[str, Any]) -> None:
-        self.states.on_event(record)
-        kind = record["event"]
-        if kind == "expire":
-            self.expiries.labels(record["phase"], record["action"]).inc()
-        elif kind == "out_of_state":
-            self.out_of_state.labels(record["action"]).inc()
+    def on_event(self, event: Event) -> None:
+        self.states.on_event(event)
+        if isinstance(event, FlowExpired):
+            self.expiries.labels(event.phase, event.action).inc()
+        elif isinstance(event, OutOfState):
+            self.out_of_state.labels(event.action).inc()
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP server (daemon threads); the port it listens on."""

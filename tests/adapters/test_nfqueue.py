@@ -1,9 +1,7 @@
-"""Binding a queue: the flags message the kernel ACKs, /proc showing the binding, batches."""
+"""Binding a queue: the flags message the kernel ACKs, /proc showing the binding."""
 
 from __future__ import annotations
 
-import errno
-import socket
 import struct
 from contextlib import ExitStack
 
@@ -11,7 +9,7 @@ import pytest
 from netfilterqueue import Packet
 
 from fwemu.adapters import nfqueue
-from fwemu.adapters.nfqueue import BudgetSocket, QueueError
+from fwemu.adapters.nfqueue import QueueError
 from fwemu.lab import call_in_netns
 
 from .nfq_lab import bound_queues
@@ -31,21 +29,6 @@ def test_fail_open_sets_both_flags_and_fail_closed_clears_fail_open() -> None:
     # F_FAIL_OPEN = 1, F_GSO = 4 (uapi nfnetlink_queue.h); the mask names both in both cases.
     assert flags_of(nfqueue.config_flags_message(7, fail_open=True)) == (7, 5, 5, 36)
     assert flags_of(nfqueue.config_flags_message(7, fail_open=False)) == (7, 5, 4, 36)
-
-
-def test_a_batch_stops_after_its_budget_then_starts_again() -> None:
-    reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    with reader, writer:
-        for n in range(3):
-            writer.send(bytes([n]))
-        batch = BudgetSocket(reader, 2)
-        assert [batch.recv(10), batch.recv(10)] == [b"\x00", b"\x01"]
-        with pytest.raises(BlockingIOError) as ended:
-            batch.recv(10)
-        assert ended.value.errno == errno.EAGAIN
-        assert batch.recv(10) == b"\x02"
-        with pytest.raises(BlockingIOError):  # empty: the batch ends early
-            batch.recv(10)
 
 
 def accept(packet: Packet) -> None:

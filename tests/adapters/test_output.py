@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import json
 
+import pytest
+
 from fwemu.adapters.output import Clock, Reporter
-from fwemu.core.events import FlowId, FlowNew
+from fwemu.core.events import FlowExpired, FlowId, FlowNew, StateChanged
 
 EVENT = FlowNew(
     ts=5.25, flow=FlowId("10.0.0.1", 40000, "10.0.0.2", 80), state="SYN_SENT", rule="web"
@@ -17,7 +19,7 @@ CLOCK = Clock(offset=1_700_000_000.0 - 5.25)
 
 def test_events_are_json_lines_with_wall_clock_time() -> None:
     log, out = io.StringIO(), io.StringIO()
-    Reporter(CLOCK, log, out).events([EVENT, EVENT])
+    Reporter(CLOCK, log, out, verbose=True).events([EVENT, EVENT])
     records = [json.loads(line) for line in out.getvalue().splitlines()]
     assert records[0] == {
         "ts": 1_700_000_000.0,
@@ -35,7 +37,7 @@ def test_events_are_json_lines_with_wall_clock_time() -> None:
 
 def test_dry_run_marks_events_and_log_lines() -> None:
     log, out = io.StringIO(), io.StringIO()
-    Reporter(CLOCK, log, out, dry_run=True).events([EVENT])
+    Reporter(CLOCK, log, out, dry_run=True, verbose=True).events([EVENT])
     assert json.loads(out.getvalue())["dry_run"] is True
     assert "[dry run] new " in log.getvalue()
 
@@ -47,3 +49,37 @@ def test_a_burst_of_errors_logs_one_line() -> None:
         reporter.error(f"failure {n}")
     [line] = log.getvalue().splitlines()
     assert line.endswith(" error: failure 0")
+
+
+STATE = StateChanged(
+    ts=5.5,
+    flow=EVENT.flow,
+    old_state="SYN_SENT",
+    state="SYN_RECV",
+    phase="embryonic",
+    rule="web",
+)
+EXPIRE = FlowExpired(
+    ts=6.0,
+    flow=EVENT.flow,
+    state="SYN_RECV",
+    phase="embryonic",
+    action="silent",
+    rule="web",
+    timeout=0.5,
+    idle=0.5,
+)
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_new_flows_and_state_changes_are_logged_only_when_verbose(verbose: bool) -> None:
+    log, out = io.StringIO(), io.StringIO()
+    Reporter(CLOCK, log, out, verbose=verbose).events([EVENT, STATE, EXPIRE])
+    kinds = [line.split()[1] for line in log.getvalue().splitlines()]
+    assert kinds == (["new", "state", "expire"] if verbose else ["expire"])
+    # The events file has them all either way.
+    assert [json.loads(line)["event"] for line in out.getvalue().splitlines()] == [
+        "new",
+        "state",
+        "expire",
+    ]

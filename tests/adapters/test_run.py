@@ -52,7 +52,6 @@ def test_run_forwards_tcp_and_removes_everything_on_signal(
     assert bound_queues(fw_ns).split()[0] == "0"
 
     assert tcp_exchange(lab_plan, b"over v4") == b"over v4"
-    fw.wait_for(f"new      {lab_plan.client.ipv4}:")
 
     assert fw.stop(signum) == 0
     stopped = re.search(
@@ -63,12 +62,18 @@ def test_run_forwards_tcp_and_removes_everything_on_signal(
     records = [json.loads(line) for line in events.read_text().splitlines()]
     new = [r for r in records if r["event"] == "new"]
     assert [r["flow"]["src"] for r in new] == [lab_plan.client.ipv4]
+    # Without --verbose, new flows and state changes are events but not log lines.
+    assert {r["event"] for r in records} >= {"new", "state"}
+    assert not [line for line in fw.lines if " new " in line or " state " in line]
 
 
-def test_run_forwards_ipv6(lab_plan: LabPlan, fwemus: list[FwemuProcess]) -> None:
-    fw = started(fwemus, start_fwemu(fw_args(lab_plan)))
+def test_run_forwards_ipv6_and_logs_state_changes_when_verbose(
+    lab_plan: LabPlan, fwemus: list[FwemuProcess]
+) -> None:
+    fw = started(fwemus, start_fwemu(fw_args(lab_plan, "--verbose")))
     assert tcp_exchange(lab_plan, b"over v6", ipv6=True) == b"over v6"
     fw.wait_for(f"new      [{lab_plan.client.ipv6}]:")
+    fw.wait_for("SYN_RECV -> ESTABLISHED")
     assert fw.stop() == 0
 
 
@@ -113,7 +118,8 @@ def test_state_file_holds_the_flow_table_on_sigusr1(
 
 def test_dry_run_marks_its_events(lab_plan: LabPlan, fwemus: list[FwemuProcess]) -> None:
     fw = started(
-        fwemus, start_fwemu(fw_args(lab_plan, "--dry-run", "--events", "-"), stdout=subprocess.PIPE)
+        fwemus,
+        start_fwemu(fw_args(lab_plan, "--dry-run", "-v", "--events", "-"), stdout=subprocess.PIPE),
     )
     assert "DRY RUN" in fw.wait_for("fwemu started")
     tcp_exchange(lab_plan)

@@ -3,10 +3,11 @@ refusals, slow clients, stale sockets and finding the running daemon."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
-import selectors
+import select
 import socket
 import stat
 import threading
@@ -17,9 +18,12 @@ from typing import Any
 
 import pytest
 
+from fwemu.adapters.output import Clock
+from fwemu.core.events import Event, FlowId, FlowNew
 from fwemu.ops import client
 from fwemu.ops.control import MAX_BACKLOG, ControlError, ControlServer, Reply
 from fwemu.ops.protocol import MAX_REQUEST, Request
+from tests.adapters.fakes import CountingReporter
 
 
 class Handler:
@@ -28,7 +32,7 @@ class Handler:
     def __init__(self) -> None:
         self.count = 3
 
-    def handle(self, request: Request, history: deque[dict[str, Any]]) -> Reply:
+    def handle(self, request: Request, history: deque[Event]) -> Reply:
         if request.command == "events":
             return Reply(iter([{"ok": True}]), follow=request.selector)
         if request.command == "reload":
@@ -49,21 +53,23 @@ class Loop:
 
     def __init__(self, path: Path) -> None:
         self.handler = Handler()
-        self.log: list[str] = []
-        self.server = ControlServer(path, self.handler, self.log.append)
-        self.calls: deque[Any] = deque()  # run in the loop thread, as the daemon publishes
+        self.output = io.StringIO()
+        self.reporter = CountingReporter(Clock.start(), self.output)
+        self.server = ControlServer(path, self.handler, self.reporter)
+        self.calls: deque[Any] = deque()  # run in the loop thread, as the daemon reports events
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run)
 
+    @property
+    def log(self) -> list[str]:
+        return self.output.getvalue().splitlines()
+
     def _run(self) -> None:
-        with selectors.DefaultSelector() as selector:
-            self.server.register(selector)
-            while not self._stop.is_set():
-                for key, mask in selector.select(0.01):
-                    key.data(mask)
-                while self.calls:
-                    self.calls.popleft()()
-            self.server.detach()
+        while not self._stop.is_set():
+            if select.select([self.server], [], [], 0.01)[0]:
+                self.server.serve()
+            while self.calls:
+                self.calls.popleft()()
 
     def __enter__(self) -> Loop:
         self._thread.start()
@@ -151,19 +157,41 @@ def test_a_follower_gets_matching_events_and_is_dropped_when_it_stops_reading(lo
         sock.sendall(Request("events").encode())
         lines = sock.makefile("rb")
         assert json.loads(lines.readline()) == {"ok": True}
-        event = {
-            "event": "new",
-            "flow": {"src": "10.0.0.1", "sport": 1, "dst": "10.0.0.2", "dport": 2},
-        }
-        loop.calls.append(lambda: loop.server.publish(event))
-        assert json.loads(lines.readline()) == {"event": event}
+        event = new_flow("web")
+        loop.calls.append(lambda: loop.reporter.events([event]))
+        assert json.loads(lines.readline()) == {"event": loop.reporter.record(event)}
         # Now it reads nothing while a flood of events comes: it is cut off, not waited for.
-        padded = {**event, "pad": "x" * 1000}
+        padded = new_flow("x" * 1000)
         flood = MAX_BACKLOG // 1000 + 1000
-        loop.calls.append(lambda: [loop.server.publish(padded) for _ in range(flood)])
+        loop.calls.append(lambda: loop.reporter.events([padded] * flood))
         received = sum(1 for _ in lines)  # reads what was sent before the drop, then EOF
     assert received < flood
     assert "dropped a client that does not read its events" in loop.log[-1]
+
+
+def new_flow(rule: str) -> FlowNew:
+    return FlowNew(1.0, FlowId("10.0.0.1", 1, "10.0.0.2", 2), state="SYN_SENT", rule=rule)
+
+
+def test_events_become_json_only_while_a_client_follows(tmp_path: Path) -> None:
+    # Served by hand, turn by turn: a Unix socket's connect and data are ready at once.
+    reporter = CountingReporter(Clock.start(), io.StringIO())
+    server = ControlServer(tmp_path / "fw.sock", Handler(), reporter)
+    try:
+        reporter.events([new_flow("before")])
+        assert reporter.built == 0
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(str(server.path))
+            sock.sendall(Request("events").encode())
+            server.serve()  # accept
+            server.serve()  # the request: now following
+            reporter.events([new_flow("during")])
+            assert reporter.built == 1
+        server.serve()  # the hang-up
+        reporter.events([new_flow("after")])
+        assert reporter.built == 1
+    finally:
+        server.close()
 
 
 def test_the_socket_is_private_and_removed_on_close(tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ def test_state_counts_follow_the_table() -> None:
 
     def feed(outcome: Decision | Effects) -> None:
         for event in outcome.events:
-            counts.on_event(event.to_dict())
+            counts.on_event(event)
         table = Counter(info.state for info in a.engine.flows(now=0.0))
         assert +counts.counts == table
 

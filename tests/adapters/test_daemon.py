@@ -1,0 +1,103 @@
+"""The daemon's queue callback: a verdict for every packet, batches that end to give the loop its
+turn, and events that reach their consumers, with JSON built only for those who read it."""
+
+from __future__ import annotations
+
+import io
+from typing import Any, cast
+
+import pytest
+from netfilterqueue import Packet
+
+from fwemu.adapters.daemon import PACKET_BATCH, BatchDone, Daemon
+from fwemu.adapters.inject import Injector
+from fwemu.adapters.output import Clock
+from fwemu.core.engine import Engine
+from fwemu.ops.commands import PolicySource
+from fwemu.ops.metrics import StateCounts
+from tests.core.trace import Trace, make_policy
+
+from .fakes import CountingReporter, FakePacket, NoInjector
+
+POLICY = make_policy(established=60.0)
+
+
+def conversation(data_packets: int) -> list[bytes]:
+    """A handshake, then `data_packets` in-state packets, as the queue would deliver them."""
+    captured: list[bytes] = []
+    trace = Trace(POLICY, tap=lambda side, data: captured.append(data))
+    trace.handshake(at=0.0)
+    for _ in range(data_packets):
+        trace.client("PA", 10, at=0.1)
+    return captured
+
+
+def make_daemon(
+    engine: Engine | None = None, *, dry_run: bool = False
+) -> tuple[Daemon, CountingReporter, io.StringIO]:
+    log = io.StringIO()
+    reporter = CountingReporter(Clock.start(), log, dry_run=dry_run)
+    injector = cast(Injector, NoInjector())
+    source = PolicySource(None, "linux", 1.0)
+    daemon = Daemon(engine or Engine(POLICY), reporter, injector, source, dry_run=dry_run)
+    return daemon, reporter, log
+
+
+def feed(daemon: Daemon, data: bytes) -> FakePacket:
+    packet = FakePacket(data)
+    daemon.on_packet(cast(Packet, packet))
+    return packet
+
+
+def test_every_packet_gets_a_verdict_and_a_batch_ends_after_its_last() -> None:
+    daemon, _, _ = make_daemon()
+    packets = [FakePacket(data) for data in conversation(2 * PACKET_BATCH)]
+    ended = []
+    for n, packet in enumerate(packets, 1):
+        try:
+            daemon.on_packet(cast(Packet, packet))
+        except BatchDone:
+            assert packet.verdict == "accept"  # given before the batch ends
+            ended.append(n)
+    assert ended == [PACKET_BATCH, 2 * PACKET_BATCH]
+    assert {p.verdict for p in packets} == {"accept"}
+    assert daemon.counters.accepted == daemon.counters.packets == len(packets)
+
+
+class Broken(Engine):
+    def handle_packet(self, data: bytes, *, now: float) -> Any:
+        raise RuntimeError("engine bug")
+
+
+def test_a_packet_the_engine_fails_on_is_accepted_and_logged() -> None:
+    daemon, _, log = make_daemon(Broken(POLICY))
+    assert feed(daemon, conversation(0)[0]).verdict == "accept"
+    assert daemon.counters.errors == 1
+    assert "engine failed on a packet; accepted it: RuntimeError('engine bug')" in log.getvalue()
+
+
+@pytest.mark.parametrize(("dry_run", "verdict"), [(False, "drop"), (True, "accept")])
+def test_an_out_of_state_packet_is_dropped_unless_dry_run(dry_run: bool, verdict: str) -> None:
+    daemon, _, log = make_daemon(dry_run=dry_run)
+    late_ack = conversation(1)[-1]  # data of a flow this daemon never saw open
+    assert feed(daemon, late_ack).verdict == verdict
+    assert daemon.counters.dropped == 1
+    assert " oos " in log.getvalue()
+
+
+def test_events_reach_watchers_and_json_is_built_only_for_listeners() -> None:
+    daemon, reporter, _ = make_daemon()
+    states = StateCounts()
+    reporter.watch(states.on_event)
+    first, *rest = conversation(1)
+    feed(daemon, first)  # SYN: a new flow
+    assert +states.counts == {"SYN_SENT": 1}
+    assert reporter.built == 0  # nobody reads JSON: none is built
+
+    records: list[dict[str, Any]] = []
+    reporter.subscribe(records.append)
+    for data in rest:
+        feed(daemon, data)
+    assert +states.counts == {"ESTABLISHED": 1}
+    assert [r["state"] for r in records] == ["SYN_RECV", "ESTABLISHED"]
+    assert reporter.built == 2

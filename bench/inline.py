@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from fwemu.cli.argtypes import whole_number
 from fwemu.errors import FwemuError
 from fwemu.lab.plan import LabPlan, Side
 
@@ -794,27 +795,23 @@ def _choices(allowed: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
     return parse
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {text!r}")
-    return value
-
-
 def parse_args(argv: Sequence[str]) -> tuple[Settings, bool]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 rep, 1 s workloads")
-    parser.add_argument("--reps", type=_positive, help="repetitions (default 3; --quick: 1)")
     parser.add_argument(
-        "--duration", type=_positive, help="seconds per throughput workload (default 3; quick: 1)"
+        "--reps", type=whole_number("--reps", 1), help="repetitions (default 3; --quick: 1)"
     )
     parser.add_argument(
-        "--round-trips", type=_positive, help="timed round trips (default 5000; quick: 300)"
+        "--duration",
+        type=whole_number("--duration", 1),
+        help="seconds per throughput workload (default 3; quick: 1)",
+    )
+    parser.add_argument(
+        "--round-trips",
+        type=whole_number("--round-trips", 1),
+        help="timed round trips (default 5000; quick: 300)",
     )
     policy = parser.add_mutually_exclusive_group()
     policy.add_argument("--preset", default="linux", help="fwemu's preset (default: linux)")

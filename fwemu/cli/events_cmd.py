@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from fwemu.cli.argtypes import whole_number
 from fwemu.ops import client, views
 from fwemu.ops.filters import EVENT_KEYS, parse_selector
 from fwemu.ops.protocol import DEFAULT_HISTORY, Request
@@ -42,7 +43,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--filter", metavar="FILTER", default="", help="only matching events")
     parser.add_argument(
         "--history",
-        type=_count,
+        type=whole_number("history", 0),
         default=DEFAULT_HISTORY,
         metavar="N",
         help=f"how many recent events to print first (default: {DEFAULT_HISTORY})",
@@ -52,12 +53,6 @@ def register(subparsers: Any) -> None:
     )
     client.add_control_argument(parser)
     parser.set_defaults(func=_run)
-
-
-def _count(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, not {text!r}")
-    return int(text)
 
 
 def _run(args: argparse.Namespace) -> int:

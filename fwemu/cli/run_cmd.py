@@ -14,6 +14,7 @@ from fwemu.adapters import host, iptables, nfqueue
 from fwemu.adapters.daemon import Counters, Daemon, Signals
 from fwemu.adapters.inject import Injector
 from fwemu.adapters.output import Clock, Reporter
+from fwemu.cli.argtypes import number, whole_number
 from fwemu.core.engine import Engine
 from fwemu.errors import FwemuError
 from fwemu.ops.commands import Commands, PolicySource
@@ -86,14 +87,14 @@ def register(subparsers: Any) -> None:
     which.add_argument("--preset", metavar="NAME", help="a shipped preset, e.g. linux")
     parser.add_argument(
         "--queue",
-        type=_queue_number,
+        type=whole_number("queue", 0, 65535),
         default=0,
         metavar="N",
         help="NFQUEUE number to bind (default: 0)",
     )
     parser.add_argument(
         "--speed",
-        type=_speed,
+        type=number("speed", 0),
         default=1.0,
         metavar="F",
         help="run every policy timer F times faster (default: 1)",
@@ -184,16 +185,6 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=_run)
 
 
-def _queue_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"queue must be an integer 0..65535, not {text!r}")
-    return value
-
-
 def _network(text: str) -> IPNetwork:
     try:
         return ipaddress.ip_network(text, strict=False)
@@ -206,16 +197,6 @@ def _metrics_address(text: str) -> tuple[str, int]:
         return parse_listen_address(text)
     except MetricsError as err:
         raise argparse.ArgumentTypeError(str(err).removeprefix("bad --metrics ")) from None
-
-
-def _speed(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"speed must be a number > 0, not {text!r}")
-    return value
 
 
 def _run(args: argparse.Namespace) -> int:

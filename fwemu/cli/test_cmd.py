@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fwemu.adapters import host
+from fwemu.cli.argtypes import whole_number
 from fwemu.errors import FwemuError
 from fwemu.scenario.junit import junit_xml
 from fwemu.scenario.loader import ScenarioError, load_scenario
@@ -52,7 +53,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "-j",
         "--jobs",
-        type=_jobs,
+        type=whole_number("jobs", 1),
         default=1,
         metavar="N",
         help="run N scenarios at a time, each in its own lab (default: 1)",
@@ -67,16 +68,6 @@ def register(subparsers: Any) -> None:
         help="print every scenario's timeline, not only failures'",
     )
     parser.set_defaults(func=_run)
-
-
-def _jobs(text: str) -> int:
-    try:
-        jobs = int(text)
-    except ValueError:
-        jobs = 0
-    if jobs < 1:
-        raise argparse.ArgumentTypeError(f"jobs must be a whole number >= 1, not {text!r}")
-    return jobs
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import RenderableType
 from rich.live import Live
 
+from fwemu.cli.argtypes import number
 from fwemu.ops import client, views
 from fwemu.ops.filters import EVERYTHING
 from fwemu.ops.protocol import Request
@@ -36,7 +37,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--interval",
-        type=_interval,
+        type=number("interval", 0.05, 3600, unit=" seconds"),
         default=1.0,
         metavar="SECONDS",
         help="refresh period (default: 1)",
@@ -46,16 +47,6 @@ def register(subparsers: Any) -> None:
     )
     client.add_control_argument(parser)
     parser.set_defaults(func=_run)
-
-
-def _interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0.05 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"interval must be 0.05..3600 seconds, not {text!r}")
-    return value
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -287,7 +287,7 @@ class Daemon:
             self.reporter.line("SIGUSR1 ignored: no --state-file was given")
             return
         now = Clock.now()
-        flows = [asdict(flow) for flow in self.engine.flows(now=now)]
+        flows = [{**asdict(f), "flow": f.flow.to_dict()} for f in self.engine.flows(now=now)]
         snapshot = {"ts": round(self.reporter.clock.wall(now), 6), "flows": flows}
         directory = self._state_file.parent
         try:

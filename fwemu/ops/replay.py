@@ -13,7 +13,6 @@ iterators cost 1.5 µs a packet, as much as the engine itself (bench/replay.py h
 
 from __future__ import annotations
 
-import dataclasses
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -437,7 +436,7 @@ class FlowReport:
     def to_dict(self) -> dict[str, object]:
         expired = self.expired
         return {
-            "flow": dataclasses.asdict(self.flow),
+            "flow": self.flow.to_dict(),
             "rule": self.rule,
             "affected": self.affected,
             "opened": self.opened,
@@ -516,7 +515,7 @@ class ReplayReport:
             "flows": [f.to_dict() for f in self.flows],
             "alive_at_end": [
                 {
-                    "flow": dataclasses.asdict(i.flow),
+                    "flow": i.flow.to_dict(),
                     "state": i.state,
                     "rule": i.rule,
                     "idle": i.idle,

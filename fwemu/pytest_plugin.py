@@ -52,9 +52,11 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def _require_root() -> None:
+def require_root(what: str = "fwemu's fixtures") -> None:
+    """Skip a test that needs root when not root, except under CI (`CI` set), where a skip would
+    hide a broken set-up: fail instead."""
     if os.geteuid() != 0:
-        reason = "fwemu's fixtures create network namespaces and iptables rules: they need root"
+        reason = f"{what} create network namespaces and iptables rules: they need root"
         if os.environ.get("CI"):
             pytest.fail(f"{reason} (CI is set, so not skipping)")
         pytest.skip(reason)
@@ -64,7 +66,7 @@ def _require_root() -> None:
 def fwemu_factory(request: pytest.FixtureRequest) -> Iterator[FirewallFactory]:
     """start(policy=None, *, toml=None, speed=1.0, extra_args=()) -> Firewall: each call
     brings up a lab with fwemu inline; all are removed after the test."""
-    _require_root()
+    require_root()
     firewalls = request.node.stash.setdefault(_FIREWALLS, [])
     with ExitStack() as stack:
 

@@ -11,11 +11,10 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fwemu.errors import FwemuError
 from fwemu.policy.duration import type_name
 from fwemu.policy.model import (
     ExpireAction,
@@ -35,7 +34,7 @@ from fwemu.policy.reading import (
     Converter,
     KeyPath,
     KeyScanner,
-    Problem,
+    ProblemsError,
     Reader,
     as_duration,
     as_finite_duration,
@@ -46,6 +45,7 @@ from fwemu.policy.reading import (
     choice_of,
     fail,
     one_or_many,
+    read_source,
     show_path,
     syntax_problem,
 )
@@ -64,23 +64,14 @@ _SHORTCUTS = {p.value: s for p, s in PHASE_STATES.items() if s != (p.value,)}
 _STATES = tuple(f.name for f in dataclasses.fields(Timeouts))
 
 
-class PolicyError(FwemuError):
+class PolicyError(ProblemsError):
     """Every problem found in one policy; str() is one line per problem."""
-
-    def __init__(self, problems: Sequence[Problem]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(map(str, self.problems)))
 
 
 def load_policy(path: str | os.PathLike[str]) -> Policy:
     """The policy in the TOML file at `path`; problems name the file as given."""
+    text = read_source(path, PolicyError)
     origin = os.fspath(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as err:
-        raise PolicyError([Problem(origin, "", f"cannot read: {err.strerror or err}")]) from None
-    except UnicodeDecodeError:
-        raise PolicyError([Problem(origin, "", "cannot read: not UTF-8 text")]) from None
     return loads_policy(text, origin)
 
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+from fwemu.errors import FwemuError
 from fwemu.policy.duration import DurationError, parse_duration, type_name
 
 KeyPath = tuple[str | int, ...]  # ("rule", 0, "match", "dst"); ints index arrays, 0-based
@@ -36,6 +39,28 @@ class Problem:
         where = self.origin if self.line is None else f"{self.origin}:{self.line}"
         what = f"{self.path}: {self.message}" if self.path else self.message
         return f"{where}: {what}" + ("" if self.hint is None else f" ({self.hint})")
+
+
+class ProblemsError(FwemuError):
+    """Every problem found in one document; str() is one line per problem."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(map(str, self.problems)))
+
+
+E = TypeVar("E", bound=ProblemsError)
+
+
+def read_source(path: str | os.PathLike[str], error: type[E]) -> str:
+    """The text of the file at `path`, or `error` naming it as given (unreadable, not UTF-8)."""
+    origin = os.fspath(path)
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise error([Problem(origin, "", f"cannot read: {err.strerror or err}")]) from None
+    except UnicodeDecodeError:
+        raise error([Problem(origin, "", "cannot read: not UTF-8 text")]) from None
 
 
 def syntax_problem(message: str, text: str, origin: str) -> Problem:

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from fwemu.errors import FwemuError
-from fwemu.policy import Policy, PolicyError, Problem, load_policy, load_preset, loads_policy
+from fwemu.policy import Policy, PolicyError, load_policy, load_preset, loads_policy
 from fwemu.policy.duration import type_name
 from fwemu.policy.reading import (
     Converter,
     KeyPath,
     KeyScanner,
+    ProblemsError,
     Reader,
     as_finite_duration,
     as_flag,
@@ -28,6 +29,7 @@ from fwemu.policy.reading import (
     as_text,
     did_you_mean,
     fail,
+    read_source,
     syntax_problem,
 )
 from fwemu.scenario.model import (
@@ -53,24 +55,15 @@ DEFAULT_TOLERANCE = 0.5
 _MAX_PORT = 65535
 
 
-class ScenarioError(FwemuError):
+class ScenarioError(ProblemsError):
     """Every problem found in one scenario file; str() is one line per problem."""
-
-    def __init__(self, problems: Sequence[Problem]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(map(str, self.problems)))
 
 
 def load_scenario(path: str | os.PathLike[str]) -> Scenario:
     """The scenario in the TOML file at `path`; problems name the file as given. A relative
     policy file in it is found next to the scenario file."""
+    text = read_source(path, ScenarioError)
     origin = os.fspath(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as err:
-        raise ScenarioError([Problem(origin, "", f"cannot read: {err.strerror or err}")]) from None
-    except UnicodeDecodeError:
-        raise ScenarioError([Problem(origin, "", "cannot read: not UTF-8 text")]) from None
     return loads_scenario(text, origin, base=Path(path).parent)
 
 

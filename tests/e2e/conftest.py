@@ -3,17 +3,13 @@ under CI)."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
+
+from fwemu.pytest_plugin import require_root as plugin_require_root
 
 
 def require_root() -> None:
-    if os.geteuid() != 0:
-        reason = "end-to-end tests create network namespaces and iptables rules: they need root"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (CI is set, so not skipping)")
-        pytest.skip(reason)
+    plugin_require_root("end-to-end tests")
 
 
 # Figures a test module measured (e.g. timer lateness), printed at the end of the run.

@@ -82,7 +82,43 @@ _ACK_KEEPS = tuple(
     for s in range(len(State))
 )
 _ACK_OVER_BOUND = "ACK above what the peer sent"
-_NO_LAST = 7  # last_index value before any packet: matches no PacketClass
+# State values as plain ints: an enum attribute per comparison costs on every connection packet.
+(_SYN_SENT, _SYN_RECV, _ESTABLISHED, _FIN_WAIT, _LAST_ACK, _TIME_WAIT, _CLOSE, _SYN_SENT2) = (
+    int(s)
+    for s in (
+        State.SYN_SENT,
+        State.SYN_RECV,
+        State.ESTABLISHED,
+        State.FIN_WAIT,
+        State.LAST_ACK,
+        State.TIME_WAIT,
+        State.CLOSE,
+        State.SYN_SENT2,
+    )
+)
+_INVALID, _IGNORE = int(State.INVALID), int(State.IGNORE)
+
+
+def _special(d: int, cls: int, old: int) -> bool:
+    """Whether a packet of class `cls` from direction `d` in state `old` may meet one of the
+    kernel's special cases (`FlowTable._special`); the rest take the table's state as is, after
+    the ACK's upper bound (RSTs all go through `_special` for their own window rules)."""
+    new = TRANSITIONS[d][cls][old]
+    return (
+        cls == _RST
+        or new in (_IGNORE, _INVALID, _SYN_SENT2)
+        or (new == _SYN_SENT and old >= _TIME_WAIT)
+        or (new == _TIME_WAIT and old == _LAST_ACK and cls == _ACK)
+        or (new == _SYN_RECV and d == REPLY and cls == _ACK)
+    )
+
+
+# _SPECIAL[direction][class][state], for states below INVALID (those a flow can be in).
+_SPECIAL = tuple(
+    tuple(tuple(_special(d, c, s) for s in range(_INVALID)) for c in range(len(PacketClass)))
+    for d in (ORIGINAL, REPLY)
+)
+_FLOW_ID_CACHE = 16384  # FlowIds kept (~200 B each): enough for the flows changing state now
 
 
 def _after(a: int, b: int) -> bool:
@@ -144,6 +180,8 @@ class FlowTable:
         self.timers = Timers()
         self._deadlines = self.timers.deadlines
         self._tombstones: dict[bytes, _Tombstone] = {}
+        # FlowId per slot of recent flows: a connection's ~6 events share one.
+        self._flow_ids: dict[int, FlowId] = {}
         self._forget_queues: list[deque[bytes]] = [deque() for _ in self._profiles]
 
     def _use(self, policy: Policy) -> None:
@@ -260,19 +298,67 @@ class FlowTable:
     def _transition(
         self, slot: int, d: int, cls: int, old: int, new: int, seg: pk.Segment, now: float
     ) -> Decision:
-        """nf_conntrack_tcp_packet() after the table lookup: its special cases in kernel order."""
+        """nf_conntrack_tcp_packet() after the table lookup: its special cases in kernel order
+        (only where `_SPECIAL` says one may apply), then the in-window update."""
         flags = self._flags[slot]
+        if _SPECIAL[d][cls][old]:
+            outcome = self._special(slot, d, cls, old, new, seg, now, flags)
+            if isinstance(outcome, Decision):
+                return outcome
+            old, new, flags = outcome
+        elif self._acks_unsent(slot, d, seg, flags):  # RSTs are all special: their own rules
+            return self._invalid(slot, seg, now, _ACK_OVER_BOUND)
+        # in_window:
+        end = seg.end
+        self._last[slot] = cls | d << 3
+        self._last_end[slot] = end
+        if new == _FIN_WAIT and old != new:
+            flags |= CLOSE_INIT[d]
+        self._track(slot, d, cls, seg, end)
+        self._state[slot] = new
+        event = self._state_event(slot, now, old, new) if old != new else None
+        if not flags & SEEN_REPLY:
+            if cls == _RST:
+                # The only reply is a RST: the kernel deletes the entry at once.
+                self._flags[slot] = flags
+                gone = self._remove(slot, now, reason="reset before any reply")
+                return accept("reset before any reply", *((event, gone) if event else (gone,)))
+            if cls == _SYN and old == _SYN_SENT:
+                self._flags[slot] = flags | (SEEN_REPLY if d else 0)
+                reason = "SYN retransmit (timer not renewed)"
+                return accept(reason, event) if event else accept(reason)
+        elif new == _ESTABLISHED and not flags & ASSURED and old in (_SYN_RECV, new):
+            flags |= ASSURED
+        if d:
+            flags |= SEEN_REPLY
+        self._flags[slot] = flags
+        self._refresh(slot, _CLOSE if cls == _RST else new, now)
+        return accept("in-state", event) if event else IN_STATE
+
+    def _special(
+        self,
+        slot: int,
+        d: int,
+        cls: int,
+        old: int,
+        new: int,
+        seg: pk.Segment,
+        now: float,
+        flags: int,
+    ) -> Decision | tuple[int, int, int]:
+        """The kernel's special cases and window check: a Decision when one settles the packet,
+        else the (old, new, flags) to go on with."""
         last = self._last[slot]
         last_index, last_dir = last & 7, last >> 3
-        if new == State.SYN_SENT and old >= State.TIME_WAIT:
+        if new == _SYN_SENT and old >= _TIME_WAIT:
             # A SYN re-opening a closed connection: kill the entry and track the SYN afresh
             # (-NF_REPEAT) if either side closed it or this side last sent a RST; else ignore it.
             if flags & (CLOSE_INIT[0] | CLOSE_INIT[1]) or (last_dir == d and last_index == _RST):
                 gone = self._remove(slot, now, reason="reopened")
                 out = self._new_flow(seg, cls, now)
                 return accept("reopened", gone, *out.events)
-            new = State.IGNORE
-        if new == State.IGNORE:
+            new = _IGNORE
+        if new == _IGNORE:
             if (
                 cls == _SYNACK
                 and last_index == _SYN
@@ -285,8 +371,8 @@ class FlowTable:
                 self._isn[last_dir][slot] = (self._last_end[slot] - 1) & _MASK32
                 self._end[d][slot] = self._ack[d][slot] = 0
                 flags &= ~MAXACK_SET[d]
-                old = State.SYN_SENT
-                new = State.SYN_RECV
+                old = _SYN_SENT
+                new = _SYN_RECV
             else:
                 self._last[slot] = cls | d << 3
                 self._last_end[slot] = seg.end
@@ -296,17 +382,17 @@ class FlowTable:
                 if cls == _SYN and d == ORIGINAL:
                     # An RFC 5961 challenge ACK may answer this SYN; in LAST_ACK it must not be
                     # taken for the ACK of the last FIN.
-                    if old == State.LAST_ACK:
+                    if old == _LAST_ACK:
                         flags |= CHALLENGE_ACK_EXPECTED
                     else:
                         flags &= ~CHALLENGE_ACK_EXPECTED
                 self._flags[slot] = flags
                 return IGNORED  # accepted, no state change, timer not refreshed
-        if new == State.INVALID:
+        if new == _INVALID:
             return self._invalid(slot, seg, now, f"invalid in {State(old).name}")
         if (
-            new == State.TIME_WAIT
-            and old == State.LAST_ACK
+            new == _TIME_WAIT
+            and old == _LAST_ACK
             and cls == _ACK
             and last_dir != d
             and last_index == _SYN
@@ -314,11 +400,11 @@ class FlowTable:
         ):
             self._flags[slot] = flags & ~CHALLENGE_ACK_EXPECTED | (SEEN_REPLY if d else 0)
             return accept("challenge ACK ignored")
-        if new == State.SYN_SENT2:
+        if new == _SYN_SENT2:
             flags |= SIMULTANEOUS_OPEN
-        elif new == State.SYN_RECV and d == REPLY and cls == _ACK and flags & SIMULTANEOUS_OPEN:
-            new = State.ESTABLISHED
-        elif new == State.CLOSE and cls == _RST and old not in CLOSING_STATES:
+        elif new == _SYN_RECV and d == REPLY and cls == _ACK and flags & SIMULTANEOUS_OPEN:
+            new = _ESTABLISHED
+        elif new == _CLOSE and cls == _RST and old not in CLOSING_STATES:
             verdict = self._check_rst(slot, d, old, seg, flags, last_index, last_dir)
             if verdict is None:
                 return self._invalid(slot, seg, now, "invalid RST (below the receiver's ACK)")
@@ -328,40 +414,7 @@ class FlowTable:
             self._acks_unsent(slot, d, seg, flags)
         ):
             return self._invalid(slot, seg, now, _ACK_OVER_BOUND)
-        # in_window:
-        self._last[slot] = cls | d << 3
-        self._last_end[slot] = seg.end
-        if old != new and new == State.FIN_WAIT:
-            flags |= CLOSE_INIT[d]
-        self._track(slot, d, cls, seg)
-        self._state[slot] = new
-        events: list[Event] = []
-        if old != new:
-            events.append(self._state_event(slot, now, old, new))
-        if not flags & SEEN_REPLY:
-            if cls == _RST:
-                # The only reply is a RST: the kernel deletes the entry at once.
-                self._flags[slot] = flags
-                events.append(self._remove(slot, now, reason="reset before any reply"))
-                return accept("reset before any reply", *events)
-            if cls == _SYN and old == State.SYN_SENT:
-                self._flags[slot] = flags | (SEEN_REPLY if d else 0)
-                return accept("SYN retransmit (timer not renewed)", *events)
-        elif (
-            not flags & ASSURED
-            and new == State.ESTABLISHED
-            and old
-            in (
-                State.SYN_RECV,
-                State.ESTABLISHED,
-            )
-        ):
-            flags |= ASSURED
-        if d:
-            flags |= SEEN_REPLY
-        self._flags[slot] = flags
-        self._refresh(slot, State.CLOSE if cls == _RST else new, now)
-        return accept("in-state", *events) if events else IN_STATE
+        return old, new, flags
 
     def _check_rst(
         self,
@@ -424,9 +477,8 @@ class FlowTable:
             return False
         return 0 < ((seg.ack - self._end[1 - d][slot]) & _MASK32) < _HALF
 
-    def _track(self, slot: int, d: int, cls: int, seg: pk.Segment) -> None:
-        """Sequence numbers an RST needs, and counters."""
-        end = seg.end
+    def _track(self, slot: int, d: int, cls: int, seg: pk.Segment, end: int) -> None:
+        """Sequence numbers an RST needs, and counters (`end`: the segment's sequence end)."""
         if cls in (_SYN, _SYNACK):
             self._isn[d][slot] = seg.seq
             self._end[d][slot] = end
@@ -485,11 +537,12 @@ class FlowTable:
         self._profile[slot] = profile
         self._created[slot] = now
         direction = ORIGINAL if sender_is_client else REPLY
+        end = seg.end
         self._last[slot] = cls | direction << 3
-        self._last_end[slot] = seg.end
+        self._last_end[slot] = end
         if cls != _SYN:
             self._flags[slot] = BE_LIBERAL
-        self._track(slot, direction, cls, seg)
+        self._track(slot, direction, cls, seg, end)
         self._refresh(slot, new, now)
         event = FlowNew(now, self._flow_id(slot), new.name, self._profiles[profile].name)
         return accept("new flow", event)
@@ -755,6 +808,7 @@ class FlowTable:
         assert key is not None
         del self._index[key]
         self._keys[slot] = None
+        self._flow_ids.pop(slot, None)
         self.timers.set(slot, None)
         self._free.append(slot)
 
@@ -782,9 +836,14 @@ class FlowTable:
         )
 
     def _flow_id(self, slot: int) -> FlowId:
-        key = self._keys[slot]
-        assert key is not None
-        return _key_flow_id(key, bool(self._client_fwd[slot]))
+        flow = self._flow_ids.get(slot)
+        if flow is None:
+            if len(self._flow_ids) >= _FLOW_ID_CACHE:
+                self._flow_ids.clear()  # bounded: long-lived flows just format again
+            key = self._keys[slot]
+            assert key is not None
+            flow = self._flow_ids[slot] = _key_flow_id(key, bool(self._client_fwd[slot]))
+        return flow
 
 
 _RESET_TARGETS: dict[ExpireAction, tuple[int, ...]] = {

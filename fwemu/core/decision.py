@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from fwemu.core.events import Event
 
@@ -15,8 +15,10 @@ class Verdict(IntEnum):
     ACCEPT = 1
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
+    """A verdict, why, and its effects. A NamedTuple: one is built per connection packet, and a
+    tuple is built in C at a fifth of a frozen dataclass's cost."""
+
     verdict: Verdict
     reason: str
     inject: tuple[bytes, ...] = ()  # complete IP packets (RSTs) to send now
@@ -27,8 +29,7 @@ class Decision:
         return self.verdict == Verdict.ACCEPT
 
 
-@dataclass(frozen=True, slots=True)
-class Effects:
+class Effects(NamedTuple):
     """What running the timers (or forcing an expiry) produced."""
 
     inject: tuple[bytes, ...] = ()

@@ -1,4 +1,8 @@
-"""What the core reports: frozen records a test can compare whole and an adapter can print.
+"""What the core reports: records a test can compare whole and an adapter can print.
+
+Slotted dataclasses, not frozen ones: a frozen dataclass's __init__ costs about four times as much
+(one object.__setattr__ per field) and the core builds one per connection packet. Treat them as
+values all the same: nothing mutates an event once made.
 
 `to_dict()` is the JSON-lines form (`fwemu run --events`): always `ts`, `event`, `flow`, `state`,
 `phase`, `action` and `rule`, plus the event's own fields. `describe()` is one readable line.
@@ -37,7 +41,7 @@ def _hostport(addr: str, port: int) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
     ts: float
     flow: FlowId
@@ -64,7 +68,7 @@ class Event:
         return f"{self.kind} {self.flow}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FlowNew(Event):
     state: str
     rule: str
@@ -75,7 +79,7 @@ class FlowNew(Event):
         return f"new      {self.flow} {self.state} (rule {self.rule})"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StateChanged(Event):
     old_state: str
     state: str
@@ -88,7 +92,7 @@ class StateChanged(Event):
         return f"state    {self.flow} {self.old_state} -> {self.state}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FlowDeleted(Event):
     """The kernel would delete this entry outright (a RST before any reply, a SYN reopening a
     closed connection): gone without a timer, so later packets are not late packets."""
@@ -103,7 +107,7 @@ class FlowDeleted(Event):
         return f"delete   {self.flow} {self.state}: {self.reason}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FlowExpired(Event):
     """A timer ran out (or an operator forced it): the flow is gone from the table."""
 
@@ -124,7 +128,7 @@ class FlowExpired(Event):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ResetSent(Event):
     """A RST injected towards `to` ("client" or "server"), spoofed from its peer."""
 
@@ -143,7 +147,7 @@ class ResetSent(Event):
         return f"reset    {self.flow} RST to {self.to} seq {self.seq}{ack} ({why})"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OutOfState(Event):
     """A packet that matched no flow, or that the state table calls invalid.
 

@@ -14,12 +14,11 @@ the RETRANS/UNACK timeout caps, which policies don't model.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 from array import array
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from fwemu.core import packet as pk
 from fwemu.core.decision import IGNORED, IN_STATE, Decision, Verdict, accept
@@ -143,9 +142,9 @@ class FlowInfo:
     last_ack: tuple[int, int]  # latest ACK value sent (client, server)
 
 
-@dataclass(frozen=True, slots=True)
-class _Tombstone:
-    """An expired flow, remembered so a late packet can say which flow it was and which side."""
+class _Tombstone(NamedTuple):
+    """An expired flow, remembered so a late packet can say which flow it was and which side.
+    (A NamedTuple: one is made per expiry, and mass expiries must not stall verdicts.)"""
 
     client_forward: bool  # the client is the key's first endpoint
     expired_at: float
@@ -153,6 +152,33 @@ class _Tombstone:
     state: str
     profile: int
     forget_at: float
+
+
+class _Expiry(NamedTuple):
+    """A profile's expiry of a flow in one state, resolved once per policy (enum lookups cost
+    more than the expiry itself)."""
+
+    state: str
+    phase: str
+    action: str  # ExpireAction value
+    targets: tuple[int, ...]  # directions to reset
+    rule: str
+    timeout: float | None
+    remember: float  # seconds a tombstone is kept
+
+    @classmethod
+    def of(cls, profile: Profile, state: State, timeout: float | None) -> _Expiry:
+        phase = PHASE_OF.get(state)
+        action = profile.on_expire.for_phase(phase) if phase else ExpireAction.SILENT
+        return cls(
+            state.name,
+            phase.value if phase else "",
+            action.value,
+            _RESET_TARGETS[action],
+            profile.name,
+            timeout,
+            profile.out_of_state.remember,
+        )
 
 
 class FlowTable:
@@ -195,6 +221,11 @@ class FlowTable:
             )
             for p in self._profiles
         ]
+        # What an expiry needs per profile per State value (tracked states only).
+        self._expiry: list[tuple[_Expiry, ...]] = [
+            tuple(_Expiry.of(p, State(s), timeouts[s]) for s in range(_INVALID))
+            for p, timeouts in zip(self._profiles, self._timeouts, strict=True)
+        ]
 
     def reload(self, policy: Policy) -> int:
         """Enforce `policy` from now on without losing a flow: each flow is matched against the
@@ -215,7 +246,7 @@ class FlowTable:
         queues: list[deque[bytes]] = [deque() for _ in self._profiles]
         for key, tomb in self._tombstones.items():
             index = by_name.get(old_names[tomb.profile], default)
-            self._tombstones[key] = dataclasses.replace(tomb, profile=index)
+            self._tombstones[key] = tomb._replace(profile=index)
             queues[index].append(key)
         self._forget_queues = queues
         return len(self._index)
@@ -679,50 +710,41 @@ class FlowTable:
         inject: list[bytes],
         events: list[Event],
     ) -> None:
-        state = State(self._state[slot])
-        phase = PHASE_OF[state]
-        profile = self._profiles[self._profile[slot]]
-        action = forced or profile.on_expire.for_phase(phase)
+        state, profile = self._state[slot], self._profile[slot]
+        facts = self._expiry[profile][state]
+        action, targets = facts.action, facts.targets
+        if forced is not None:
+            action, targets = forced.value, _RESET_TARGETS[forced]
         flow = self._flow_id(slot)
         events.append(
             FlowExpired(
                 now,
                 flow,
-                state=state.name,
-                phase=phase.value,
-                action=action.value,
-                rule=profile.name,
-                timeout=None if forced else self._timeouts[self._profile[slot]][state],
-                idle=now - self._seen_at[slot],
-                forced=forced is not None,
+                facts.state,
+                facts.phase,
+                action,
+                facts.rule,
+                None if forced else facts.timeout,
+                now - self._seen_at[slot],
+                forced is not None,
             )
         )
-        if state != State.CLOSE:  # after a RST there is no connection left to reset
-            for d in _RESET_TARGETS[action]:
+        if state != _CLOSE:  # after a RST there is no connection left to reset
+            for d in targets:
                 rst, seq, ack = self._reset_towards(slot, d)
                 inject.append(rst)
-                events.append(
-                    ResetSent(
-                        now,
-                        flow,
-                        to="client" if d == ORIGINAL else "server",
-                        seq=seq,
-                        ack=ack,
-                        state=state.name,
-                        cause="expire",
-                        rule=profile.name,
-                    )
-                )
+                to = "client" if d == ORIGINAL else "server"
+                events.append(ResetSent(now, flow, to, seq, ack, facts.state, "expire", facts.rule))
         key = self._keys[slot]
         assert key is not None
-        self._forget_queues[self._profile[slot]].append(key)
+        self._forget_queues[profile].append(key)
         self._tombstones[key] = _Tombstone(
-            client_forward=bool(self._client_fwd[slot]),
-            expired_at=now,
-            phase=phase.value,
-            state=state.name,
-            profile=self._profile[slot],
-            forget_at=now + profile.out_of_state.remember,
+            bool(self._client_fwd[slot]),
+            now,
+            facts.phase,
+            facts.state,
+            profile,
+            now + facts.remember,
         )
         self._free_slot(slot)
 
@@ -862,7 +884,11 @@ def _ntop(addr: bytes) -> str:
     if text is None:
         if len(_ADDRESS_TEXT) >= 4096:
             _ADDRESS_TEXT.clear()  # bounded; a busy network just formats again
-        text = _ADDRESS_TEXT[addr] = str(ipaddress.ip_address(addr))
+        text = _ADDRESS_TEXT[addr] = (
+            f"{addr[0]}.{addr[1]}.{addr[2]}.{addr[3]}"
+            if len(addr) == 4
+            else str(ipaddress.ip_address(addr))
+        )
     return text
 
 

@@ -388,10 +388,13 @@ def _endpoint(addr: bytes, port: int) -> str:
 
 
 def _internet_checksum(data: bytes) -> int:
-    """RFC 1071 one's-complement checksum; an odd length counts as padded with a zero byte."""
+    """RFC 1071 one's-complement checksum; an odd length counts as padded with a zero byte.
+
+    The one's-complement sum of 16-bit words is the data read as one big number modulo 0xFFFF
+    (2**16 = 1 mod 0xFFFF), except that a non-zero sum folds to 0xFFFF, never 0: one big-int
+    operation in C instead of a word loop."""
     if len(data) & 1:
         data += b"\x00"
-    total: int = sum(struct.unpack(f"!{len(data) >> 1}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
+    number = int.from_bytes(data)
+    total = number % 0xFFFF or (0xFFFF if number else 0)
     return ~total & 0xFFFF

@@ -22,6 +22,7 @@ from fwemu.core.packet import (
     TCP_URG,
     Segment,
     Unparseable,
+    _internet_checksum,
     build_reply_rst,
     build_rst,
     build_segment,
@@ -310,6 +311,18 @@ def rebuilt(packet: Packet) -> bytes:
     else:
         del packet[IPv6].plen
     return bytes(packet)
+
+
+@given(
+    st.sampled_from([b"", b"\xff\xff", b"\x00\x00", b"\xff\xff\xff\xff"]) | st.binary(max_size=80)
+)
+def test_checksum_is_rfc1071s_word_sum(data: bytes) -> None:
+    """The one-big-number shortcut equals RFC 1071's folded sum of 16-bit words."""
+    padded = data + b"\x00" * (len(data) & 1)
+    total = sum(int.from_bytes(padded[i : i + 2]) for i in range(0, len(padded), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    assert _internet_checksum(data) == ~total & 0xFFFF
 
 
 @pytest.mark.parametrize("ack", [None, 0xDEADBEEF])

@@ -72,6 +72,7 @@ class Reporter:
         self._suppressed = 0
         self._watchers: list[Watcher] = []
         self._listeners: list[Listener] = []
+        self._second, self._hms = -1, ""  # the last log line's second and its text
 
     def watch(self, watcher: Watcher) -> None:
         self._watchers.append(watcher)
@@ -85,18 +86,27 @@ class Reporter:
 
     def line(self, text: str, now: float | None = None) -> None:
         """One log line, prefixed with the local wall-clock time."""
-        wall = self.clock.wall(Clock.now() if now is None else now)
-        stamp = time.strftime("%H:%M:%S", time.localtime(wall)) + f".{int(wall % 1 * 1000):03d}"
-        self._log.write(f"{stamp} {text}\n")
+        self._log.write(self._stamped(text, Clock.now() if now is None else now))
         self._log.flush()
 
+    def _stamped(self, text: str, now: float) -> str:
+        wall = self.clock.wall(now)
+        second = int(wall)
+        if second != self._second:  # strftime once a second: a mass expiry logs thousands
+            self._second = second
+            self._hms = time.strftime("%H:%M:%S", time.localtime(second))
+        return f"{self._hms}.{int(wall % 1 * 1000):03d} {text}\n"
+
     def events(self, events: Iterable[Event]) -> None:
+        """Hand the events to watchers, log them (one write for all the lines) and send their
+        JSON form where it is wanted."""
         out, listeners = self._events, self._listeners
+        lines: list[str] = []
         for event in events:
             for watcher in self._watchers:
                 watcher(event)
             if event.kind not in self._quiet:
-                self.line(self._prefix + event.describe(), event.ts)
+                lines.append(self._stamped(self._prefix + event.describe(), event.ts))
             if out is None and not listeners:
                 continue
             record = self.record(event)
@@ -104,6 +114,9 @@ class Reporter:
                 out.write(json.dumps(record) + "\n")
             for listener in listeners:
                 listener(record)
+        if lines:
+            self._log.write("".join(lines))
+            self._log.flush()
         if out is not None:
             out.flush()
 

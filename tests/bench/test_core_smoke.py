@@ -1,0 +1,27 @@
+"""bench/core.py runs end to end at a tiny size and prints every figure (no speed asserted)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "core.py"
+ARGS = ("--flows", "2000", "--data-flows", "100", "--data-packets", "2000", "--expiry-flows", "500")
+FIGURES = (
+    r"established data packets: +[\d,]+ packets/s +[\d.]+ µs/packet",
+    r"whole connections: +[\d,]+ connections/s \([\d.]+ µs per handshake/close packet",
+    r"expiry, silent: +[\d.]+ µs per flow \(500 flows",
+    r"expiry, reset-both: +[\d.]+ µs per flow \(500 flows",
+    r"memory per tracked flow: +[\d,]+ bytes \(2,000 ESTABLISHED flows\)",
+)
+
+
+def test_tiny_run_prints_every_figure() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH), *ARGS], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    for figure in FIGURES:
+        assert re.search(figure, done.stdout), f"{figure!r} not in:\n{done.stdout}"

@@ -1,6 +1,7 @@
 """Benchmark fwemu inline: kernel forwarding vs a bare Python accept-all queue vs fwemu.
 
     sudo .venv/bin/python bench/inline.py [--quick] [--reps 3] [--duration 3] [--json]
+    sudo .venv/bin/python bench/inline.py --workloads multi,connections --workers 2   (multi-core)
 
 In a lab of its own (client <-> fw <-> server namespaces, fwemu.lab), each repetition runs every
 mode in turn on the fw namespace and the same four workloads through it:
@@ -14,6 +15,9 @@ mode in turn on the fw namespace and the same four workloads through it:
                     16 KiB buffers), packets/s forwarded by the fw namespace
              connections: short request/response connections from several client processes
              latency: round trips over one TCP connection (ping-pong), p50 and p99
+             multi: the connections workload from MULTI_CLIENTS client addresses (added to the
+                    lab's client namespace), so that `--workers N` can spread it: the kernel
+                    puts all the flows of one client/server address pair on one worker
 
 It prints the median of each figure over the repetitions, the ratios fwemu/(a) and fwemu/(b),
 the CPU the queue consumer used (µs per forwarded packet), and issue 6's targets, met or not.
@@ -42,6 +46,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,8 +64,10 @@ MODE_LABELS: dict[Mode, str] = {
     "accept-all": "(b) accept-all",
     "fwemu": "(c) fwemu",
 }
-Workload = Literal["bulk", "small", "connections", "latency"]
-WORKLOADS: tuple[Workload, ...] = ("bulk", "small", "connections", "latency")
+Workload = Literal["bulk", "small", "connections", "latency", "multi"]
+WORKLOADS: tuple[Workload, ...] = ("bulk", "small", "connections", "latency", "multi")
+# The default run: `multi` is for comparing --workers, and asked for by name.
+DEFAULT_WORKLOADS: tuple[Workload, ...] = ("bulk", "small", "connections", "latency")
 
 SCRIPT = Path(__file__).resolve()
 QUEUE = 0
@@ -74,6 +81,10 @@ SMALL_ARGS = ("-N", "-l", "64", "-M", "88", "-w", "16k")
 REQUEST_SIZE, RESPONSE_SIZE = 64, 512
 PING_SIZE = 64
 CLIENT_PROCS = 4  # connection workers; each waits on one connection at a time
+# Client addresses of the multi workload: with 2 queues, all 8 land on one with probability
+# 2 / 2**8 (the kernel's queue hash has a per-boot seed: docs/performance.md, "Multi-core").
+MULTI_CLIENTS = 8
+MULTI_FIRST_HOST = 10  # 10.N.1.10 .. 10.N.1.17, beside the lab's client address 10.N.1.2
 SERVER_PROCS = 2  # one per CPU of the 2-core development machine
 LATENCY_WARMUP = 50  # round trips not counted: the first ones pay for cold caches
 IO_TIMEOUT = 2.0  # seconds a connection may stall before it counts as an error
@@ -173,7 +184,11 @@ def _client_socket() -> socket.socket:
     return sock
 
 
-def _connect_loop(address: str, start: float, seconds: float, out: int) -> None:
+def _connect_loop(
+    address: str, start: float, seconds: float, out: int, sources: Sequence[str]
+) -> None:
+    """Request/response connections until `seconds` are up, each from the next of `sources`
+    (or the namespace's default address if there are none)."""
     request = b"q" * REQUEST_SIZE
     done = errors = 0
     while time.monotonic() < start:
@@ -182,6 +197,8 @@ def _connect_loop(address: str, start: float, seconds: float, out: int) -> None:
     while time.monotonic() < end:
         try:
             with _client_socket() as sock:
+                if sources:
+                    sock.bind((sources[(done + errors) % len(sources)], 0))
                 sock.connect((address, RR_PORT))
                 sock.sendall(request)
                 while sock.recv(65536):
@@ -193,12 +210,15 @@ def _connect_loop(address: str, start: float, seconds: float, out: int) -> None:
 
 
 def role_connect(argv: Sequence[str]) -> None:
-    """_connect ADDRESS SECONDS: CLIENT_PROCS processes open request/response connections."""
+    """_connect ADDRESS SECONDS [SOURCE,...]: CLIENT_PROCS processes open request/response
+    connections, from the given source addresses in turn (process i starting at the i-th)."""
     address, seconds = argv[0], float(argv[1])
+    sources = argv[2].split(",") if len(argv) > 2 else []
     read, write = os.pipe()
     start = time.monotonic() + 0.05  # all workers begin together, once forked
     pids = [
-        _fork(lambda: _connect_loop(address, start, seconds, write)) for _ in range(CLIENT_PROCS)
+        _fork(partial(_connect_loop, address, start, seconds, write, sources[i:] + sources[:i]))
+        for i in range(CLIENT_PROCS)
     ]
     os.close(write)
     for pid in pids:
@@ -390,10 +410,15 @@ def _forwarded_packets(fw_namespace: str) -> int:
 
 
 def _process_cpu(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of `pid` and of its live children (fwemu's workers)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        children = [int(child) for child in f.read().split()]
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     # proc(5): utime and stime are fields 14 and 15; fields[0] here is field 3 (state).
-    return (int(fields[11]) / _TICK, int(fields[12]) / _TICK)
+    own = (int(fields[11]) / _TICK, int(fields[12]) / _TICK)
+    theirs = [_process_cpu(child) for child in children]
+    return (own[0] + sum(t[0] for t in theirs), own[1] + sum(t[1] for t in theirs))
 
 
 def _machine_cpu() -> tuple[float, float]:
@@ -442,6 +467,7 @@ class Settings:
     round_trips: int
     policy_args: tuple[str, ...]
     fwemu_command: tuple[str, ...]
+    workers: int  # fwemu run --workers
     modes: tuple[Mode, ...]
     workloads: tuple[Workload, ...]
 
@@ -469,16 +495,14 @@ def measure(
         figures = {"bulk_gbps": iperf(plan, settings.duration, ()) / 1e9}
     elif workload == "small":
         figures = {"small_mbps": iperf(plan, settings.duration, SMALL_ARGS) / 1e6}
-    elif workload == "connections":
-        result = run_role(
-            plan,
-            "client",
-            ["_connect", plan.server.ipv4, str(settings.duration)],
-            settings.duration + SLACK,
-        )
+    elif workload in ("connections", "multi"):
+        argv = ["_connect", plan.server.ipv4, str(settings.duration)]
+        if workload == "multi":
+            argv.append(",".join(multi_clients(plan)))
+        result = run_role(plan, "client", argv, settings.duration + SLACK)
         figures = {
-            "connections_per_s": result["connections"] / result["seconds"],
-            "connections_errors": float(result["errors"]),
+            f"{workload}_per_s": result["connections"] / result["seconds"],
+            f"{workload}_errors": float(result["errors"]),
         }
     else:
         result = run_role(
@@ -529,6 +553,7 @@ def running(
         ready = READY
     else:
         argv = [*settings.fwemu_command, "run", "--netns", fw, "--queue", str(QUEUE)]
+        argv += ["--workers", str(settings.workers)]
         child = Child.start(mode, [*argv, *settings.policy_args], workdir, None)
         ready = STARTED
     try:
@@ -564,14 +589,25 @@ class Run:
     figures: dict[str, float]
 
 
+def multi_clients(plan: LabPlan) -> list[str]:
+    """The client addresses of the multi workload, in the client's subnet."""
+    prefix = plan.client.ipv4.rsplit(".", 1)[0]
+    return [
+        f"{prefix}.{host}" for host in range(MULTI_FIRST_HOST, MULTI_FIRST_HOST + MULTI_CLIENTS)
+    ]
+
+
 def prepare(plan: LabPlan) -> None:
-    """Client ports for the connection workload: the whole range, not the default 28k."""
+    """Client ports for the connection workloads: the whole range, not the default 28k; and the
+    multi workload's client addresses."""
     from fwemu.lab import call_in_netns
 
     call_in_netns(
         plan.client.namespace,
         lambda: Path("/proc/sys/net/ipv4/ip_local_port_range").write_text("1024 65535"),
     )
+    for address in multi_clients(plan):
+        run_tool(plan, "client", ["ip", "addr", "add", f"{address}/24", "dev", "eth0"], 10)
 
 
 def bench(settings: Settings, progress: Callable[[str], None]) -> tuple[list[Run], dict[str, int]]:
@@ -633,6 +669,11 @@ FIGURES: dict[Workload, tuple[Figure, ...]] = {
     "connections": (
         Figure("connections_per_s", "new connections", "conn/s", 0),
         Figure("connections_errors", "connection errors", "", 0, ratios=False),
+    ),
+    "multi": (
+        Figure("multi_per_s", f"new connections, {MULTI_CLIENTS} clients", "conn/s", 0),
+        Figure("multi_pps", f"packets forwarded, {MULTI_CLIENTS} clients", "pkt/s", 0),
+        Figure("multi_errors", f"connection errors, {MULTI_CLIENTS} clients", "", 0, ratios=False),
     ),
     "latency": (
         Figure("rtt_p50_us", "round trip p50", "µs", 0),
@@ -724,7 +765,8 @@ def table(settings: Settings, med: dict[Mode, dict[str, float]], bypassed: dict[
     lines = [
         f"fwemu inline bench: median of {settings.reps} repetition(s), {settings.duration} s per "
         f"throughput workload, {settings.round_trips} round trips; fwemu "
-        f"{' '.join(settings.policy_args)}; one queue",
+        f"{' '.join(settings.policy_args)}; "
+        + ("one queue" if settings.workers == 1 else f"--workers {settings.workers}"),
         "",
         head,
         *(row(f, f.key, f.label) for w in settings.workloads for f in FIGURES[w]),
@@ -822,9 +864,18 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, bool]:
         metavar="CMD",
         help="how to run fwemu, e.g. a wrapper to compare a variant (default: %(default)s)",
     )
+    parser.add_argument(
+        "--workers",
+        type=whole_number("--workers", 1),
+        default=1,
+        help="fwemu's worker processes (fwemu run --workers; default 1)",
+    )
     parser.add_argument("--modes", type=_choices(MODES), default=MODES, help=",".join(MODES))
     parser.add_argument(
-        "--workloads", type=_choices(WORKLOADS), default=WORKLOADS, help=",".join(WORKLOADS)
+        "--workloads",
+        type=_choices(WORKLOADS),
+        default=DEFAULT_WORKLOADS,
+        help=f"{','.join(WORKLOADS)} (default: {','.join(DEFAULT_WORKLOADS)})",
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
@@ -839,6 +890,7 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, bool]:
         round_trips=pick(args.round_trips, 5000, 300),
         policy_args=("--policy", args.policy) if args.policy else ("--preset", args.preset),
         fwemu_command=tuple(shlex.split(args.fwemu_command)),
+        workers=args.workers,
         modes=args.modes,
         workloads=args.workloads,
     )

@@ -5,6 +5,9 @@ Per family (iptables, ip6tables) and queue N::
     -I FORWARD 1 -p tcp -m comment --comment fwemu:qN -j FWEMU-QN
     -A FWEMU-QN [-i IF] [-o IF] [-s NET] [-d NET] -j NFQUEUE --queue-num N --queue-bypass
 
+With several queues N..M (`fwemu run --workers`), the target is `NFQUEUE --queue-balance N:M
+--queue-bypass` instead: the kernel spreads flows over the queues by a hash of the address pair
+that is the same in both directions (docs/performance.md, "Multi-core"); the chain keeps N's name.
 The jump goes first in FORWARD so that an earlier ACCEPT cannot hide packets from the state
 machine. `--queue-bypass` lets traffic through while no program is bound to the queue (a crashed
 or SIGKILLed fwemu), per docs/tcp-rst-and-nfqueue.md §3.3.
@@ -91,8 +94,11 @@ def jump_rule(queue: int) -> tuple[str, ...]:
     return ("-p", "tcp", "-m", "comment", "--comment", f"fwemu:q{queue}", "-j", chain_name(queue))
 
 
-def queue_target(queue: int) -> tuple[str, ...]:
-    return ("-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass")
+def queue_target(queue: int, count: int = 1) -> tuple[str, ...]:
+    """NFQUEUE to `queue`, or balanced over the `count` queues from `queue` on."""
+    if count == 1:
+        return ("-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass")
+    return ("-j", "NFQUEUE", "--queue-balance", f"{queue}:{queue + count - 1}", "--queue-bypass")
 
 
 def _iptables(family: Family, *args: str) -> subprocess.CompletedProcess[str]:
@@ -110,7 +116,7 @@ def _must(family: Family, *args: str) -> None:
         raise IptablesError(f"{_BINARY[family]} {' '.join(args)}: {reason}")
 
 
-def check_available(queue: int) -> None:
+def check_available(queue: int, count: int = 1) -> None:
     """Refuse early, changing nothing that stays: both binaries exist and NFQUEUE rules load.
 
     The NFQUEUE target is probed by adding it to a scratch chain that no packet reaches.
@@ -126,7 +132,7 @@ def check_available(queue: int) -> None:
         _delete_chain(family, probe)
         _must(family, "-N", probe)
         try:
-            _must(family, "-A", probe, *queue_target(queue))
+            _must(family, "-A", probe, *queue_target(queue, count))
         except IptablesError as err:
             raise IptablesError(f"the kernel cannot queue packets to userspace ({err})") from None
         finally:
@@ -155,8 +161,9 @@ def remove(queue: int) -> bool:
     return found
 
 
-def install(queue: int, capture: Capture) -> tuple[Family, ...]:
-    """Add the rules (replacing any left by a killed fwemu on this queue); the families covered.
+def install(queue: int, capture: Capture, count: int = 1) -> tuple[Family, ...]:
+    """Add the rules for `count` queues from `queue` on (replacing any left by a killed fwemu on
+    this queue); the families covered.
 
     On failure nothing is left installed.
     """
@@ -166,7 +173,7 @@ def install(queue: int, capture: Capture) -> tuple[Family, ...]:
         for family in families:
             _must(family, "-N", chain_name(queue))
             for selector in capture.selectors(family):
-                _must(family, "-A", chain_name(queue), *selector, *queue_target(queue))
+                _must(family, "-A", chain_name(queue), *selector, *queue_target(queue, count))
             _must(family, "-I", "FORWARD", "1", *jump_rule(queue))
     except BaseException:
         remove(queue)
@@ -175,9 +182,9 @@ def install(queue: int, capture: Capture) -> tuple[Family, ...]:
 
 
 @contextmanager
-def installed(queue: int, capture: Capture) -> Iterator[tuple[Family, ...]]:
+def installed(queue: int, capture: Capture, count: int = 1) -> Iterator[tuple[Family, ...]]:
     """The rules for the duration of the block, removed on every way out."""
-    families = install(queue, capture)
+    families = install(queue, capture, count)
     try:
         yield families
     finally:

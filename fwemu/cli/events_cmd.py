@@ -22,6 +22,8 @@ client first), state, phase, action, rule, and the event's own fields.
 FILTER is space-separated KEY=VALUE terms, all of which must hold; a term's comma-separated
 values are alternatives. Keys: {", ".join(EVENT_KEYS)}.
 
+With 'fwemu run --workers N', the events of every worker come merged in time order.
+
 examples:
   fwemu events                                   the last {DEFAULT_HISTORY} events
   fwemu events --follow --filter 'event=expire,reset'
@@ -58,11 +60,10 @@ def register(subparsers: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     selector = parse_selector(args.filter, EVENT_KEYS)
     req = Request("events", selector=selector, follow=args.follow, history=args.history)
-    path = client.find_daemon(args.control)
-    for record in client.request(path, req):
-        if "event" in record:
-            event = record["event"]
-            print(views.event_line(event) if args.lines else json.dumps(event), flush=True)
+    targets = client.find_run(args.control)
+    for event in client.merged_events(targets, req):
+        print(views.event_line(event) if args.lines else json.dumps(event), flush=True)
     if args.follow:
-        print(f"fwemu: the fwemu at {path} stopped", file=sys.stderr)
+        where = ", ".join(str(t.path) for t in targets)
+        print(f"fwemu: the fwemu at {where} stopped", file=sys.stderr)
     return 0

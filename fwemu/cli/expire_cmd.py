@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from typing import Any
 
 from fwemu.ops import client, views
@@ -65,21 +66,21 @@ def _run(args: argparse.Namespace) -> int:
             raise FilterError("--match needs at least one KEY=VALUE term (or use --all)")
     action = None if args.action is None else ExpireAction(args.action)
     req = Request("expire", selector=selector, all=args.all, action=action)
-    path = client.find_daemon(args.control)
-    summary: dict[str, Any] = {}
-    for record in client.request(path, req):
+    summary: Counter[str] = Counter()
+    # Every worker of a run: each expires the matching flows it holds.
+    for _, record in client.request_all(client.find_run(args.control), req):
         if "event" in record:
             event = record["event"]
             print(json.dumps(event) if args.json else views.event_line(event), flush=True)
         else:
-            summary = record
+            summary.update({k: record.get(k, 0) for k in ("expired", "injected")})
     if not args.json:
         print(_summary(summary))
-    return 0 if summary.get("expired") else 1
+    return 0 if summary["expired"] else 1
 
 
-def _summary(summary: dict[str, Any]) -> str:
-    expired, injected = summary.get("expired", 0), summary.get("injected", 0)
+def _summary(summary: Counter[str]) -> str:
+    expired, injected = summary["expired"], summary["injected"]
     if not expired:
         return "no flow matched: nothing expired"
     return f"expired {expired} flows, injected {injected} RSTs"

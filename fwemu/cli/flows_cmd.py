@@ -23,6 +23,9 @@ examples:
   fwemu flows --match 'dst=10.0.2.0/24 dport=5432'
   fwemu flows --json | jq '.[] | select(.expires_in < 10)'
 
+With 'fwemu run --workers N', the flows of every worker are listed together; in --json each
+flow's "queue" says which worker holds it.
+
 The TIMER column is the phase whose timer runs (embryonic, established, half_closed, closing,
 time_wait, close) and LEFT the seconds before it expires, unless a packet refreshes it.
 Exit status: 0, or 2 when no fwemu can be asked (one line on stderr says why).
@@ -49,8 +52,9 @@ def register(subparsers: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     text = args.match + (f" state={args.state}" if args.state else "")
     req = Request("flows", selector=parse_selector(text))
-    path = client.find_daemon(args.control)
-    flows = views.by_deadline(r["flow"] for r in client.request(path, req) if "flow" in r)
+    targets = client.find_run(args.control)
+    records = client.request_all(targets, req)
+    flows = views.by_deadline(r["flow"] for _, r in records if "flow" in r)
     if args.json:
         print(json.dumps(flows, indent=2))
         return 0

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from fwemu.ops import client
+from fwemu.ops.control import ControlError
 from fwemu.ops.protocol import Request
 
 ORDER = 26  # place in `fwemu --help`
@@ -20,6 +21,8 @@ A preset is part of fwemu and does not change while it runs: reloading it change
 
 'kill -HUP <pid of fwemu run>' does the same as 'fwemu reload' without options; its outcome
 is in fwemu's log.
+
+With 'fwemu run --workers N', every worker reloads and reports on its own line ([q<queue>]).
 
 examples:
   fwemu reload                          re-read the policy file fwemu was started with
@@ -50,7 +53,19 @@ def _run(args: argparse.Namespace) -> int:
     # The daemon's working directory is not ours: send an absolute path.
     policy = None if args.policy is None else os.path.abspath(args.policy)
     req = Request("reload", policy=policy, preset=args.preset)
-    path = client.find_daemon(args.control)
-    for record in client.request(path, req):
-        print(record["message"])
+    targets = client.find_run(args.control)
+    if len(targets) == 1:
+        for record in client.request(targets[0].path, req):
+            print(record["message"])
+        return 0
+    # Every worker of a run reloads on its own; each says how it went.
+    rejected = []
+    for target in targets:
+        try:
+            for record in client.request(target.path, req):
+                print(target.tag + record["message"])
+        except ControlError as err:
+            rejected.append(f"{target.tag}{err}")
+    if rejected:
+        raise ControlError("\n".join(rejected))
     return 0

@@ -50,15 +50,18 @@ def register(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    path = client.find_daemon(args.control)
+    targets = client.find_run(args.control)
     console = views.stdout_console()
+    events_req = Request("events", selector=EVERYTHING, history=RECENT_EVENTS)
 
     def screen() -> RenderableType:
-        status = next(iter(client.request(path, Request("status"))))
-        flows = [r["flow"] for r in client.request(path, Request("flows")) if "flow" in r]
-        events_req = Request("events", selector=EVERYTHING, history=RECENT_EVENTS)
-        events = [r["event"] for r in client.request(path, events_req) if "event" in r]
-        return views.top_view(status, flows, events, console.height - _CHROME)
+        # The workers of one run, summed up as one firewall.
+        statuses = [r for _, r in client.request_all(targets, Request("status"))]
+        flows = [r["flow"] for _, r in client.request_all(targets, Request("flows")) if "flow" in r]
+        events = list(client.merged_events(targets, events_req))
+        return views.top_view(
+            views.merged_status(statuses), flows, events, console.height - _CHROME
+        )
 
     if args.once:
         console.print(screen())

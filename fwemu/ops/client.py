@@ -1,4 +1,9 @@
-"""The client side of the control socket: find the running fwemu, send a request, read replies."""
+"""The client side of the control socket: find the running fwemu, send a request, read replies.
+
+One `fwemu run --workers N` has N control sockets, one per worker. Their `status` replies name
+the run they belong to, so the tools treat them as one firewall: `find_run` returns them all,
+and `request_all`/`merged_events` ask each one.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,11 @@ import argparse
 import errno
 import json
 import os
+import queue
 import socket
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,28 +32,108 @@ def add_control_argument(parser: argparse.ArgumentParser) -> None:
         "--control",
         metavar="PATH",
         type=Path,
-        help=f"the control socket of the fwemu to ask (default: the only one running, found "
-        f"in {CONTROL_DIR})",
+        help=f"the control socket of the fwemu to ask, or a directory holding the sockets of "
+        f"one run (default: the only fwemu running, found in {CONTROL_DIR}; the workers of "
+        "one 'fwemu run --workers N' count as one)",
     )
 
 
-def find_daemon(control: Path | None, directory: Path = CONTROL_DIR) -> Path:
-    """`control` if given; else the only live control socket in `directory`."""
-    if control is not None:
-        return control
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One control socket to ask; `queue` is set when it is one worker of several."""
+
+    path: Path
+    queue: int | None = None
+
+    @property
+    def tag(self) -> str:
+        """What prefixes this worker's lines of output: "[q1] ", or nothing."""
+        return "" if self.queue is None else f"[q{self.queue}] "
+
+
+def find_run(control: Path | None, directory: Path = CONTROL_DIR) -> tuple[Target, ...]:
+    """`control` if it is a socket; else the live control sockets in `control` (a directory) or
+    `directory`, which must all belong to one run: one fwemu, or the workers of one."""
+    if control is not None and not control.is_dir():
+        return (Target(control),)
+    where = control or directory
     try:
-        candidates = sorted(p for p in directory.iterdir() if p.name.endswith(CONTROL_SUFFIX))
+        candidates = sorted(p for p in where.iterdir() if p.name.endswith(CONTROL_SUFFIX))
     except FileNotFoundError:
         candidates = []
     except PermissionError:
-        raise ControlError(f"cannot read {directory}: it is root's; run this with sudo") from None
+        raise ControlError(f"cannot read {where}: it is root's; run this with sudo") from None
     live = [path for path in candidates if is_alive(path)]
     if not live:
         raise ControlError("no running fwemu found (is 'fwemu run' running?)")
-    if len(live) > 1:
-        listed = ", ".join(map(str, live))
-        raise ControlError(f"{len(live)} fwemus are running ({listed}); choose one with --control")
-    return live[0]
+    if len(live) == 1:
+        return (Target(live[0]),)
+    runs: dict[str, list[tuple[int, Path]]] = {}
+    for path in live:
+        status = list(request(path, Request("status")))[-1]
+        # A fwemu from before --workers has no run: it is a run of its own.
+        runs.setdefault(str(status.get("run", path)), []).append((int(status["queue"]), path))
+    if len(runs) > 1:
+        listed = ", ".join(" + ".join(str(p) for _, p in sorted(r)) for r in runs.values())
+        raise ControlError(f"{len(runs)} fwemus are running ({listed}); choose one with --control")
+    (workers,) = runs.values()
+    return tuple(Target(path, queue) for queue, path in sorted(workers))
+
+
+def request_all(targets: Sequence[Target], req: Request) -> Iterator[tuple[Target, dict[str, Any]]]:
+    """`request` to each target in turn; each reply record with the target it came from."""
+    for target in targets:
+        for record in request(target.path, req):
+            yield target, record
+
+
+def merged_events(targets: Sequence[Target], req: Request) -> Iterator[dict[str, Any]]:
+    """An `events` request to every target at once: the event records of their histories in
+    time order (the latest `req.history` of them), then, if `req.follow`, live events as they
+    come until every target has stopped."""
+    if len(targets) == 1:
+        yield from (r["event"] for r in request(targets[0].path, req) if "event" in r)
+        return
+    inbox: queue.Queue[tuple[int, dict[str, Any] | BaseException | None]] = queue.Queue()
+    for index, target in enumerate(targets):
+        threading.Thread(target=_pump, args=(index, target.path, req, inbox), daemon=True).start()
+    history: list[dict[str, Any]] = []
+    answered: set[int] = set()
+    running = len(targets)
+    live = False
+    while running:
+        index, item = inbox.get()
+        if isinstance(item, BaseException):
+            raise item
+        if item is None:
+            running -= 1
+            answered.add(index)
+        elif "event" not in item:
+            answered.add(index)  # the {"ok": true} after a history
+        elif live:
+            yield item["event"]
+        else:
+            history.append(item["event"])
+        if not live and len(answered) == len(targets):
+            live = True
+            history.sort(key=lambda event: float(event["ts"]))
+            yield from history[max(len(history) - req.history, 0) :] if req.history else []
+
+
+def _pump(
+    index: int,
+    path: Path,
+    req: Request,
+    inbox: queue.Queue[tuple[int, dict[str, Any] | BaseException | None]],
+) -> None:
+    """One target's records into `inbox`, then None (or the error that ended them)."""
+    try:
+        for record in request(path, req):
+            inbox.put((index, record))
+    except BaseException as err:
+        inbox.put((index, err))
+        return
+    inbox.put((index, None))
 
 
 def request(path: Path, req: Request) -> Iterator[dict[str, Any]]:

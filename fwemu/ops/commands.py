@@ -84,6 +84,8 @@ class Commands:
     def _flows(self, selector: Selector) -> Iterator[dict[str, Any]]:
         table = self._daemon.engine.table
         ts = self._daemon.wall(Clock.now())
+        # Which worker holds the flow, when `fwemu run --workers` lists several at once.
+        queue = self._status.get("queue")
         keys = table.keys()
         count = 0
         for key in keys:
@@ -93,13 +95,13 @@ class Commands:
             record = flow_record(info)
             if selector.matches(record, state=info.state, rule=info.rule):
                 count += 1
-                yield {"flow": record}
+                yield {"flow": {**record, "queue": queue}}
         yield {"ok": True, "ts": ts, "count": count, "total": len(keys)}
 
     def _events(self, request: Request, history: deque[Event]) -> Reply:
         selector = request.selector
         matching = [event for event in history if _event_selected(selector, event)]
-        recent = matching[len(matching) - request.history :] if request.history else []
+        recent = matching[max(len(matching) - request.history, 0) :] if request.history else []
         done: dict[str, Any] = {"ok": True, "count": len(recent), "follow": request.follow}
         # JSON forms built as the client reads them, a turn's worth at a time.
         record = self._daemon.reporter.record

@@ -112,6 +112,24 @@ def event_line(record: dict[str, Any]) -> str:
     return f"{stamp} {kind:<12} {who} {details}".rstrip()
 
 
+# The counters of `status` that add up over the workers of a run.
+SUMMED = ("packets", "accepted", "dropped", "resets", "errors", "flows")
+
+
+def merged_status(statuses: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The `status` of one fwemu, or the workers of one run as one: counters summed, the
+    supervisor's pid, and the queues as a range ("0-3 (4 workers)")."""
+    if len(statuses) == 1:
+        return statuses[0]
+    queues = sorted(int(s["queue"]) for s in statuses)
+    return {
+        **statuses[0],
+        **{key: sum(int(s.get(key, 0)) for s in statuses) for key in SUMMED},
+        "pid": statuses[0].get("supervisor", statuses[0]["pid"]),
+        "queue": f"{queues[0]}-{queues[-1]} ({len(queues)} workers)",
+    }
+
+
 def top_view(
     status: dict[str, Any],
     flows: Sequence[dict[str, Any]],

@@ -103,3 +103,19 @@ def test_the_nfqueue_probe_leaves_nothing_behind(netns: str) -> None:
     before = ruleset(netns)
     call_in_netns(netns, lambda: iptables.check_available(7))
     assert ruleset(netns) == before
+
+
+def test_several_queues_share_one_balancing_rule_set_named_after_the_first(netns: str) -> None:
+    before = ruleset(netns)
+    call_in_netns(netns, lambda: iptables.check_available(4, 3))
+    assert ruleset(netns) == before
+    families = call_in_netns(netns, lambda: iptables.install(4, Capture(), 3))
+    assert families == (4, 6)
+    for rules in ruleset(netns):
+        assert rules.splitlines()[3:] == [
+            "-N FWEMU-Q4",
+            '-A FORWARD -p tcp -m comment --comment "fwemu:q4" -j FWEMU-Q4',
+            "-A FWEMU-Q4 -j NFQUEUE --queue-balance 4:6 --queue-bypass",
+        ]
+    assert call_in_netns(netns, lambda: iptables.remove(4)) is True
+    assert ruleset(netns) == before

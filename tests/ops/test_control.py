@@ -223,26 +223,20 @@ def test_a_file_that_is_not_a_socket_is_left_alone(tmp_path: Path) -> None:
     assert path.read_text() == "mine"
 
 
-def test_find_daemon_needs_exactly_one_live_socket(tmp_path: Path) -> None:
+def test_find_run_needs_a_live_socket(tmp_path: Path) -> None:
     with pytest.raises(
         ControlError, match=r"^no running fwemu found \(is 'fwemu run' running\?\)$"
     ):
-        client.find_daemon(None, tmp_path / "absent")
+        client.find_run(None, tmp_path / "absent")
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(str(tmp_path / "old.q0.sock"))
     stale.close()
     with pytest.raises(ControlError, match="no running fwemu found"):
-        client.find_daemon(None, tmp_path)
+        client.find_run(None, tmp_path)
     with Loop(tmp_path / "a.q0.sock"):
-        assert client.find_daemon(None, tmp_path) == tmp_path / "a.q0.sock"
-        with Loop(tmp_path / "b.q0.sock"):
-            with pytest.raises(ControlError) as err:
-                client.find_daemon(None, tmp_path)
-            assert str(err.value) == (
-                f"2 fwemus are running ({tmp_path}/a.q0.sock, {tmp_path}/b.q0.sock); "
-                "choose one with --control"
-            )
-    assert client.find_daemon(tmp_path / "given.sock", tmp_path) == tmp_path / "given.sock"
+        assert client.find_run(None, tmp_path) == (client.Target(tmp_path / "a.q0.sock"),)
+    given = tmp_path / "given.sock"
+    assert client.find_run(given, tmp_path) == (client.Target(given),)
 
 
 def test_connecting_to_nothing_says_so(tmp_path: Path) -> None:

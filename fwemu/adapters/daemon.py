@@ -40,9 +40,14 @@ from fwemu.ops.commands import PolicySource
 from fwemu.ops.control import ControlServer
 from fwemu.ops.metrics import LATENCY_SAMPLE, Metrics
 
-# Flows expired per handle_timer call: 100k simultaneous expiries take ~100 iterations, with
-# the queue polled between them, so packets keep flowing.
-TIMER_BATCH = 1024
+# A turn of the loop spends at most TIMER_BUDGET seconds on due timers (plus the handle_timer
+# call that crosses it: TIMER_BATCH flows) before the queue is polled again, so a mass expiry
+# (100k flows due at once) stalls no verdict for more than a few ms. Measured by bench/scale.py
+# (docs/performance.md, "Scale"): an expiry with reset-both costs ~70-100 µs (two RSTs sent,
+# three log lines, three JSON events), so the former fixed 1024 flows a turn held verdicts up
+# for ~100 ms at a time; 16 flows make ~1.5 ms at most.
+TIMER_BATCH = 16
+TIMER_BUDGET = 0.001
 # Queue messages handled before the timers get a turn again, so a packet flood cannot starve them.
 PACKET_BATCH = 256
 
@@ -243,10 +248,13 @@ class Daemon:
         now = Clock.now()
         # Read on every turn: the packets just handled may have moved the deadline.
         due = self.engine.next_deadline()
-        if due is not None and now >= due:
+        end = now + TIMER_BUDGET
+        while due is not None and now >= due:
             effects = self.engine.handle_timer(now=now, limit=TIMER_BATCH)
             self.apply(effects.inject, effects.events)
             due, now = self.engine.next_deadline(), Clock.now()
+            if now >= end:
+                break  # the rest next turn, after the queue (the poll's timeout is then 0)
         if control is not None:
             session_due = control.expire_sessions(now)
             if session_due is not None and (due is None or session_due < due):

@@ -237,8 +237,8 @@ class FlowTable:
         self._use(policy)
         by_name = {p.name: i for i, p in enumerate(self._profiles)}
         default = len(self._profiles) - 1
-        for slot in self._index.values():
-            profile = self._match(self._flow_id(slot))
+        for key, slot in self._index.items():
+            profile = self._match(key, bool(self._client_fwd[slot]))
             self._profile[slot] = profile
             timeout = self._timeouts[profile][self._state[slot]]
             seen = self._seen_at[slot]
@@ -662,16 +662,18 @@ class FlowTable:
             return tomb.profile
         if not self.policy.rules:
             return len(self._profiles) - 1
-        as_sent = _packet_flow_id(seg)
-        return self._match(as_sent, as_sent.reversed())
+        return self._match(seg.key, seg.forward, not seg.forward)
 
-    def _match(self, *orientations: FlowId) -> int:
-        """The index of the first rule matching the flow (trying each orientation in turn),
-        else of the default profile."""
-        for flow in orientations:
-            src, dst = ipaddress.ip_address(flow.src), ipaddress.ip_address(flow.dst)
+    def _match(self, key: bytes, *client_forward: bool) -> int:
+        """The index of the first rule matching the flow of `key` seen client > server, the
+        client being the key's first endpoint or not as given (each tried in turn), else of the
+        default profile."""
+        addr_a, port_a, addr_b, port_b = pk.endpoints(key)
+        a, b = _address(addr_a), _address(addr_b)
+        for forward in client_forward:
+            src, sport, dst, dport = (a, port_a, b, port_b) if forward else (b, port_b, a, port_a)
             for i, rule in enumerate(self.policy.rules):
-                if rule.match.matches(src, flow.sport, dst, flow.dport):
+                if rule.match.matches(src, sport, dst, dport):
                     return i
         return len(self._profiles) - 1
 
@@ -890,6 +892,19 @@ def _ntop(addr: bytes) -> str:
             else str(ipaddress.ip_address(addr))
         )
     return text
+
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_ADDRESS: dict[bytes, IPAddress] = {}  # rule matching needs one per flow, reload 100k at once
+
+
+def _address(packed: bytes) -> IPAddress:
+    address = _ADDRESS.get(packed)
+    if address is None:
+        if len(_ADDRESS) >= 4096:
+            _ADDRESS.clear()  # bounded, as _ADDRESS_TEXT
+        address = _ADDRESS[packed] = ipaddress.ip_address(packed)
+    return address
 
 
 def _key_flow_id(key: bytes, client_forward: bool) -> FlowId:

@@ -26,8 +26,10 @@ from fwemu.policy import Policy, load_policy, load_preset
 if TYPE_CHECKING:
     from fwemu.adapters.daemon import Daemon
 
-# Flows expired per reply step: as many as a timer run expires at once (daemon.TIMER_BATCH).
-EXPIRE_BATCH = 1024
+# Flows expired per reply step, as the daemon's timers expire per handle_timer call
+# (daemon.TIMER_BATCH): the control server stops building a reply after TURN_BUDGET, so a step
+# must cost little more than that (16 expiries with RSTs: ~1.5 ms, docs/performance.md "Scale").
+EXPIRE_BATCH = 16
 
 
 @dataclass(frozen=True, slots=True)

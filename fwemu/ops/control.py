@@ -2,7 +2,8 @@
 
 Everything is non-blocking and every turn does bounded work, so a client can never stall packet
 verdicts: a few accepts, one recv and one send per ready connection, and at most `ITEMS_PER_TURN`
-reply items built (a flow listing of a million flows is spread over many loop iterations). A
+reply items built within `TURN_BUDGET` (a flow listing of a million flows, or `fwemu expire` of
+100k flows, is spread over many loop iterations). A
 client that sends no request in time, stops reading its reply, or lets a followed event stream
 back up past `MAX_BACKLOG` is dropped.
 
@@ -47,6 +48,9 @@ HISTORY_SIZE = 1000
 ACCEPT_BATCH = 8  # connections accepted per turn
 RECV_SIZE = 4096
 ITEMS_PER_TURN = 256  # reply items built per turn (a flow record takes a few microseconds)
+# Seconds of reply building per turn, whatever the items cost (an expiry with RSTs: ~0.1 ms), as
+# the daemon's TIMER_BUDGET for timers: verdicts wait at most about this long.
+TURN_BUDGET = 0.001
 SEND_CHUNK = 64 * 1024  # a reply is built ahead until this much waits to be sent
 MAX_BACKLOG = 1024 * 1024  # unsent bytes after which a following client is dropped as too slow
 REQUEST_TIMEOUT = 5.0  # seconds to send a complete request after connecting
@@ -216,8 +220,9 @@ class ControlServer:
         """Build reply items until a chunk is ready or the turn's budget is used."""
         if session.reply is None:
             return
+        end = time.monotonic() + TURN_BUDGET
         for _ in range(ITEMS_PER_TURN):
-            if len(session.outbuf) >= SEND_CHUNK:
+            if len(session.outbuf) >= SEND_CHUNK or time.monotonic() >= end:
                 return
             try:
                 item = next(session.reply, None)

@@ -87,14 +87,14 @@ def bench_data(flows: int, packets: int) -> None:
     )
 
     connections = 20_000
-    packets = [p for i in range(flows, flows + connections) for p in (*handshake(i), *close(i, 0))]
+    whole = [p for i in range(flows, flows + connections) for p in (*handshake(i), *close(i, 0))]
     t0 = time.perf_counter()
-    for p in packets:
+    for p in whole:
         handle(p, now=10.0)
     dt = time.perf_counter() - t0
     print(
         f"whole connections:        {connections / dt:>12,.0f} connections/s "
-        f"({dt / len(packets) * 1e6:.2f} µs per handshake/close packet, events included)"
+        f"({dt / len(whole) * 1e6:.2f} µs per handshake/close packet, events included)"
     )
 
 

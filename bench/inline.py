@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import os
 import re
@@ -49,6 +48,22 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
+
+from common import (
+    ECHO_PORT,
+    PING_SIZE,
+    READY,
+    STARTED,
+    STOP_TIMEOUT,
+    TAIL_LINES,
+    BenchError,
+    Child,
+    fork,
+    listen_on,
+    percentile,
+    recv_exactly,
+    serve_echo,
+)
 
 from fwemu.cli.argtypes import whole_number
 from fwemu.errors import FwemuError
@@ -73,13 +88,11 @@ SCRIPT = Path(__file__).resolve()
 QUEUE = 0
 IPERF_PORT = 5201
 RR_PORT = 7000  # request/response: one connection per request, the server closes first
-ECHO_PORT = 7001  # ping-pong: one long connection
 # Small segments: Linux's minimum MSS (TCP_MIN_MSS = 88, include/net/tcp.h), 64-byte writes with
 # Nagle off, and socket buffers small enough that the sender cannot merge writes into GSO
 # batches while it waits: every segment stays one queued packet (~110 B on the wire, measured).
 SMALL_ARGS = ("-N", "-l", "64", "-M", "88", "-w", "16k")
 REQUEST_SIZE, RESPONSE_SIZE = 64, 512
-PING_SIZE = 64
 CLIENT_PROCS = 4  # connection workers; each waits on one connection at a time
 # Client addresses of the multi workload: with 2 queues, all 8 land on one with probability
 # 2 / 2**8 (the kernel's queue hash has a per-boot seed: docs/performance.md, "Multi-core").
@@ -88,58 +101,10 @@ MULTI_FIRST_HOST = 10  # 10.N.1.10 .. 10.N.1.17, beside the lab's client address
 SERVER_PROCS = 2  # one per CPU of the 2-core development machine
 LATENCY_WARMUP = 50  # round trips not counted: the first ones pay for cold caches
 IO_TIMEOUT = 2.0  # seconds a connection may stall before it counts as an error
-START_TIMEOUT = 20.0  # a consumer or server start on a busy 2-CPU VM takes well under 1 s
-STOP_TIMEOUT = 10.0
 SLACK = 15.0  # seconds a workload may overrun its nominal duration before it is killed
-POLL = 0.01
-STARTED = "fwemu started"  # fwemu run's log line once its queue and rules are up
-READY = "ready"  # what this script's roles print once they serve
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-TAIL_LINES = 3  # log lines quoted in an error message
-
-
-class BenchError(FwemuError):
-    """The bench cannot run, or a program it started failed."""
 
 
 # --- programs that run inside the lab (argv[1] starts with "_") -----------------------------
-
-
-def _die_with_parent() -> None:
-    """SIGKILL this process when its parent dies, so no worker outlives the bench's lab."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _fork(work: Callable[[], None]) -> int:
-    """A child process that runs `work` and exits; its pid."""
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            _die_with_parent()
-            work()
-        except BaseException:
-            code = 1
-        os._exit(code)
-    return pid
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError("peer closed")
-        data += chunk
-    return data
-
-
-def _listener(address: str, port: int) -> socket.socket:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((address, port))
-    sock.listen(4096)
-    return sock
 
 
 def _serve_requests(listener: socket.socket) -> None:
@@ -147,25 +112,16 @@ def _serve_requests(listener: socket.socket) -> None:
     while True:
         conn, _ = listener.accept()
         with contextlib.suppress(OSError), conn:
-            _recv_exactly(conn, REQUEST_SIZE)
+            recv_exactly(conn, REQUEST_SIZE)
             conn.sendall(response)
-
-
-def _serve_echo(listener: socket.socket) -> None:
-    while True:
-        conn, _ = listener.accept()
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with contextlib.suppress(OSError), conn:
-            while True:
-                conn.sendall(_recv_exactly(conn, PING_SIZE))
 
 
 def role_serve(argv: Sequence[str]) -> None:
     """_serve ADDRESS: request/response workers on RR_PORT and an echo server on ECHO_PORT."""
     (address,) = argv
-    requests, echo = _listener(address, RR_PORT), _listener(address, ECHO_PORT)
-    pids = [_fork(lambda: _serve_requests(requests)) for _ in range(SERVER_PROCS)]
-    pids.append(_fork(lambda: _serve_echo(echo)))
+    requests, echo = listen_on(address, RR_PORT), listen_on(address, ECHO_PORT)
+    pids = [fork(lambda: _serve_requests(requests)) for _ in range(SERVER_PROCS)]
+    pids.append(fork(lambda: serve_echo(echo)))
     stops = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # sigwait(3) needs them blocked
     print(READY, flush=True)
@@ -217,7 +173,7 @@ def role_connect(argv: Sequence[str]) -> None:
     read, write = os.pipe()
     start = time.monotonic() + 0.05  # all workers begin together, once forked
     pids = [
-        _fork(partial(_connect_loop, address, start, seconds, write, sources[i:] + sources[:i]))
+        fork(partial(_connect_loop, address, start, seconds, write, sources[i:] + sources[:i]))
         for i in range(CLIENT_PROCS)
     ]
     os.close(write)
@@ -242,7 +198,7 @@ def role_pingpong(argv: Sequence[str]) -> None:
         for i in range(LATENCY_WARMUP + count):
             t0 = time.perf_counter_ns()
             sock.sendall(ping)
-            _recv_exactly(sock, PING_SIZE)
+            recv_exactly(sock, PING_SIZE)
             if i >= LATENCY_WARMUP:
                 rtts.append((time.perf_counter_ns() - t0) / 1000)
     print(json.dumps({"rtt_us": rtts}))
@@ -291,64 +247,6 @@ ROLES: dict[str, Callable[[Sequence[str]], None]] = {
 
 
 # --- processes and measurements from the bench's side ---------------------------------------
-
-
-class Child:
-    """A program started in the lab, its stdout and stderr going to a log file."""
-
-    def __init__(self, name: str, process: subprocess.Popen[bytes], log: Path) -> None:
-        self.name = name
-        self.process = process
-        self._log = log
-
-    @classmethod
-    def start(cls, name: str, argv: Sequence[str], workdir: Path, namespace: str | None) -> Child:
-        """`argv` run in `namespace` (`ip netns exec`), or where the bench runs if None."""
-        log = workdir / f"{name}.log"
-        prefix = ["ip", "netns", "exec", namespace] if namespace else []
-        with open(log, "wb") as out:
-            process = subprocess.Popen(
-                [*prefix, *argv],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # see `run_tool`
-            )
-        return cls(name, process, log)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def log(self) -> str:
-        return self._log.read_text(errors="replace")
-
-    def tail(self) -> str:
-        lines = self.log().splitlines()[-TAIL_LINES:]
-        return " | ".join(lines) or "(no output)"
-
-    def wait_for(self, text: str, timeout: float = START_TIMEOUT) -> None:
-        """Return once the log holds `text`; BenchError if the program exits or times out."""
-        end = time.monotonic() + timeout
-        while text not in self.log():
-            if self.process.poll() is not None:
-                raise BenchError(
-                    f"{self.name} exited with status {self.process.returncode} before it was "
-                    f"ready: {self.tail()}"
-                )
-            if time.monotonic() > end:
-                raise BenchError(f"{self.name} was not ready within {timeout:g}s: {self.tail()}")
-            time.sleep(POLL)
-
-    def stop(self) -> int:
-        """SIGTERM (SIGKILL after STOP_TIMEOUT) unless it has exited; its exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        return self.process.wait()
 
 
 def run_role(plan: LabPlan, side: Side, argv: Sequence[str], timeout: float) -> dict[str, Any]:
@@ -513,12 +411,6 @@ def measure(
     return figures | usage(before, snapshot(fw, consumer), workload)
 
 
-def percentile(ordered: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile of an ascending sequence."""
-    rank = max(1, -(-len(ordered) * p // 100))  # ceil(n * p / 100)
-    return ordered[int(rank) - 1]
-
-
 # --- modes ----------------------------------------------------------------------------------
 
 
@@ -597,15 +489,20 @@ def multi_clients(plan: LabPlan) -> list[str]:
     ]
 
 
-def prepare(plan: LabPlan) -> None:
-    """Client ports for the connection workloads: the whole range, not the default 28k; and the
-    multi workload's client addresses."""
+def widen_port_range(plan: LabPlan) -> None:
+    """Client ports for many connections: the whole range, not the default 28k (a per-namespace
+    sysctl: the root namespace's stays as it is)."""
     from fwemu.lab import call_in_netns
 
     call_in_netns(
         plan.client.namespace,
         lambda: Path("/proc/sys/net/ipv4/ip_local_port_range").write_text("1024 65535"),
     )
+
+
+def prepare(plan: LabPlan) -> None:
+    """The connection workloads' client ports, and the multi workload's client addresses."""
+    widen_port_range(plan)
     for address in multi_clients(plan):
         run_tool(plan, "client", ["ip", "addr", "add", f"{address}/24", "dev", "eth0"], 10)
 

@@ -45,20 +45,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from inline import (
+from common import (
     ECHO_PORT,
     PING_SIZE,
     READY,
     STARTED,
     BenchError,
     Child,
-    _fork,
-    _listener,
-    _recv_exactly,
-    _serve_echo,
+    fork,
+    listen_on,
     percentile,
-    prepare,
+    recv_exactly,
+    serve_echo,
 )
+from inline import widen_port_range
 
 from fwemu.cli.argtypes import number, whole_number
 from fwemu.errors import FwemuError
@@ -202,8 +202,8 @@ def role_sink(argv: Sequence[str]) -> None:
     """_sink ADDRESS PROCESSES: PROCESSES workers accept and hold connections on HOLD_PORTS;
     an echo server for the prober on ECHO_PORT. On SIGTERM, prints what the peers did (JSON)."""
     address, processes = argv[0], int(argv[1])
-    echo = _listener(address, ECHO_PORT)
-    pids = [_fork(lambda: _serve_echo(echo))]
+    echo = listen_on(address, ECHO_PORT)
+    pids = [fork(lambda: serve_echo(echo))]
     listeners: dict[int, socket.socket] = {}
     for port in HOLD_PORTS:
         listener = socket.socket()
@@ -213,7 +213,7 @@ def role_sink(argv: Sequence[str]) -> None:
         listener.setblocking(False)
         listeners[listener.fileno()] = listener
     read, write = os.pipe()
-    workers = [_fork(lambda: _sink_worker(listeners, write)) for _ in range(processes)]
+    workers = [fork(lambda: _sink_worker(listeners, write)) for _ in range(processes)]
     os.close(write)
     stops = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # sigwait(3) needs them blocked
@@ -290,7 +290,7 @@ def role_probe(argv: Sequence[str]) -> None:
             while True:
                 wall, t0 = time.time(), time.perf_counter_ns()
                 sock.sendall(ping)
-                _recv_exactly(sock, PING_SIZE)
+                recv_exactly(sock, PING_SIZE)
                 rtt = (time.perf_counter_ns() - t0) / 1000
                 starts.append(wall)
                 rtts.append(rtt)
@@ -408,7 +408,7 @@ def prepare_endpoints(plan: LabPlan) -> list[str]:
         return ""
 
     _in_netns(end.namespace, add_addresses)
-    prepare(plan)  # the client's whole port range (bench/inline.py)
+    widen_port_range(plan)
     # Both are per network namespace; the SYN backlog is also capped by listen(2)'s backlog.
     _write_sysctls(
         plan.server.namespace,

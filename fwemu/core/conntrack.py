@@ -18,7 +18,7 @@ import ipaddress
 from array import array
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from fwemu.core import packet as pk
 from fwemu.core.decision import IGNORED, IN_STATE, Decision, Verdict, accept
@@ -144,7 +144,11 @@ class FlowInfo:
 
 class _Tombstone(NamedTuple):
     """An expired flow, remembered so a late packet can say which flow it was and which side.
-    (A NamedTuple: one is made per expiry, and mass expiries must not stall verdicts.)"""
+
+    The table stores each as a plain tuple (`_Buried`) and makes this readable form when one is
+    looked up: the cyclic GC stops tracking a plain tuple of atoms, never a NamedTuple, and 100k
+    tracked tombstones made every full collection take ~30 ms, stalling verdicts after a mass
+    expiry (bench/scale.py)."""
 
     client_forward: bool  # the client is the key's first endpoint
     expired_at: float
@@ -152,6 +156,11 @@ class _Tombstone(NamedTuple):
     state: str
     profile: int
     forget_at: float
+
+
+_Buried = tuple[bool, float, str, str, int, float]  # a _Tombstone's fields, as stored
+_FORGET_AT: Final = 5  # a literal index, for the type checker
+assert _Tombstone._fields[_FORGET_AT] == "forget_at"
 
 
 class _Expiry(NamedTuple):
@@ -205,7 +214,7 @@ class FlowTable:
         self._bytes = (array("Q"), array("Q"))
         self.timers = Timers()
         self._deadlines = self.timers.deadlines
-        self._tombstones: dict[bytes, _Tombstone] = {}
+        self._tombstones: dict[bytes, _Buried] = {}
         # FlowId per slot of recent flows: a connection's ~6 events share one.
         self._flow_ids: dict[int, FlowId] = {}
         self._forget_queues: list[deque[bytes]] = [deque() for _ in self._profiles]
@@ -244,9 +253,9 @@ class FlowTable:
             seen = self._seen_at[slot]
             self.timers.set(slot, None if timeout is None else seen + timeout)
         queues: list[deque[bytes]] = [deque() for _ in self._profiles]
-        for key, tomb in self._tombstones.items():
-            index = by_name.get(old_names[tomb.profile], default)
-            self._tombstones[key] = tomb._replace(profile=index)
+        for key, (client_forward, at, phase, state, profile, forget_at) in self._tombstones.items():
+            index = by_name.get(old_names[profile], default)
+            self._tombstones[key] = (client_forward, at, phase, state, index, forget_at)
             queues[index].append(key)
         self._forget_queues = queues
         return len(self._index)
@@ -649,11 +658,13 @@ class FlowTable:
         return Decision(verdict, f"out-of-state: {reason}", inject, tuple(events))
 
     def _tombstone(self, key: bytes, now: float) -> _Tombstone | None:
-        tomb = self._tombstones.get(key)
-        if tomb is not None and tomb.forget_at <= now:
+        buried = self._tombstones.get(key)
+        if buried is None:
+            return None
+        if buried[_FORGET_AT] <= now:
             del self._tombstones[key]
             return None
-        return tomb
+        return _Tombstone._make(buried)
 
     def _profile_index(self, seg: pk.Segment, tomb: _Tombstone | None) -> int:
         """The first rule matching the flow seen client > server, else the default profile.
@@ -740,7 +751,7 @@ class FlowTable:
         key = self._keys[slot]
         assert key is not None
         self._forget_queues[profile].append(key)
-        self._tombstones[key] = _Tombstone(
+        self._tombstones[key] = (
             bool(self._client_fwd[slot]),
             now,
             facts.phase,
@@ -786,11 +797,11 @@ class FlowTable:
         tombs = self._tombstones
         for queue in self._forget_queues:
             while queue:
-                tomb = tombs.get(queue[0])
-                if tomb is not None and tomb.forget_at > now:
+                buried = tombs.get(queue[0])
+                if buried is not None and buried[_FORGET_AT] > now:
                     break
                 key = queue.popleft()
-                if tomb is not None:
+                if buried is not None:
                     del tombs[key]
 
     # ---------------------------------------------------------------- slots

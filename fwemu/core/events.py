@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from enum import Enum
 from typing import ClassVar, NamedTuple
 
 
@@ -37,6 +36,17 @@ class FlowId(NamedTuple):
         return {"src": self.src, "sport": self.sport, "dst": self.dst, "dport": self.dport}
 
 
+_OWN_FIELDS: dict[type[Event], tuple[str, ...]] = {}
+
+
+def _own_fields(kind: type[Event]) -> tuple[str, ...]:
+    """The fields of an event class after ts and flow (dataclasses.fields is slow per call)."""
+    names = _OWN_FIELDS.get(kind)
+    if names is None:
+        names = _OWN_FIELDS[kind] = tuple(field.name for field in dataclasses.fields(kind))[2:]
+    return names
+
+
 def _hostport(addr: str, port: int) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
@@ -57,11 +67,8 @@ class Event:
             "flow": self.flow.to_dict(),
         }
         out.update(dict.fromkeys(self._COMMON))
-        for field in dataclasses.fields(self):
-            if field.name in ("ts", "flow"):
-                continue
-            value = getattr(self, field.name)
-            out[field.name] = value.value if isinstance(value, Enum) else value
+        for name in _own_fields(type(self)):
+            out[name] = getattr(self, name)
         return out
 
     def describe(self) -> str:

@@ -5,7 +5,7 @@ so a clock step during a run shifts nothing the core decides.
 
 Events cost nothing nobody consumes: watchers (the metrics, the control socket's history) get the
 core's Event objects as they are; the JSON form (half of the ~14 µs per connection packet that
-reporting cost: docs/performance.md §3.2-§3.3) is built only while an events file is open or a
+reporting cost: docs/performance.md §6) is built only while an events file is open or a
 listener (a following client) is subscribed.
 """
 
@@ -21,7 +21,7 @@ from fwemu.core.events import Event
 
 # At most one error line per this many seconds; the rest are counted and summarised.
 ERROR_LOG_INTERVAL = 5.0
-# Event kinds logged only with --verbose: a connection has about 6 (docs/performance.md §5, 1.),
+# Event kinds logged only with --verbose: a connection has about 6 (docs/performance.md §6),
 # each line a strftime, a write(2) and a flush.
 VERBOSE_KINDS = frozenset({"new", "state"})
 

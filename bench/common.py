@@ -10,8 +10,9 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from fwemu.errors import FwemuError
@@ -145,3 +146,33 @@ def percentile(ordered: Sequence[float], p: float) -> float:
     """Nearest-rank percentile of an ascending sequence."""
     rank = max(1, -(-len(ordered) * p // 100))  # ceil(n * p / 100)
     return ordered[int(rank) - 1]
+
+
+# A program of the bench's, run inside the lab: its arguments.
+Role = Callable[[Sequence[str]], None]
+# The bench itself: its arguments and a progress printer -> the report to print.
+Measure = Callable[[Sequence[str], Callable[[str], None]], str]
+
+
+def run_bench(name: str, argv: Sequence[str], roles: Mapping[str, Role], measure: Measure) -> int:
+    """A bench script's main: one of its roles when argv names one (the programs it runs inside
+    the lab), else the bench, progress on stderr and the report on stdout. SIGTERM tears the lab
+    down as Ctrl-C does; errors are one line."""
+    if argv and argv[0] in roles:
+        roles[argv[0]](argv[1:])
+        return 0
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    def progress(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    try:
+        report = measure(argv, progress)
+    except FwemuError as err:
+        print(f"{name}: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; lab removed", file=sys.stderr)
+        return 130
+    print(report)
+    return 0

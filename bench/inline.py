@@ -62,11 +62,11 @@ from common import (
     listen_on,
     percentile,
     recv_exactly,
+    run_bench,
     serve_echo,
 )
 
 from fwemu.cli.argtypes import whole_number
-from fwemu.errors import FwemuError
 from fwemu.lab.plan import LabPlan, Side
 
 # The roles below start inside measured windows and need only the standard library, so the
@@ -794,31 +794,14 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, bool]:
     return settings, args.json
 
 
-def main(argv: Sequence[str]) -> int:
-    if argv and argv[0] in ROLES:
-        ROLES[argv[0]](argv[1:])
-        return 0
+def report(argv: Sequence[str], progress: Callable[[str], None]) -> str:
+    """Parse the options, run the bench, render its table (or JSON)."""
     settings, as_json = parse_args(argv)
-    # SIGTERM tears the lab down too, like Ctrl-C.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-
-    def progress(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
-
-    try:
-        runs, bypassed = bench(settings, progress)
-    except FwemuError as err:
-        print(f"inline bench: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("inline bench: interrupted; lab removed", file=sys.stderr)
-        return 130
+    runs, bypassed = bench(settings, progress)
     if as_json:
-        print(json.dumps(report_json(settings, runs, bypassed), indent=2))
-    else:
-        print(table(settings, medians(runs), bypassed))
-    return 0
+        return json.dumps(report_json(settings, runs, bypassed), indent=2)
+    return table(settings, medians(runs), bypassed)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_bench("inline bench", sys.argv[1:], ROLES, report))

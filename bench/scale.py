@@ -56,12 +56,12 @@ from common import (
     listen_on,
     percentile,
     recv_exactly,
+    run_bench,
     serve_echo,
 )
 from inline import widen_port_range
 
 from fwemu.cli.argtypes import number, whole_number
-from fwemu.errors import FwemuError
 from fwemu.lab.plan import LabPlan
 
 Action = Literal["forget", "rst"]
@@ -883,31 +883,14 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, bool]:
     return settings, args.json
 
 
-def main(argv: Sequence[str]) -> int:
-    if argv and argv[0] in ROLES:
-        ROLES[argv[0]](argv[1:])
-        return 0
+def report(argv: Sequence[str], progress: Callable[[str], None]) -> str:
+    """Parse the options, run the bench, render its table (or JSON)."""
     settings, as_json = parse_args(argv)
-    # SIGTERM tears the lab down too, like Ctrl-C.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-
-    def progress(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
-
-    try:
-        figures = bench(settings, progress)
-    except FwemuError as err:
-        print(f"scale bench: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("scale bench: interrupted; lab removed", file=sys.stderr)
-        return 130
+    figures = bench(settings, progress)
     if as_json:
-        print(json.dumps({"settings": asdict(settings), "figures": figures}, indent=2))
-    else:
-        print(table(settings, figures))
-    return 0
+        return json.dumps({"settings": asdict(settings), "figures": figures}, indent=2)
+    return table(settings, figures)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_bench("scale bench", sys.argv[1:], ROLES, report))

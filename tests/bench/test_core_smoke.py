@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "core.py"
+from tests.bench.runner import run_bench
+
 ARGS = ("--flows", "2000", "--data-flows", "100", "--data-packets", "2000", "--expiry-flows", "500")
 FIGURES = (
     r"established data packets: +[\d,]+ packets/s +[\d.]+ µs/packet",
@@ -19,9 +17,6 @@ FIGURES = (
 
 
 def test_tiny_run_prints_every_figure() -> None:
-    done = subprocess.run(
-        [sys.executable, str(BENCH), *ARGS], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_bench("core.py", *ARGS, timeout=60)
     for figure in FIGURES:
         assert re.search(figure, done.stdout), f"{figure!r} not in:\n{done.stdout}"

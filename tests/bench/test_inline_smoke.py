@@ -6,13 +6,10 @@ A smoke run, not a measurement: figures belong to the bench, so nothing here ass
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
+from tests.bench.runner import run_bench
 from tests.e2e.conftest import require_root
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "inline.py"
 # --quick with the smallest settings: one repetition, 1 s per workload.
 ARGS = ("--quick", "--duration", "1", "--round-trips", "200")
 TIMEOUT = 60  # seconds; the run takes ~12 s on the 2-CPU development VM
@@ -39,14 +36,7 @@ NUMBER = r"-?[\d,]+(?:\.\d+)?"
 
 def test_quick_run_prints_every_figure_for_every_mode_and_the_targets() -> None:
     require_root()
-    result = subprocess.run(
-        [sys.executable, str(BENCH), *ARGS],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_bench("inline.py", *ARGS, timeout=TIMEOUT)
     lines = result.stdout.splitlines()
     header = next(line for line in lines if "(a) kernel" in line)
     assert header.split() == [

@@ -6,13 +6,10 @@ A smoke run at tiny scale, not a measurement: nothing here asserts a speed or a 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
+from tests.bench.runner import run_bench
 from tests.e2e.conftest import require_root
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "scale.py"
 CONNECTIONS = 400
 ARGS = ("--quick", "--connections", str(CONNECTIONS), "--hold", "3", "--json")
 TIMEOUT = 120  # seconds; the run takes ~15 s on the 2-CPU development VM
@@ -42,14 +39,7 @@ TIMINGS = (
 
 def test_quick_run_holds_expires_and_resets_every_connection() -> None:
     require_root()
-    result = subprocess.run(
-        [sys.executable, str(BENCH), *ARGS],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_bench("scale.py", *ARGS, timeout=TIMEOUT)
     figures = json.loads(result.stdout)["figures"]
     assert {key: figures[key] for key in COUNTS} == dict.fromkeys(COUNTS, CONNECTIONS)
     assert figures["open_errors"] == 0

@@ -614,7 +614,7 @@ class FlowTable:
         if tomb is None:
             side: str | None = None
             profile = self._profile_index(seg, None)
-            flow = _packet_flow_id(seg)
+            flow = _key_flow_id(seg.key, seg.forward)  # as the packet travelled
             from_client: bool | None = None
         else:
             from_client = seg.forward == tomb.client_forward
@@ -928,7 +928,3 @@ def _key_flow_id(key: bytes, client_forward: bool) -> FlowId:
     if client_forward:
         return FlowId(a, port_a, b, port_b)
     return FlowId(b, port_b, a, port_a)
-
-
-def _packet_flow_id(seg: pk.Segment) -> FlowId:
-    return _key_flow_id(seg.key, seg.forward)

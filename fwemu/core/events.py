@@ -29,9 +29,6 @@ class FlowId(NamedTuple):
     def __str__(self) -> str:
         return f"{_hostport(self.src, self.sport)} > {_hostport(self.dst, self.dport)}"
 
-    def reversed(self) -> FlowId:
-        return FlowId(self.dst, self.dport, self.src, self.sport)
-
     def to_dict(self) -> dict[str, object]:
         return {"src": self.src, "sport": self.sport, "dst": self.dst, "dport": self.dport}
 

@@ -15,6 +15,8 @@ SIGTERM handler (like `fwemu demo`) would run that handler, cleanup and all, in 
 from __future__ import annotations
 
 import os
+import re
+import signal
 import socket
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -266,15 +268,21 @@ class LabInfo:
 
 def list_labs() -> list[LabInfo]:
     """Every lab with at least one of its NAME-client/fw/server namespaces present, by name."""
+    return [_lab_info(name) for name in _lab_names()]
+
+
+def _lab_names() -> list[str]:
+    """The names of the labs that have at least one namespace present."""
     require_root()
-    suffixes = {f"-{side}": side for side in SIDES}
-    names = {
-        ns.removesuffix(suffix)
-        for ns in netns.listnetns()
-        for suffix in suffixes
-        if ns.endswith(suffix) and _is_lab_name(ns.removesuffix(suffix))
-    }
-    return [_lab_info(name) for name in sorted(names)]
+    names = {_lab_of(ns) for ns in netns.listnetns()}
+    return sorted(name for name in names if name is not None and _is_lab_name(name))
+
+
+def _lab_of(namespace: str) -> str | None:
+    for side in SIDES:
+        if namespace.endswith(f"-{side}"):
+            return namespace.removesuffix(f"-{side}")
+    return None
 
 
 def _is_lab_name(name: str) -> bool:
@@ -341,6 +349,55 @@ def down(name: str) -> bool:
                 netns.remove(namespace)
             removed = True
     return removed
+
+
+# The harness's and the test suite's lab names carry their creator's pid: "fwemu-<pid>-<n>",
+# "fwemu-t<pid>-<n>", "fwemu-kp<pid>".
+_OWNED_LAB_RE = re.compile(r"fwemu-(?:t|kp)?(?P<pid>[0-9]+)(?:-[A-Za-z0-9_]+)?")
+
+
+def reap_orphans() -> list[str]:
+    """Remove the labs whose creator (the pid in their name) is gone, with whatever still runs
+    in them: a SIGKILLed test run cannot clean up after itself, so the next one does.
+
+    A pid that was reused keeps its labs (the safe side). Returns the names of the labs removed.
+    """
+    reaped = []
+    for name in _lab_names():
+        match = _OWNED_LAB_RE.fullmatch(name)
+        if match and not _alive(int(match["pid"])):
+            for side in SIDES:
+                _kill_processes_in(namespace_name(name, side))
+            down(name)
+            reaped.append(name)
+    return reaped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _kill_processes_in(namespace: str) -> None:
+    """SIGKILL every process whose network namespace is `namespace` (as `ip netns pids`)."""
+    try:
+        target = os.stat(f"/run/netns/{namespace}")
+    except OSError:
+        return
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            ns = os.stat(f"/proc/{entry}/ns/net")
+            if (ns.st_dev, ns.st_ino) == (target.st_dev, target.st_ino):
+                os.kill(int(entry), signal.SIGKILL)
+        except OSError:
+            continue  # it exited meanwhile
 
 
 @contextmanager

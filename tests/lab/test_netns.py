@@ -241,3 +241,22 @@ def test_lab_context_manager_removes_the_lab_even_on_error(lab_name: Callable[[]
         assert ping(plan.client.namespace, plan.server.ipv4)
         raise RuntimeError("test body failed")
     assert not _namespaces(plan.name)
+
+
+def test_reap_orphans_removes_a_dead_runs_lab_and_what_runs_in_it(
+    lab_name: Callable[[], str],
+) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    orphan = LabPlan.create(f"fwemu-t{gone.pid}-9", index=12)
+    kept = LabPlan.create(lab_name(), index=13)  # this process's: alive
+    up(orphan)
+    up(kept)
+    try:
+        leaked = exec_in(orphan.name, "fw", ["sleep", "600"])
+        assert lab_netns.reap_orphans() == [orphan.name]
+        assert leaked.wait(timeout=5) == -signal.SIGKILL
+        assert not _namespaces(orphan.name)
+        assert _namespaces(kept.name) == set(kept.namespaces)
+    finally:
+        down(orphan.name)

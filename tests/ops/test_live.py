@@ -4,10 +4,12 @@ what the endpoints then experience."""
 from __future__ import annotations
 
 import json
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -200,20 +202,31 @@ def test_events_follow_receives_a_live_event(
     live: tuple[Firewall, Path], conns: list[Conn]
 ) -> None:
     fw, control = live
-    argv = ["events", "--control", str(control), "--follow", "--history", "0"]
+    conns.append(earlier := Conn(fw, 8141))
+    argv = ["events", "--control", str(control), "--follow", "--history", "1"]
     argv += ["--filter", "event=new dport=8141"]
     with subprocess.Popen(
         [sys.executable, "-m", "fwemu", *argv], stdout=subprocess.PIPE, text=True
     ) as follower:
         try:
-            time.sleep(0.8)  # the follower connects (interpreter start-up)
+            lines = _lines(follower)
+            # The history comes in the same reply that subscribes: once it is here, we follow.
+            assert json.loads(lines.get(timeout=30))["flow"]["sport"] == earlier.sport
             conns.append(conn := Conn(fw, 8141))
-            assert follower.stdout is not None
-            record = json.loads(follower.stdout.readline())
+            record = json.loads(lines.get(timeout=10))
             assert record["event"] == "new" and record["flow"]["sport"] == conn.sport
             assert record["state"] == "SYN_SENT" and isinstance(record["ts"], float)
         finally:
             follower.terminate()
+
+
+def _lines(process: subprocess.Popen[str]) -> queue.Queue[str]:
+    """The process's output lines as they come, to wait for with a timeout."""
+    lines: queue.Queue[str] = queue.Queue()
+    assert process.stdout is not None
+    stdout = process.stdout
+    threading.Thread(target=lambda: [lines.put(line) for line in stdout], daemon=True).start()
+    return lines
 
 
 def test_events_history_is_the_events_file_json(live: tuple[Firewall, Path], fwemu: Cli) -> None:

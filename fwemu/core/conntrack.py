@@ -32,6 +32,7 @@ from fwemu.core.events import (
     ResetSent,
     StateChanged,
 )
+from fwemu.core.ratelimit import OutOfStateLimiter
 from fwemu.core.states import (
     CLOSING_STATES,
     ORIGINAL,
@@ -194,6 +195,7 @@ class FlowTable:
     """Tracks flows; `packet()` per accepted-or-not packet, `expire_due()` when timers run out."""
 
     def __init__(self, policy: Policy) -> None:
+        self.limiter = OutOfStateLimiter(0, 0, _key_flow_id)
         self._use(policy)
         self._index: dict[bytes, int] = {}
         self._keys: list[bytes | None] = []
@@ -221,6 +223,9 @@ class FlowTable:
 
     def _use(self, policy: Policy) -> None:
         self.policy = policy
+        # Policy-wide, kept across a reload (with what it holds): only its rates change.
+        self.limiter.per_source = policy.answer_rate.per_source
+        self.limiter.total = policy.answer_rate.total
         self._profiles: list[Profile] = list(policy.profiles)
         # Timeout per profile per State value (None = never), looked up on every packet.
         self._timeouts: list[tuple[float | None, ...]] = [
@@ -591,10 +596,15 @@ class FlowTable:
         """A packet the state table rejects on a live flow. It never resets the flow's
         endpoints: `reset` in the policy answers late packets of *gone* flows only."""
         d = ORIGINAL if seg.forward == self._client_fwd[slot] else REPLY
-        oos = self._profiles[self._profile[slot]].out_of_state.for_side(d == ORIGINAL)
+        profile = self._profiles[self._profile[slot]]
+        oos = profile.out_of_state.for_side(d == ORIGINAL)
         action = (
             OutOfStateAction.ACCEPT if oos == OutOfStateAction.ACCEPT else OutOfStateAction.DROP
         )
+        source = _source(seg)
+        if limit := self.limiter.admit(source, now):
+            self.limiter.hold(source, limit, seg.key, seg.forward, action, profile.name, False)
+            return _PAST_RATE[action]
         flow = self._flow_id(slot)
         event = OutOfState(
             now,
@@ -623,6 +633,12 @@ class FlowTable:
             flow = _key_flow_id(seg.key, tomb.client_forward)
             reason = f"{reason} (expired)"
         action = self._profiles[profile].out_of_state.for_side(from_client)
+        source = _source(seg)
+        if limit := self.limiter.admit(source, now):
+            reset = action == OutOfStateAction.RESET and not seg.flags & pk.TCP_RST
+            rule = self._profiles[profile].name
+            self.limiter.hold(source, limit, seg.key, seg.forward, action, rule, reset)
+            return _PAST_RATE[action]
         events: list[Event] = [
             OutOfState(
                 now,
@@ -697,7 +713,16 @@ class FlowTable:
         for slot in self.timers.pop_due(now, limit):
             self._expire(slot, now, None, inject, events)
         self._forget_tombstones(now)
+        if self.limiter.deadline is not None:
+            events += self.limiter.flush(now)
         return inject, events
+
+    def next_deadline(self) -> float | None:
+        """When `expire_due` next has work: a timer, or the answer limiter's summaries."""
+        due, held = self.timers.next_deadline(), self.limiter.deadline
+        if held is None:
+            return due
+        return held if due is None or held < due else due
 
     def expire_now(
         self, keys: list[bytes], now: float, action: ExpireAction | None = None
@@ -916,6 +941,21 @@ def _address(packed: bytes) -> IPAddress:
             _ADDRESS.clear()  # bounded, as _ADDRESS_TEXT
         address = _ADDRESS[packed] = ipaddress.ip_address(packed)
     return address
+
+
+def _source(seg: pk.Segment) -> bytes:
+    """The sender's packed address (the key holds both endpoints, in a fixed order)."""
+    key = seg.key
+    size = 4 if len(key) == 12 else 16
+    return key[:size] if seg.forward else key[size : size + size]
+
+
+# The whole answer to an out-of-state packet past the policy's answer rate: the verdict alone.
+_PAST_RATE: Final = {
+    OutOfStateAction.ACCEPT: accept("out-of-state, past the answer rate"),
+    OutOfStateAction.DROP: Decision(Verdict.DROP, "out-of-state, past the answer rate"),
+    OutOfStateAction.RESET: Decision(Verdict.DROP, "out-of-state, past the answer rate"),
+}
 
 
 def _key_flow_id(key: bytes, client_forward: bool) -> FlowId:

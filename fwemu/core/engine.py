@@ -38,7 +38,7 @@ class Engine:
         return accept(f"unparseable: {seg.reason}")  # type: ignore[union-attr]
 
     def next_deadline(self) -> float | None:
-        return self.table.timers.next_deadline()
+        return self.table.next_deadline()
 
     def handle_timer(self, *, now: float, limit: int = 10_000) -> Effects:
         """Expire what is due by `now`, at most `limit` flows (call again while

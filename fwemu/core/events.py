@@ -175,3 +175,28 @@ class OutOfState(Event):
         if self.expired_at is not None:
             gone = f"; flow expired at {self.expired_at:.3f} by its {self.expired_phase} timer"
         return f"oos      {self.flow} {self.reason}{frm}: {self.action}{gone}"
+
+
+@dataclass(slots=True)
+class OutOfStateSummary(Event):
+    """Out-of-state packets from `source` past the policy's rate in one second (ending at
+    `ts`): each got the policy's verdict (`action`), but no event of its own and no RST
+    (fwemu/core/ratelimit.py). `flow` is the first one's, as it travelled."""
+
+    source: str
+    packets: int
+    resets_withheld: int
+    action: str
+    rule: str
+    limit: str  # "per_source" or "total": the rate it was over
+    rate: int  # that rate, packets a second
+
+    kind: ClassVar[str] = "out_of_state_summary"
+
+    def describe(self) -> str:
+        withheld = f", {self.resets_withheld} RSTs withheld" if self.resets_withheld else ""
+        limit = "from one source" if self.limit == "per_source" else "in all"
+        return (
+            f"oos      {self.packets} more out-of-state packets from {self.source} in the last "
+            f"second: {self.action}{withheld} (past {self.rate}/s {limit}, e.g. {self.flow})"
+        )

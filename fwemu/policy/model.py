@@ -112,6 +112,16 @@ class OutOfState:
 
 
 @dataclass(frozen=True, slots=True)
+class AnswerRate:
+    """How many out-of-state packets a second get their own event and, for `reset`, a RST; the
+    rest get the verdict alone and are summed up (fwemu/core/ratelimit.py). Policy-wide, as a
+    firewall's answer budget is. Wall-clock rates: `--speed` does not scale them."""
+
+    per_source: int = 100  # from one source address
+    total: int = 1000  # from all: Linux's icmp_msgs_per_sec and old tcp_challenge_ack_limit
+
+
+@dataclass(frozen=True, slots=True)
 class PortRange:
     low: int
     high: int
@@ -194,6 +204,7 @@ class Policy:
     description: str = ""
     sources: tuple[str, ...] = ()
     origin: str = "<policy>"  # the file (or preset) it came from, for messages
+    answer_rate: AnswerRate = AnswerRate()
 
     @property
     def profiles(self) -> tuple[Profile, ...]:

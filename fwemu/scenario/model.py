@@ -50,7 +50,7 @@ class Action(StrEnum):
 # The fields of fwemu's JSON events a scenario may match on (top-level, then the flow's).
 EVENT_FIELDS = ("state", "old_state", "phase", "action", "rule", "to", "side", "cause", "reason")
 FLOW_FIELDS = ("src", "sport", "dst", "dport")
-EVENT_KINDS = ("new", "state", "expire", "reset", "out_of_state", "delete")
+EVENT_KINDS = ("new", "state", "expire", "reset", "out_of_state", "out_of_state_summary", "delete")
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,6 +120,12 @@ def describe(record: Mapping[str, Any]) -> str:
         return f"out-of-state packet from {side}, {record['reason']}: {action}"
     if kind == "delete":
         return f"flow deleted in {record['state']}: {record['reason']}"
+    if kind == "out_of_state_summary":
+        action = _OUT_OF_STATE_ACTIONS.get(record["action"], record["action"])
+        return (
+            f"{record['packets']} more out-of-state packets from {record['source']} past the "
+            f"answer rate: {action}, unanswered"
+        )
     return f"{kind} {record}"
 
 

@@ -37,6 +37,7 @@ from fwemu.lab import (
     exec_in,
     lab,
     namespace_name,
+    reap_orphans,
     run_in,
     socket_in,
 )
@@ -332,6 +333,13 @@ class Firewall:
         )
         return [r["event"] for r in control_request(self._control, req) if "event" in r]
 
+    def status(self) -> dict[str, Any]:
+        """fwemu's `status` (`fwemu top`'s header): its counters, policy, flow count."""
+        if self._control is None:
+            raise HarnessError("this fwemu has no control socket to ask for its status")
+        [reply] = control_request(self._control, Request("status"))
+        return reply
+
     def flows(self, timeout: float = 5.0) -> list[dict[str, Any]]:
         """fwemu's live flow table: SIGUSR1 makes it rewrite the state file, which is read back."""
         before = _file_version(self._state_file)
@@ -399,8 +407,12 @@ def _policy_args(policy: str | Path | None, toml: str | None, workdir: Path) -> 
 
 
 def _lab_identity(name: str | None, index: int | None) -> tuple[str, int]:
-    """A name unique on the host and an index unique in this process, unless given."""
+    """A name unique on the host and an index unique in this process, unless given.
+
+    The first lab of a process first removes those of harness runs that died unable to."""
     n = next(_labs)
+    if n == 0:
+        reap_orphans()
     pid = os.getpid()
     if index is None:
         index = MIN_INDEX + (pid + n) % (MAX_INDEX - MIN_INDEX + 1)
@@ -460,9 +472,15 @@ def inline_firewall(
         stack.callback(fw.stop)
         fw.fwemu.wait_for(STARTED)
         yield fw
+        bypassed = fw.status().get("bypassed", 0)
         code = fw.stop()
         if code != 0:
             raise HarnessError(f"fwemu exited with status {code} on SIGTERM: {fw.fwemu.tail()}")
+        if bypassed:
+            raise HarnessError(
+                f"{bypassed} packets bypassed fwemu: its queue overflowed and the kernel let "
+                "them through unseen, so what it did to their flows is not what the policy says"
+            )
 
 
 def tcp_exchange(plan: LabPlan, payload: bytes = b"ping", *, ipv6: bool = False) -> bytes:

@@ -30,6 +30,7 @@ from types import FrameType, TracebackType
 
 from netfilterqueue import NetfilterQueue, Packet
 
+from fwemu.adapters.bypass import BypassWatch
 from fwemu.adapters.inject import Injector
 from fwemu.adapters.output import Clock, Reporter
 from fwemu.core.decision import IN_STATE, Decision
@@ -126,6 +127,7 @@ class Counters:
     dropped: int = 0
     resets: int = 0  # RST packets injected
     errors: int = 0  # packets accepted because the engine raised
+    bypassed: int = 0  # packets the kernel let past fwemu unseen (adapters/bypass.py)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -146,6 +148,7 @@ class Daemon:
         state_file: Path | None = None,
         counters: Counters | None = None,
         metrics: Metrics | None = None,
+        bypass: BypassWatch | None = None,
     ) -> None:
         self.engine = engine
         self.reporter = reporter
@@ -155,6 +158,7 @@ class Daemon:
         self._dry_run = dry_run
         self._state_file = state_file
         self._metrics = metrics
+        self._bypass = bypass
         self._latency = None if metrics is None else metrics.latency
         self._batch_left = PACKET_BATCH
 
@@ -220,6 +224,9 @@ class Daemon:
             epoll.register(wakeup, select.EPOLLIN)
             if control is not None:
                 epoll.register(control.fileno(), select.EPOLLIN)
+            bypass = -1 if self._bypass is None else self._bypass.fileno()
+            if self._bypass is not None:
+                epoll.register(bypass, select.EPOLLIN)
             while signals.stop is None:
                 if signals.snapshot or signals.reload:
                     self._on_signals(signals)
@@ -232,8 +239,21 @@ class Daemon:
                             pass  # more may wait: level-triggered, the next poll returns at once
                     elif fd == wakeup:
                         signals.drain()
+                    elif fd == bypass:
+                        self._report_bypass()
                     elif control is not None:
                         control.serve()
+
+    def _report_bypass(self) -> None:
+        assert self._bypass is not None
+        new, total = self._bypass.take()
+        if new:
+            self.counters.bypassed = total
+            self.reporter.line(
+                f"warning: {new} more packets bypassed fwemu ({total} in all): "
+                "its queue overflowed and the kernel let them through unseen (fail-open), so "
+                "the timers of their flows cannot be trusted"
+            )
 
     def _on_signals(self, signals: Signals) -> None:
         if signals.snapshot:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,7 +38,13 @@ class IptablesError(FwemuError):
 
 @dataclass(frozen=True, slots=True)
 class Capture:
-    """Which forwarded TCP packets go to the queue; empty tuples mean "any".
+    """Which forwarded TCP flows go to the queue; empty tuples mean "any".
+
+    The selectors describe one direction of a flow (a client's packets: in on `in_interfaces`,
+    from `sources`, ...). A flow is captured whole, both directions: fwemu queues the packets
+    that match and those that match reversed (in and out, source and destination swapped);
+    with only one direction queued it would see a SYN but never its SYN/ACK. So a flow opened
+    the other way round between the same endpoints is captured too.
 
     Rules are the product of the selectors. A family gets no rules at all when addresses are
     given for the other family only (`--src 10.0.0.0/8` captures no IPv6).
@@ -54,15 +61,16 @@ class Capture:
         dst = _of_family(self.destinations, family)
         if src == () or dst == ():
             return ()
-        return tuple(
-            tuple(itertools.chain(*parts))
-            for parts in itertools.product(
-                _options("-i", self.in_interfaces),
-                _options("-o", self.out_interfaces),
-                _options("-s", src),
-                _options("-d", dst),
+        forward = list(
+            itertools.product(
+                self.in_interfaces or (None,),
+                self.out_interfaces or (None,),
+                src or (None,),
+                dst or (None,),
             )
         )
+        reverse = [(out_if, in_if, d, s) for in_if, out_if, s, d in forward]
+        return tuple(_match(*one) for one in dict.fromkeys(forward + reverse))
 
     def describe(self) -> str:
         parts = [
@@ -71,7 +79,7 @@ class Capture:
             *(f"src {n}" for n in self.sources),
             *(f"dst {n}" for n in self.destinations),
         ]
-        return ", ".join(parts) or "all forwarded TCP"
+        return f"flows of {', '.join(parts)}, both directions" if parts else "all forwarded TCP"
 
 
 def _of_family(nets: tuple[IPNetwork, ...], family: Family) -> tuple[str, ...] | None:
@@ -81,8 +89,22 @@ def _of_family(nets: tuple[IPNetwork, ...], family: Family) -> tuple[str, ...] |
     return tuple(str(n) for n in nets if n.version == family)
 
 
-def _options(flag: str, values: tuple[str, ...] | None) -> tuple[tuple[str, ...], ...]:
-    return ((),) if not values else tuple((flag, v) for v in values)
+def _match(*values: str | None) -> tuple[str, ...]:
+    """iptables' match arguments for (in, out, source, destination); None matches any."""
+    pairs = zip(("-i", "-o", "-s", "-d"), values, strict=True)
+    return tuple(itertools.chain.from_iterable((flag, v) for flag, v in pairs if v is not None))
+
+
+def missing_interfaces(capture: Capture) -> list[str]:
+    """The capture's interfaces that do not exist in this network namespace (iptables itself
+    accepts any name, so a typo would capture nothing, silently). A name ending in '+' is
+    iptables' wildcard: it needs one interface it matches."""
+    present = [name for _, name in socket.if_nameindex()]
+    return [
+        name
+        for name in dict.fromkeys(capture.in_interfaces + capture.out_interfaces)
+        if not any(p.startswith(name[:-1]) if name.endswith("+") else p == name for p in present)
+    ]
 
 
 def chain_name(queue: int) -> str:
@@ -179,6 +201,22 @@ def install(queue: int, capture: Capture, count: int = 1) -> tuple[Family, ...]:
         remove(queue)
         raise
     return families
+
+
+def queued_packets(queue: int) -> int | None:
+    """How many packets fwemu's rules for `queue` have sent to the queue (both families, the
+    rules' own counters); None when neither family has the rules."""
+    total, found = 0, False
+    for family in FAMILIES:
+        result = _iptables(family, "-L", chain_name(queue), "-n", "-v", "-x")
+        if result.returncode != 0:
+            continue
+        found = True
+        for line in result.stdout.splitlines()[2:]:  # after "Chain ..." and the column names
+            cols = line.split()
+            if len(cols) > 2 and cols[2] == "NFQUEUE":
+                total += int(cols[0])
+    return total if found else None
 
 
 @contextmanager

@@ -11,6 +11,7 @@ import socket
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from netfilterqueue import COPY_PACKET, NetfilterQueue, Packet
 
@@ -64,6 +65,32 @@ def bound_queues() -> dict[int, int]:
     except FileNotFoundError:
         return {}
     return {int(cols[0]): int(cols[1]) for cols in (line.split() for line in lines) if cols}
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCounters:
+    """One queue's line of /proc/net/netfilter/nfnetlink_queue (kernel `seq_show`: queue,
+    portid, queue_total, copy_mode, copy_range, queue_dropped, queue_user_dropped, id_sequence;
+    docs: tcp-rst-and-nfqueue.md §3.3)."""
+
+    waiting: int
+    dropped: int
+    user_dropped: int
+
+
+def read_queue_counters(queue: int, text: str | None = None) -> QueueCounters | None:
+    """The counters of `queue` in this thread's network namespace (or in `text`), if bound."""
+    if text is None:
+        try:
+            with open(PROC_QUEUES) as f:
+                text = f.read()
+        except OSError:
+            return None
+    for line in text.splitlines():
+        cols = line.split()
+        if len(cols) >= 7 and cols[0] == str(queue):
+            return QueueCounters(int(cols[2]), int(cols[5]), int(cols[6]))
+    return None
 
 
 def ensure_free(queue: int) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fwemu.adapters import host, iptables, nfqueue
+from fwemu.adapters.bypass import BypassWatch
 from fwemu.adapters.daemon import Counters, Daemon, Signals
 from fwemu.adapters.inject import Injector
 from fwemu.adapters.output import Clock, Reporter
@@ -66,7 +67,7 @@ examples:
   fwemu run --netns demo-fw --preset linux
   # a policy file, every timer 60x shorter, events as JSON lines on stdout
   fwemu run --policy my-firewall.toml --speed 60 --events -
-  # only traffic from the 10.1.0.0/16 side, on queue 3, logging what it would do
+  # only flows from the 10.1.0.0/16 side (both directions), on queue 3, logging what it would do
   fwemu run --preset linux --queue 3 --in-interface eth1 --src 10.1.0.0/16 --dry-run
   # watch and steer a running fwemu (see docs/troubleshooting.md)
   fwemu flows; fwemu top; fwemu events --follow; fwemu expire --match dport=5432
@@ -181,14 +182,18 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="install no iptables rules: you send traffic to the queue yourself",
     )
-    capture = parser.add_argument_group("capture (repeatable; default: all forwarded TCP)")
+    capture = parser.add_argument_group(
+        "capture (repeatable; default: all forwarded TCP)",
+        "Selectors describe a flow's first direction (its client's packets); both directions "
+        "of a selected flow are queued, also of a flow opened the other way round.",
+    )
     capture.add_argument(
         "--in-interface",
         "-i",
         action="append",
         default=[],
         metavar="IF",
-        help="only packets arriving on IF",
+        help='only flows that arrive on IF ("eth+" matches eth0, eth1, ...)',
     )
     capture.add_argument(
         "--out-interface",
@@ -196,7 +201,7 @@ def register(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="IF",
-        help="only packets leaving on IF",
+        help="only flows leaving on IF",
     )
     capture.add_argument(
         "--src",
@@ -204,7 +209,7 @@ def register(subparsers: Any) -> None:
         default=[],
         metavar="NET",
         type=_network,
-        help="only packets from NET (CIDR)",
+        help="only flows from NET (CIDR)",
     )
     capture.add_argument(
         "--dst",
@@ -212,7 +217,7 @@ def register(subparsers: Any) -> None:
         default=[],
         metavar="NET",
         type=_network,
-        help="only packets to NET (CIDR)",
+        help="only flows to NET (CIDR)",
     )
     parser.set_defaults(func=_run)
 
@@ -264,6 +269,12 @@ def _run(args: argparse.Namespace) -> int:
     )
     if not args.no_rules:
         iptables.check_available(args.queue, args.workers)
+        if missing := iptables.missing_interfaces(capture):
+            where = f"network namespace {args.netns}" if args.netns else "this network namespace"
+            raise FwemuError(
+                f"no interface {', '.join(missing)} in {where}; see 'ip link' "
+                "(a trailing '+' matches any interface with that prefix)"
+            )
     for seat in seats:
         nfqueue.ensure_free(seat.queue)
     clock = Clock.start()
@@ -337,6 +348,10 @@ def _serve(args: argparse.Namespace, setup: Setup, seat: Seat, link: Link | None
             # A terminal's Ctrl-C reaches the whole process group: the supervisor alone decides.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         injector = stack.enter_context(Injector(reporter.error))
+        # Only the process that owns the rules can compare their counters with what it took.
+        bypass = None
+        if not (worker or args.no_rules):
+            bypass = BypassWatch(seat.queue, lambda: counters.packets)
         daemon = Daemon(
             engine,
             reporter,
@@ -346,6 +361,7 @@ def _serve(args: argparse.Namespace, setup: Setup, seat: Seat, link: Link | None
             state_file=seat.state_file,
             counters=counters,
             metrics=metrics,
+            bypass=bypass,
         )
         control = ControlServer(
             seat.control, Commands(daemon, _status(args, seat, setup)), reporter
@@ -370,6 +386,9 @@ def _serve(args: argparse.Namespace, setup: Setup, seat: Seat, link: Link | None
             )
             reporter.line(_start_line(args, setup, rules))
             reporter.line(f"control socket {seat.control}{served}")
+            if bypass is not None:
+                bypass.start()
+                stack.callback(bypass.close)
         # Everything made so far (modules, the policy, the flow table's containers) leaves the
         # cyclic GC's view: a full collection then walks only what came later, e.g. 3.5 instead
         # of 12 ms with 100k expired flows remembered (docs/performance.md, "Scale").

@@ -13,15 +13,22 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter as Tally
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from fwemu.adapters.nfqueue import PROC_QUEUES
-from fwemu.core.events import Event, FlowDeleted, FlowExpired, FlowNew, OutOfState, StateChanged
+from fwemu.adapters.nfqueue import read_queue_counters
+from fwemu.core.events import (
+    Event,
+    FlowDeleted,
+    FlowExpired,
+    FlowNew,
+    OutOfState,
+    OutOfStateSummary,
+    StateChanged,
+)
 from fwemu.errors import FwemuError
 from fwemu.ops.filters import TRACKED_STATES
 from fwemu.policy import ExpireAction, OutOfStateAction, Phase
@@ -41,32 +48,6 @@ DEFAULT_HOST = "127.0.0.1"
 
 class MetricsError(FwemuError):
     """--metrics is malformed or its address cannot be served."""
-
-
-@dataclass(frozen=True, slots=True)
-class QueueCounters:
-    """One queue's line of /proc/net/netfilter/nfnetlink_queue (kernel `seq_show`: queue,
-    portid, queue_total, copy_mode, copy_range, queue_dropped, queue_user_dropped, id_sequence;
-    docs: tcp-rst-and-nfqueue.md §3.3)."""
-
-    waiting: int
-    dropped: int
-    user_dropped: int
-
-
-def read_queue_counters(queue: int, text: str | None = None) -> QueueCounters | None:
-    """The counters of `queue` in this thread's network namespace (or in `text`), if bound."""
-    if text is None:
-        try:
-            with open(PROC_QUEUES) as f:
-                text = f.read()
-        except OSError:
-            return None
-    for line in text.splitlines():
-        cols = line.split()
-        if len(cols) >= 7 and cols[0] == str(queue):
-            return QueueCounters(int(cols[2]), int(cols[5]), int(cols[6]))
-    return None
 
 
 def parse_listen_address(text: str) -> tuple[str, int]:
@@ -156,6 +137,8 @@ class Metrics:
             self.expiries.labels(event.phase, event.action).inc()
         elif isinstance(event, OutOfState):
             self.out_of_state.labels(event.action).inc()
+        elif isinstance(event, OutOfStateSummary):  # past the answer rate, summed up
+            self.out_of_state.labels(event.action).inc(event.packets)
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP server (daemon threads); the port it listens on."""
@@ -200,6 +183,11 @@ class Metrics:
         )
         yield CounterMetricFamily(
             "fwemu_engine_errors", "Packets accepted because the engine failed", value=c.errors
+        )
+        yield CounterMetricFamily(
+            "fwemu_queue_bypassed",
+            "Packets the kernel let past fwemu unseen because its queue overflowed (fail-open)",
+            value=c.bypassed,
         )
         queue = read_queue_counters(self._queue)
         if queue is not None:

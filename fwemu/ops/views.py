@@ -107,13 +107,17 @@ def event_line(record: dict[str, Any]) -> str:
         ),
         "out_of_state": lambda: f"{record['reason']}: {record['action']}",
         "delete": lambda: f"{record['state']}: {record['reason']}",
+        "out_of_state_summary": lambda: (
+            f"{record['packets']} more from {record['source']} past the answer rate: "
+            f"{record['action']}"
+        ),
     }.get(kind, lambda: "")()
     who = FlowId(flow["src"], flow["sport"], flow["dst"], flow["dport"])
     return f"{stamp} {kind:<12} {who} {details}".rstrip()
 
 
 # The counters of `status` that add up over the workers of a run.
-SUMMED = ("packets", "accepted", "dropped", "resets", "errors", "flows")
+SUMMED = ("packets", "accepted", "dropped", "resets", "errors", "bypassed", "flows")
 
 
 def merged_status(statuses: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -147,6 +151,11 @@ def top_view(
         f"{status['dropped']}  RSTs {status['resets']}  flows {status['flows']}",
         style="bold",
     )
+    if bypassed := status.get("bypassed"):
+        header.append(
+            f"\nBYPASSED {bypassed} packets: the queue overflowed, timers cannot be trusted",
+            style="bold red",
+        )
     ordered = by_deadline(flows)
     shown = ordered[: max(rows, 0)]
     more = len(ordered) - len(shown)

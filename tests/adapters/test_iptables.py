@@ -26,16 +26,33 @@ def test_selectors_multiply_and_addresses_stay_in_their_family() -> None:
     assert capture.selectors(4) == (
         ("-i", "eth0", "-s", "10.1.0.0/16"),
         ("-i", "eth1", "-s", "10.1.0.0/16"),
+        ("-o", "eth0", "-d", "10.1.0.0/16"),
+        ("-o", "eth1", "-d", "10.1.0.0/16"),
     )
     assert capture.selectors(6) == (
         ("-i", "eth0", "-s", "fd00:1::/64"),
         ("-i", "eth1", "-s", "fd00:1::/64"),
+        ("-o", "eth0", "-d", "fd00:1::/64"),
+        ("-o", "eth1", "-d", "fd00:1::/64"),
     )
+
+
+def test_each_selector_also_queues_the_reply_direction_once() -> None:
+    capture = Capture(("cli0",), ("srv0",), (V4,), (ipaddress.ip_network("10.2.0.0/16"),))
+    assert capture.selectors(4) == (
+        ("-i", "cli0", "-o", "srv0", "-s", "10.1.0.0/16", "-d", "10.2.0.0/16"),
+        ("-i", "srv0", "-o", "cli0", "-s", "10.2.0.0/16", "-d", "10.1.0.0/16"),
+    )
+    both_ways = Capture(in_interfaces=("br0",), out_interfaces=("br0",))
+    assert both_ways.selectors(4) == (("-i", "br0", "-o", "br0"),)
 
 
 def test_addresses_of_one_family_capture_nothing_of_the_other() -> None:
     capture = Capture(destinations=(V4,), out_interfaces=("srv0",))
-    assert capture.selectors(4) == (("-o", "srv0", "-d", "10.1.0.0/16"),)
+    assert capture.selectors(4) == (
+        ("-o", "srv0", "-d", "10.1.0.0/16"),
+        ("-i", "srv0", "-s", "10.1.0.0/16"),
+    )
     assert capture.selectors(6) == ()
 
 
@@ -60,6 +77,7 @@ def test_install_puts_the_jump_first_and_remove_restores_the_ruleset(netns: str)
         '-A FORWARD -p tcp -m comment --comment "fwemu:q3" -j FWEMU-Q3',
         "-A FORWARD -s 192.0.2.1/32 -j ACCEPT",
         "-A FWEMU-Q3 -s 10.1.0.0/16 -i cli0 -j NFQUEUE --queue-num 3 --queue-bypass",
+        "-A FWEMU-Q3 -d 10.1.0.0/16 -o cli0 -j NFQUEUE --queue-num 3 --queue-bypass",
         "-A MINE -j RETURN",
     ]
     assert v6 == before[1]

@@ -9,7 +9,7 @@ import pytest
 from netfilterqueue import Packet
 
 from fwemu.adapters import nfqueue
-from fwemu.adapters.nfqueue import QueueError
+from fwemu.adapters.nfqueue import QueueCounters, QueueError, read_queue_counters
 from fwemu.lab import call_in_netns
 
 from .nfq_lab import bound_queues
@@ -53,3 +53,15 @@ def test_bound_queue_is_configured_listed_and_released(netns: str) -> None:
             nfqueue.set_flags(sock, 9, fail_open=True)
         assert str(refused.value) == "the kernel refused NFQUEUE 9's flags: No such device"
     assert bound_queues(netns) == ""
+
+
+PROC = """\
+    0  12345     3 2 128    17     4 99 1
+    7  23456     0 2 128     0     0  5 1
+"""
+
+
+def test_queue_counters_are_read_for_our_queue() -> None:
+    assert read_queue_counters(0, PROC) == QueueCounters(waiting=3, dropped=17, user_dropped=4)
+    assert read_queue_counters(7, PROC) == QueueCounters(waiting=0, dropped=0, user_dropped=0)
+    assert read_queue_counters(1, PROC) is None

@@ -208,6 +208,8 @@ def test_refusals_exit_2_with_one_line_and_change_nothing(
         "policy": ["--netns", fw_ns, "--policy", str(bad)],
         "netns": ["--netns", "fwemu-no-such-namespace", "--preset", "linux"],
         "preset": ["--netns", fw_ns, "--preset", "no-such-preset"],
+        "interface": [*fw_args(lab_plan), "-i", "cli0", "-o", "eth9"],
+        "interface wildcard": [*fw_args(lab_plan), "-i", "eth+"],
     }
     for what, args in cases.items():
         result = run_fwemu(args)
@@ -217,6 +219,33 @@ def test_refusals_exit_2_with_one_line_and_change_nothing(
         assert_clean(lab_plan, before)
     missing = run_fwemu(cases["netns"])
     assert "network namespace 'fwemu-no-such-namespace' does not exist" in missing.stderr
+    no_if = run_fwemu(cases["interface"]).stderr
+    assert f"no interface eth9 in network namespace {fw_ns}" in no_if
+
+
+@pytest.mark.parametrize(
+    "selector",
+    [["--src", "{client}/24"], ["--dst", "{server}/24"], ["-i", "cli0"], ["-o", "srv+"]],
+    ids=" ".join,
+)
+def test_a_capture_selector_queues_both_directions_of_its_flows(
+    lab_plan: LabPlan, fwemus: list[FwemuProcess], selector: list[str]
+) -> None:
+    addresses = {"client": lab_plan.client.ipv4, "server": lab_plan.server.ipv4}
+    chosen = [part.format(**addresses) for part in selector]
+    fw = started(
+        fwemus, start_fwemu([*fw_args(lab_plan, "--events", "-"), *chosen], stdout=subprocess.PIPE)
+    )
+    assert tcp_exchange(lab_plan, b"both ways") == b"both ways"
+    assert fw.stop() == 0
+    records = fw.records()
+    # With only the client's direction queued, fwemu sees no SYN/ACK: no ESTABLISHED, and the
+    # handshake's ACK is out of state.
+    assert [r["state"] for r in records if r["event"] == "state"][:2] == [
+        "SYN_RECV",
+        "ESTABLISHED",
+    ]
+    assert not [r for r in records if r["event"] == "out_of_state"]
 
 
 def test_expiry_rsts_leave_through_the_raw_sockets(

@@ -1,4 +1,4 @@
-"""The metrics' pure parts: --metrics addresses, the kernel's queue counters, and per-state flow
+"""The metrics' pure parts: --metrics addresses and per-state flow
 counts kept from events (checked against the engine's own table)."""
 
 from __future__ import annotations
@@ -8,13 +8,7 @@ from collections import Counter
 import pytest
 
 from fwemu.core.decision import Decision, Effects
-from fwemu.ops.metrics import (
-    MetricsError,
-    QueueCounters,
-    StateCounts,
-    parse_listen_address,
-    read_queue_counters,
-)
+from fwemu.ops.metrics import MetricsError, StateCounts, parse_listen_address
 from tests.core.trace import Trace, make_policy
 
 
@@ -36,18 +30,6 @@ def test_listen_addresses(text: str, address: tuple[str, int]) -> None:
 def test_bad_listen_addresses(text: str) -> None:
     with pytest.raises(MetricsError, match=r"expected \[HOST\]:PORT with an IP address"):
         parse_listen_address(text)
-
-
-PROC = """\
-    0  12345     3 2 128    17     4 99 1
-    7  23456     0 2 128     0     0  5 1
-"""
-
-
-def test_queue_counters_are_read_for_our_queue() -> None:
-    assert read_queue_counters(0, PROC) == QueueCounters(waiting=3, dropped=17, user_dropped=4)
-    assert read_queue_counters(7, PROC) == QueueCounters(waiting=0, dropped=0, user_dropped=0)
-    assert read_queue_counters(1, PROC) is None
 
 
 def test_state_counts_follow_the_table() -> None:

@@ -105,3 +105,6 @@ def test_top_shows_status_counts_the_soonest_flows_and_events() -> None:
     assert "ESTABLISHED 3" in text
     assert text.index("10.0.1.2:2 >") < text.index("10.0.1.2:1 >")
     assert "10.0.1.2:4 >" not in text and "... and 1 more flows" in text
+    assert "BYPASSED" not in text
+    overflowed = render(views.top_view({**status, "bypassed": 17}, flows, [], rows=2))
+    assert "BYPASSED 17 packets: the queue overflowed" in overflowed

@@ -533,6 +533,7 @@ def _stop_line(
     verb = "would have " if args.dry_run else ""
     removed = "rules removed, " if rules and not args.no_rules else ""
     errors = f", {c.errors} engine errors" if c.errors else ""
+    errors += f", {c.bypassed} BYPASSED fwemu unseen" if c.bypassed else ""
     unbound = "queue unbound" if args.workers == 1 or who == "worker" else "queues unbound"
     return (
         f"{who} stopped ({cause}): {c.packets} packets, {c.accepted} accepted, "

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -135,8 +134,10 @@ def test_a_timer_resets_the_client_whichever_worker_holds_the_flow(
     queues = {f["src"]: f["queue"] for f in flows_json(control_dir) if f["dport"] == SHORT_PORT}
     reset_on: set[int] = set()
     try:
-        time.sleep(SHORT + 1.0)
-        for client, _ in pairs:
+        for client, _ in pairs:  # the RST to each client, then what the client sees of it
+            fw.wait_for_event(
+                "reset", timeout=SHORT + 10, to="client", sport=client.getsockname()[1]
+            )
             with pytest.raises(ConnectionResetError) as err:
                 client.send(b"after")  # a RST received since makes this fail with ECONNRESET
                 client.recv(1)

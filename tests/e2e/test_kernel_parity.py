@@ -30,16 +30,35 @@ pytestmark = pytest.mark.e2e
 LINUX = make_policy(oos=OutOfStateAction.ACCEPT, pickup=True)
 
 
+ETH_P_ALL = 0x0003
+ARRIVAL_TIMEOUT = 2.0  # seconds; a forwarded packet arrives within microseconds when idle
+
+
 @dataclass
 class Kernel:
     plan: LabPlan
     raw: dict[tuple[str, int], socket.socket]  # (side, ip version) -> raw socket
+    sniffers: dict[str, socket.socket]  # side -> what arrives on its eth0
 
     def send(self, side: str, packet: bytes) -> None:
+        """Send `packet` from `side` and return once it came out of the fw namespace at the
+        other side: by then the kernel's conntrack has seen it (readiness, not a sleep)."""
         version = packet[0] >> 4
         dst = self.plan.server if side == "client" else self.plan.client
         addr = dst.ipv4 if version == 4 else dst.ipv6
+        sniffer = self.sniffers["server" if side == "client" else "client"]
+        _drain(sniffer)
         self.raw[(side, version)].sendto(packet, (addr, 0))
+        segment = packet[(packet[0] & 0x0F) * 4 if version == 4 else 40 :]
+        end = time.monotonic() + ARRIVAL_TIMEOUT
+        while (left := end - time.monotonic()) > 0:
+            sniffer.settimeout(left)
+            try:
+                if sniffer.recv(65535).endswith(segment):  # forwarding changes the IP header only
+                    return
+            except TimeoutError:
+                break
+        raise AssertionError(f"a packet from the {side} did not cross the fw namespace")
 
     def states(self) -> list[str]:
         out = run_in(
@@ -93,11 +112,28 @@ def kernel() -> Iterator[Kernel]:
             for side in ("client", "server")
             for v, fam in ((4, socket.AF_INET), (6, socket.AF_INET6))
         }
+        sniffers = {
+            side: socket_in(
+                f"{plan.name}-{side}", socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL)
+            )
+            for side in ("client", "server")
+        }
+        for side, sniffer in sniffers.items():
+            sniffer.bind((getattr(plan, side).ifname, 0))
         try:
-            yield Kernel(plan, raw)
+            yield Kernel(plan, raw, sniffers)
         finally:
-            for s in raw.values():
+            for s in [*raw.values(), *sniffers.values()]:
                 s.close()
+
+
+def _drain(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    try:
+        while sock.recv(65535):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def run_both(
@@ -118,7 +154,6 @@ def run_both(
 
     def send_and_compare(src, dst, flags, length, at, seq, ack):  # type: ignore[no-untyped-def]
         decision = original_send(src, dst, flags, length, at, seq, ack)
-        time.sleep(0.002)
         states = kernel.states()
         k = states[0] if states else None
         e = t.state()

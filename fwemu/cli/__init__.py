@@ -52,4 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (`fwemu ... | head`): stop quietly, as Unix tools do.
         sys.stderr.close()
         return 141
+    except OSError as err:
+        # The last resort for an environment problem no command turned into a FwemuError: one
+        # line naming it, not a traceback.
+        where = f": {err.filename}" if err.filename else ""
+        print(f"fwemu: {err.strerror or err}{where}", file=sys.stderr)
+        return FwemuError.exit_code
     return code

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from time import monotonic, sleep
 from typing import Any
 
 from fwemu.ops.control import CONTROL_DIR, CONTROL_SUFFIX, ControlError, is_alive
@@ -25,6 +26,10 @@ from fwemu.ops.protocol import ProtocolError, Request
 # Seconds to wait for each part of a reply: the daemon answers between packet batches, within
 # milliseconds; this only catches a daemon that is stopped (SIGSTOP) or wedged.
 REPLY_TIMEOUT = 10.0
+# Seconds to keep trying while the daemon's queue of connections is full (EAGAIN): it accepts
+# a few per loop turn, so a flood of other clients drains within milliseconds.
+CONNECT_PATIENCE = 2.0
+FIRST_PAUSE, LONGEST_PAUSE = 0.005, 0.1  # seconds between tries, doubling
 
 
 def add_control_argument(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +59,7 @@ class Target:
 def find_run(control: Path | None, directory: Path = CONTROL_DIR) -> tuple[Target, ...]:
     """`control` if it is a socket; else the live control sockets in `control` (a directory) or
     `directory`, which must all belong to one run: one fwemu, or the workers of one."""
-    if control is not None and not control.is_dir():
+    if control is not None and not _is_dir(control):
         return (Target(control),)
     where = control or directory
     try:
@@ -63,6 +68,8 @@ def find_run(control: Path | None, directory: Path = CONTROL_DIR) -> tuple[Targe
         candidates = []
     except PermissionError:
         raise ControlError(f"cannot read {where}: it is root's; run this with sudo") from None
+    except OSError as err:
+        raise ControlError(f"cannot read {where}: {err.strerror or err}") from None
     live = [path for path in candidates if is_alive(path)]
     if not live:
         raise ControlError("no running fwemu found (is 'fwemu run' running?)")
@@ -78,6 +85,19 @@ def find_run(control: Path | None, directory: Path = CONTROL_DIR) -> tuple[Targe
         raise ControlError(f"{len(runs)} fwemus are running ({listed}); choose one with --control")
     (workers,) = runs.values()
     return tuple(Target(path, queue) for queue, path in sorted(workers))
+
+
+def _is_dir(path: Path) -> bool:
+    """`path.is_dir()`, which raises PermissionError for a path in a directory this user may not
+    search (/run/fwemu is root's): the error says so."""
+    try:
+        return path.is_dir()
+    except PermissionError:
+        raise ControlError(
+            f"no permission to use {path}: it is root's; run this with sudo"
+        ) from None
+    except OSError as err:
+        raise ControlError(_connect_problem(path, err)) from None
 
 
 def request_all(targets: Sequence[Target], req: Request) -> Iterator[tuple[Target, dict[str, Any]]]:
@@ -165,17 +185,26 @@ def request(path: Path, req: Request) -> Iterator[dict[str, Any]]:
 
 
 def _connect(path: Path) -> socket.socket:
+    """A connection to the daemon at `path`, tried again for a while if its queue is full."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(REPLY_TIMEOUT)
-    try:
-        sock.connect(os.fspath(path))
-    except OSError as err:
-        sock.close()
-        raise ControlError(_connect_problem(path, err)) from None
-    return sock
+    sock.settimeout(REPLY_TIMEOUT)  # which makes connect() non-blocking: EAGAIN, not a wait
+    give_up, pause = monotonic() + CONNECT_PATIENCE, FIRST_PAUSE
+    while True:
+        try:
+            sock.connect(os.fspath(path))
+        except OSError as err:
+            if isinstance(err, BlockingIOError) and monotonic() < give_up:
+                sleep(pause)
+                pause = min(2 * pause, LONGEST_PAUSE)
+                continue
+            sock.close()
+            raise ControlError(_connect_problem(path, err)) from None
+        return sock
 
 
 def _connect_problem(path: Path, err: OSError) -> str:
+    if err.errno == errno.EAGAIN:
+        return f"the fwemu at {path} is too busy: no room to connect for {CONNECT_PATIENCE:g}s"
     if err.errno == errno.ENOENT:
         return f"no control socket {path} (is 'fwemu run' running?)"
     if err.errno == errno.ECONNREFUSED:

@@ -1,11 +1,13 @@
 """The daemon's side of the control socket, served from its one event loop.
 
 Everything is non-blocking and every turn does bounded work, so a client can never stall packet
-verdicts: a few accepts, one recv and one send per ready connection, and at most `ITEMS_PER_TURN`
-reply items built within `TURN_BUDGET` (a flow listing of a million flows, or `fwemu expire` of
-100k flows, is spread over many loop iterations). A
-client that sends no request in time, stops reading its reply, or lets a followed event stream
-back up past `MAX_BACKLOG` is dropped.
+verdicts: a few accepts, one recv and one send per ready connection, and reply items built within
+`TURN_BUDGET` for all of them (a flow listing of a million flows, or `fwemu expire` of 100k flows,
+is spread over many loop iterations). A client that sends no request in time, stops reading its
+reply, or lets a followed event stream back up past `MAX_BACKLOG` is dropped; so is the one that
+waited longest without asking anything when `MAX_SESSIONS` are connected. Whatever a client
+sends, and whatever goes wrong serving it, it gets an error reply or its connection is closed:
+nothing it does can stop the daemon's loop, and so the firewall.
 
 The server keeps the latest events as the core's Event objects (appending one costs nothing
 measurable) and subscribes to the reporter's JSON records only while a client follows events, so
@@ -23,7 +25,6 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,10 +47,16 @@ CONTROL_SUFFIX = ".sock"
 # Events kept for `fwemu events`: enough to see what just happened, bounded in memory.
 HISTORY_SIZE = 1000
 ACCEPT_BATCH = 8  # connections accepted per turn
+# Connections waiting to be accepted: the kernel's most (net.core.somaxconn, 4096 since Linux 5.4).
+# With 16, a flood of 386 connects saw 170 refused with EAGAIN (issue 19).
+LISTEN_BACKLOG = socket.SOMAXCONN
+# Clients served at once: a few tools and followers are the real load; a flood of idle connections
+# must not use up the daemon's file descriptors (1024 by default) or lock out `fwemu flows`.
+MAX_SESSIONS = 128
 RECV_SIZE = 4096
-ITEMS_PER_TURN = 256  # reply items built per turn (a flow record takes a few microseconds)
-# Seconds of reply building per turn, whatever the items cost (an expiry with RSTs: ~0.1 ms), as
-# the daemon's TIMER_BUDGET for timers: verdicts wait at most about this long.
+ITEMS_PER_TURN = 256  # reply items built per connection per turn (a flow record: a few µs)
+# Seconds of reply building per turn for all clients, whatever the items cost (an expiry with
+# RSTs: ~0.1 ms), as the daemon's TIMER_BUDGET for timers: verdicts wait at most about this long.
 TURN_BUDGET = 0.001
 SEND_CHUNK = 64 * 1024  # a reply is built ahead until this much waits to be sent
 MAX_BACKLOG = 1024 * 1024  # unsent bytes after which a following client is dropped as too slow
@@ -70,11 +77,15 @@ def default_path(queue: int, netns: str | None) -> Path:
 
 
 def is_alive(path: Path) -> bool:
-    """Whether a process accepts connections on the Unix socket at `path`."""
+    """Whether a process listens on the Unix socket at `path`: it accepts the connection, or
+    refuses it only for a full backlog (EAGAIN: busy, not gone) or for this user's lack of
+    permission (the socket is someone else's, not stale)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(CONNECT_TIMEOUT)
         try:
             probe.connect(str(path))
+        except (BlockingIOError, PermissionError):
+            return True
         except OSError:
             return False
     return True
@@ -103,8 +114,15 @@ class _Session:
     outbuf: bytearray = field(default_factory=bytearray)
     reply: Iterator[dict[str, Any]] | None = None
     follow: Selector | None = None
+    asked: bool = False  # the request is read (later bytes are ignored)
     done: bool = False  # the reply is complete: close once outbuf is sent
     eof: bool = False  # the client sends no more
+
+    @property
+    def idle(self) -> bool:
+        """Whether dropping the session loses nothing: it has asked nothing yet, or its whole
+        reply is sent."""
+        return not self.asked or (self.done and not self.outbuf)
 
 
 class ControlServer:
@@ -119,27 +137,44 @@ class ControlServer:
         self._history: deque[Event] = deque(maxlen=HISTORY_SIZE)
         self._sessions: dict[int, _Session] = {}
         self._subscribed = False
+        self._turns = 0
+        self._turn_end = 0.0  # monotonic time when this turn's reply building stops
         self._listener = _listen(path)
         self._inode = os.stat(path).st_ino
-        # Each key's data is what to call with the ready mask.
+        # Each key's data is its connection's session (None: the listener's).
         self._selector = selectors.DefaultSelector()
-        self._selector.register(self._listener, selectors.EVENT_READ, self._accept)
+        self._selector.register(self._listener, selectors.EVENT_READ, None)
         reporter.watch(self._history.append)
 
     def fileno(self) -> int:
         return self._selector.fileno()
 
     def serve(self) -> None:
-        """One turn: serve every ready connection, with bounded work each."""
-        for key, mask in self._selector.select(0):
-            key.data(mask)
+        """One turn: serve every ready connection, with bounded work each and `TURN_BUDGET` in
+        all, starting with another one each turn so that every reply makes progress. A bug
+        serving a client closes that client's connection; the daemon goes on."""
+        ready = self._selector.select(0)
+        self._turns += 1
+        self._turn_end = time.monotonic() + TURN_BUDGET
+        first = self._turns % len(ready) if ready else 0
+        for key, mask in ready[first:] + ready[:first]:
+            session: _Session | None = key.data
+            try:
+                if session is None:
+                    self._accept()
+                else:
+                    self._ready(session, mask)
+            except Exception as err:
+                self._log(f"control socket: dropped a client after an internal error: {err!r}")
+                if session is not None:
+                    self._drop(session)
 
     def _log(self, text: str) -> None:
         self._reporter.line(text)
 
     # ------------------------------------------------------------------ loop callbacks
 
-    def _accept(self, mask: int) -> None:
+    def _accept(self) -> None:
         for _ in range(ACCEPT_BATCH):
             try:
                 sock, _ = self._listener.accept()
@@ -149,14 +184,27 @@ class ControlServer:
                 self._log(f"control socket: cannot accept a client: {err}")
                 return
             sock.setblocking(False)
+            if len(self._sessions) >= MAX_SESSIONS:
+                self._make_room()
             session = _Session(sock, time.monotonic() + REQUEST_TIMEOUT)
             self._sessions[sock.fileno()] = session
-            self._selector.register(sock, selectors.EVENT_READ, partial(self._ready, session))
+            self._selector.register(sock, selectors.EVENT_READ, session)
+
+    def _make_room(self) -> None:
+        """Drop the oldest idle client (a real client asks as it connects: this is a flood), else
+        the oldest, so that a new `fwemu flows` gets through."""
+        sessions = self._sessions.values()  # in the order of their accepts
+        idle = next((s for s in sessions if s.idle), None)
+        if idle is None:
+            self._log(f"control socket: {MAX_SESSIONS} clients: dropped the oldest for a new one")
+        self._drop(idle or next(iter(sessions)))
 
     def _ready(self, session: _Session, mask: int) -> None:
-        if mask & selectors.EVENT_READ:
+        # Reading may drop the session, and so may making room for a client accepted earlier in
+        # this turn: a closed socket's fileno() is -1.
+        if mask & selectors.EVENT_READ and session.sock.fileno() >= 0:
             self._read(session)
-        if mask & selectors.EVENT_WRITE and session.sock.fileno() in self._sessions:
+        if mask & selectors.EVENT_WRITE and session.sock.fileno() >= 0:
             self._write(session)
 
     def _read(self, session: _Session) -> None:
@@ -166,26 +214,33 @@ class ControlServer:
             return
         except OSError:
             data = b""
-        answering = session.reply is not None or session.outbuf or session.done
         if not data:
-            # The client hung up, or only shut down its sending side: a reply still being sent
-            # goes on; a followed stream ends (nobody asks for more).
-            session.eof = True
-            if answering and session.follow is None:
-                self._rewatch(session)
-            else:
-                self._drop(session)
-            return
-        if answering or session.follow is not None:
-            return  # one request per connection; later bytes are ignored
-        session.inbuf += data
-        line, newline, _ = session.inbuf.partition(b"\n")
-        if not newline:
-            if len(session.inbuf) > MAX_REQUEST:
-                self._respond(session, iter([error_reply("request too long")]))
-            return
+            self._hang_up(session)
+        elif not session.asked:  # one request per connection; later bytes are ignored
+            session.inbuf += data
+            line, newline, _ = session.inbuf.partition(b"\n")
+            if len(line) > MAX_REQUEST:
+                too_long = f"request too long: more than {MAX_REQUEST} bytes"
+                self._respond(session, iter([error_reply(too_long)]))
+            elif newline:
+                self._request(session, bytes(line))
+
+    def _hang_up(self, session: _Session) -> None:
+        """The client hung up, or only shut down its sending side: a request without its newline
+        is still served, and a reply still being sent goes on; a followed stream ends (the client
+        could not say when it is done with it)."""
+        if not session.asked and session.inbuf:
+            self._request(session, bytes(session.inbuf))
+        session.eof = True
+        self._unfollow(session)
+        if session.outbuf or session.reply is not None:
+            self._rewatch(session)
+        else:
+            self._drop(session)
+
+    def _request(self, session: _Session, line: bytes) -> None:
         try:
-            request = parse_request(bytes(line))
+            request = parse_request(line)
         except ProtocolError as err:
             self._respond(session, iter([error_reply(str(err))]))
             return
@@ -209,10 +264,11 @@ class ControlServer:
         follow: Selector | None = None,
     ) -> None:
         session.inbuf.clear()
+        session.asked = True
         session.reply, session.follow = items, follow
         session.deadline = time.monotonic() + STALL_TIMEOUT
         self._fill(session)
-        self._rewatch(session)
+        self._progress(session)
         if follow is not None:
             self._follow_changed()
 
@@ -220,21 +276,20 @@ class ControlServer:
         """Build reply items until a chunk is ready or the turn's budget is used."""
         if session.reply is None:
             return
-        end = time.monotonic() + TURN_BUDGET
         for _ in range(ITEMS_PER_TURN):
-            if len(session.outbuf) >= SEND_CHUNK or time.monotonic() >= end:
+            if len(session.outbuf) >= SEND_CHUNK or time.monotonic() >= self._turn_end:
                 return
             try:
                 item = next(session.reply, None)
-            except Exception as err:
-                item, session.follow = self._failed("reply", err), None
-                session.reply = iter(())
-                self._follow_changed()
-            if item is None:
-                session.reply = None
-                session.done = session.follow is None
-                return
-            session.outbuf += encode(item)
+                if item is not None:
+                    session.outbuf += encode(item)
+                    continue
+            except Exception as err:  # in the handler's generator, or an item that is not JSON
+                session.outbuf += encode(self._failed("reply", err))
+                self._unfollow(session)
+            session.reply = None
+            session.done = session.follow is None
+            return
 
     def _write(self, session: _Session) -> None:
         try:
@@ -248,10 +303,28 @@ class ControlServer:
         if sent:
             session.deadline = time.monotonic() + STALL_TIMEOUT
         self._fill(session)
+        self._progress(session)
+
+    def _progress(self, session: _Session) -> None:
+        """Close the connection once the whole reply is sent, else wait for what it needs."""
         if session.done and not session.outbuf:
-            self._drop(session)
+            self._sent(session)
         else:
             self._rewatch(session)
+
+    def _sent(self, session: _Session) -> None:
+        """The reply is sent: close. A client that may still be sending (a request too long)
+        first gets an end of file and is read to its own: closing on unread bytes would reset
+        the connection, losing the reply it has not read yet."""
+        if session.eof:
+            self._drop(session)
+            return
+        try:
+            session.sock.shutdown(socket.SHUT_WR)
+        except OSError:  # gone already
+            self._drop(session)
+            return
+        self._rewatch(session)
 
     # ------------------------------------------------------------------ events and time
 
@@ -306,6 +379,13 @@ class ControlServer:
         if session.follow is not None:
             self._follow_changed()
 
+    def _unfollow(self, session: _Session) -> None:
+        """End the session's event stream, if it has one: close once its reply is sent."""
+        if session.follow is not None:
+            session.follow = None
+            session.done = session.reply is None
+            self._follow_changed()
+
     def _follow_changed(self) -> None:
         """Get the reporter's JSON records while some client follows events, and only then."""
         following = any(s.follow is not None for s in self._sessions.values())
@@ -339,7 +419,7 @@ def _listen(path: Path) -> socket.socket:
     umask = os.umask(0o177)
     try:
         sock.bind(str(path))
-        sock.listen(16)
+        sock.listen(LISTEN_BACKLOG)
     except OSError as err:
         sock.close()
         reason = err.strerror or str(err)

@@ -8,9 +8,11 @@ A request is one object with `cmd` and that command's fields (see `FIELDS`):
     {"cmd": "reload", "policy": "/etc/fwemu/fw.toml"}                  (or "preset", or neither)
     {"cmd": "status"}
 
-The reply is zero or more item lines ({"flow": {...}} or {"event": {...}}) and then one final
-line with "ok": {"ok": true, ...summary} or {"ok": false, "error": "..."}. `events` with
-`follow` never sends the final line: it streams events until the client hangs up.
+A request line is at most `MAX_REQUEST` bytes; its newline may be left out by a client that then
+shuts down its sending side. The reply is zero or more item lines ({"flow": {...}} or
+{"event": {...}}) and then one final line with "ok": {"ok": true, ...summary} or {"ok": false,
+"error": "..."}, the answer to anything that is not a valid request. `events` with `follow` then
+streams live event lines until the client hangs up (or shuts down its sending side).
 """
 
 from __future__ import annotations
@@ -32,10 +34,17 @@ from fwemu.ops.filters import (
 )
 from fwemu.policy import ExpireAction
 
-# A request is a few hundred bytes; anything near this is not one of ours.
-MAX_REQUEST = 64 * 1024
-# Recent events kept by the daemon for `fwemu events` (and sent before live ones).
+# A request is a few hundred bytes: a filter of a few dozen terms, or a policy path (PATH_MAX is
+# 4096). The bound is also one on the daemon's work per request: parsing a filter of 8 KiB (of
+# addresses) takes 5.6 ms, one of 54 KiB 40 ms, time during which no packet gets its verdict.
+MAX_REQUEST = 8 * 1024
+# Recent events sent before live ones for `fwemu events`, by default and at most (far more than a
+# daemon keeps, control.HISTORY_SIZE: any larger number means the same, all of them).
 DEFAULT_HISTORY = 100
+MAX_HISTORY = 1_000_000
+# Digits in a JSON integer: no field takes more than MAX_HISTORY's (and Python converts at most
+# 4300, sys.get_int_max_str_digits, raising a bare ValueError beyond).
+MAX_DIGITS = 20
 
 # The fields each command takes (besides `cmd`).
 FIELDS: dict[str, frozenset[str]] = {
@@ -86,15 +95,18 @@ def error_reply(message: str) -> dict[str, Any]:
 
 
 def parse_request(line: bytes) -> Request:
-    """The Request in one line (without its newline); ProtocolError saying what is wrong."""
+    """The Request in one line (without its newline); ProtocolError saying what is wrong, whatever
+    the bytes."""
     try:
-        data = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        data = json.loads(line, parse_int=_integer)
+    except RecursionError:  # [[[[...: the C decoder recurses once per level
+        raise ProtocolError("request is nested too deeply") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
         raise ProtocolError(f"request is not JSON: {err}") from None
     if not isinstance(data, dict):
         raise ProtocolError("request must be a JSON object with a 'cmd'")
     command = data.pop("cmd", None)
-    if command not in FIELDS:
+    if not isinstance(command, str) or command not in FIELDS:
         raise ProtocolError(f"unknown cmd {command!r}: use {', '.join(FIELDS)}")
     unknown = sorted(set(data) - FIELDS[command])
     if unknown:
@@ -117,6 +129,13 @@ def parse_request(line: bytes) -> Request:
     return request
 
 
+def _integer(digits: str) -> int:
+    """A JSON integer, refused before the conversion if it has more digits than any field's."""
+    if len(digits) > MAX_DIGITS:
+        raise ProtocolError(f"request has a number of {len(digits)} digits: too long for any field")
+    return int(digits)
+
+
 def _typed(data: dict[str, Any], key: str, kind: type, default: Any) -> Any:
     value = data.get(key, default)
     # bool is an int in Python; a history of `true` is still a mistake.
@@ -136,14 +155,24 @@ def _action(value: str | None) -> ExpireAction | None:
 
 
 def _check(request: Request) -> None:
-    if request.history < 0:
-        raise ProtocolError(f"history must be >= 0, not {request.history}")
+    if not 0 <= request.history <= MAX_HISTORY:
+        raise ProtocolError(f"history must be 0..{MAX_HISTORY}, not {request.history}")
     if request.command == "expire" and request.all == (request.selector != EVERYTHING):
         raise ProtocolError("expire needs a match or all, not both or neither")
     if request.policy is not None and request.preset is not None:
         raise ProtocolError("reload takes a policy or a preset, not both")
-    if request.policy is not None and not os.path.isabs(request.policy):
-        raise ProtocolError(f"policy must be an absolute path, not {request.policy!r}")
+    if request.policy is not None and not _is_path(request.policy):
+        raise ProtocolError(f"policy must be an absolute path in UTF-8, not {request.policy!r}")
+
+
+def _is_path(text: str) -> bool:
+    """Whether `text` names a file the daemon can open and name in its log: absolute, UTF-8 (JSON
+    carries lone surrogates, which are not), without NUL."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return os.path.isabs(text) and "\0" not in text
 
 
 def flow_record(info: FlowInfo) -> dict[str, Any]:

@@ -1,15 +1,22 @@
-"""The control socket's server and client over a real Unix socket (no root needed): replies,
-refusals, slow clients, stale sockets and finding the running daemon."""
+"""The control socket's server and client over a real Unix socket (no root needed, but for
+switching to a user without permission): replies, refusals, slow clients, floods, stale sockets
+and finding the running daemon."""
 
 from __future__ import annotations
 
+import errno
 import io
 import itertools
 import json
 import os
+import re
 import select
+import shutil
 import socket
 import stat
+import subprocess
+import sys
+import tempfile
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -21,13 +28,17 @@ import pytest
 from fwemu.adapters.output import Clock
 from fwemu.core.events import Event, FlowId, FlowNew
 from fwemu.ops import client
-from fwemu.ops.control import MAX_BACKLOG, ControlError, ControlServer, Reply
+from fwemu.ops import control as control_module
+from fwemu.ops.control import MAX_BACKLOG, MAX_SESSIONS, ControlError, ControlServer, Reply
 from fwemu.ops.protocol import MAX_REQUEST, Request
 from tests.adapters.fakes import CountingReporter
 
+from .conftest import Cli
+
 
 class Handler:
-    """Answers `flows` with `count` numbered items, `events` by following everything."""
+    """Answers `flows` with `count` numbered items, `events` by following everything; its other
+    answers are bugs."""
 
     def __init__(self) -> None:
         self.count = 3
@@ -39,6 +50,8 @@ class Handler:
             raise RuntimeError("bug in handle")
         if request.command == "status":
             return Reply(self._broken())
+        if request.command == "expire":
+            return Reply(iter([{"flow": {"tags": {"not", "json"}}}]))
         items = ({"flow": {"n": n}} for n in range(self.count))
         return Reply(itertools.chain(items, [{"ok": True, "count": self.count}]))
 
@@ -64,6 +77,11 @@ class Loop:
     def log(self) -> list[str]:
         return self.output.getvalue().splitlines()
 
+    @property
+    def messages(self) -> list[str]:
+        """The log without its timestamps."""
+        return [line.partition(" ")[2] for line in self.log]
+
     def _run(self) -> None:
         while not self._stop.is_set():
             if select.select([self.server], [], [], 0.01)[0]:
@@ -85,6 +103,9 @@ class Loop:
 def loop(tmp_path: Path) -> Iterator[Loop]:
     with Loop(tmp_path / "fw.sock") as running:
         yield running
+
+
+STATUS = Request("status")
 
 
 def raw(path: Path, data: bytes) -> list[dict[str, Any]]:
@@ -116,7 +137,8 @@ def test_bad_requests_get_an_error_and_the_server_goes_on(loop: Loop) -> None:
     [reply] = raw(path, b"hello\n")
     assert reply["ok"] is False and reply["error"].startswith("request is not JSON")
     assert raw(path, b'{"cmd": "flows", "match": "dport=x"}\n')[0]["ok"] is False
-    assert raw(path, b"x" * (MAX_REQUEST + 10)) == [{"ok": False, "error": "request too long"}]
+    too_long = {"ok": False, "error": f"request too long: more than {MAX_REQUEST} bytes"}
+    assert raw(path, b"x" * (MAX_REQUEST + 10)) == [too_long]
     with pytest.raises(ControlError, match=r"^unknown action 'kill'"):
         list(client.request(path, _expire_with_action("kill")))
     assert list(client.request(path, Request("flows")))[-1]["ok"] is True
@@ -138,6 +160,56 @@ def test_a_bug_serving_a_request_fails_that_request_only(loop: Loop) -> None:
         list(client.request(path, Request("status")))
     assert "bug in reply" in loop.log[-1]
     assert list(client.request(path, Request("flows")))[-1]["ok"] is True
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"[" * 60_000 + b"\n", f"request too long: more than {MAX_REQUEST} bytes"),
+        (b"[" * 8000 + b"\n", "request is nested too deeply"),
+        (b'{"cmd":"events","history":' + b"9" * 5000 + b"}\n", "request has a number of 5000"),
+        (b'{"cmd": ["flows"]}\n', "unknown cmd ['flows']"),
+    ],
+)
+def test_what_stopped_the_firewall_gets_an_error_and_the_server_goes_on(
+    loop: Loop, data: bytes, error: str
+) -> None:
+    # Issue 19: each of these made the daemon's loop raise, and `fwemu run` exit.
+    [reply] = raw(loop.server.path, data)
+    assert reply["ok"] is False and reply["error"].startswith(error)
+    assert list(client.request(loop.server.path, Request("flows")))[-1]["ok"] is True
+
+
+def test_a_reply_item_that_is_not_json_fails_that_request_only(loop: Loop) -> None:
+    path = loop.server.path
+    with pytest.raises(ControlError, match=r"^internal error serving 'reply': TypeError"):
+        list(client.request(path, Request("expire", all=True)))
+    assert list(client.request(path, Request("flows")))[-1]["ok"] is True
+
+
+def test_a_bug_anywhere_serving_a_client_closes_its_connection_only(
+    loop: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(line: bytes) -> Request:
+        raise RuntimeError("bug in parsing")
+
+    monkeypatch.setattr(control_module, "parse_request", broken)
+    with pytest.raises(ControlError, match="closed the connection without answering"):
+        list(client.request(loop.server.path, Request("flows")))
+    monkeypatch.undo()
+    assert list(client.request(loop.server.path, Request("flows")))[-1]["ok"] is True
+    assert [line for line in loop.messages if "bug in parsing" in line] == [
+        "control socket: dropped a client after an internal error: RuntimeError('bug in parsing')"
+    ]
+
+
+def test_a_request_without_its_newline_is_answered_when_the_client_hangs_up(loop: Loop) -> None:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(str(loop.server.path))
+        sock.sendall(b'{"cmd": "flows"}')
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.makefile("rb").readlines()[-1] == b'{"ok":true,"count":3}\n'
 
 
 def test_a_client_that_shuts_down_its_side_still_gets_the_reply(loop: Loop) -> None:
@@ -239,6 +311,199 @@ def test_find_run_needs_a_live_socket(tmp_path: Path) -> None:
     assert client.find_run(given, tmp_path) == (client.Target(given),)
 
 
+def test_a_flood_of_idle_connections_does_not_lock_out_a_request(loop: Loop) -> None:
+    # Issue 19: during a connect flood, a real `fwemu flows` failed. The connections that waited
+    # longest without asking anything make room for new ones.
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            idle.append(sock := socket.socket(socket.AF_UNIX))
+            sock.connect(str(loop.server.path))  # blocking: waits while the listen queue is full
+        assert list(client.request(loop.server.path, Request("flows")))[-1]["ok"] is True
+        dropped = [_closed_by_peer(sock) for sock in idle]
+    finally:
+        for sock in idle:
+            sock.close()
+    room = len(idle) + 1 - MAX_SESSIONS  # the request's own connection made room too
+    assert dropped == [True] * room + [False] * (len(idle) - room)
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+
+
+def test_when_every_client_is_being_answered_the_oldest_makes_room(loop: Loop) -> None:
+    followers: list[socket.socket] = []
+    try:
+        for _ in range(MAX_SESSIONS):
+            followers.append(sock := socket.socket(socket.AF_UNIX))
+            sock.settimeout(5)
+            sock.connect(str(loop.server.path))
+            sock.sendall(Request("events", follow=True).encode())
+            assert sock.recv(4096) == b'{"ok":true}\n'
+        assert list(client.request(loop.server.path, Request("flows")))[-1]["ok"] is True
+        assert followers[0].recv(4096) == b""
+    finally:
+        for sock in followers:
+            sock.close()
+    message = f"control socket: {MAX_SESSIONS} clients: dropped the oldest for a new one"
+    assert loop.messages.count(message) == 1
+
+
+def fill_queue(path: Path, most: int = 100) -> list[socket.socket]:
+    """Connections to a listener that accepts none, until its queue is full (or `most`)."""
+    flood: list[socket.socket] = []
+    for _ in range(most):
+        sock = socket.socket(socket.AF_UNIX)
+        sock.setblocking(False)
+        try:
+            sock.connect(str(path))
+        except BlockingIOError:
+            sock.close()
+            break
+        flood.append(sock)
+    return flood
+
+
+SOMAXCONN = int(Path("/proc/sys/net/core/somaxconn").read_text())
+
+
+@pytest.mark.skipif(SOMAXCONN < 400, reason="net.core.somaxconn caps every listen queue below 400")
+def test_the_listen_queue_holds_a_flood(tmp_path: Path) -> None:
+    # Issue 19: with a queue of 16, 170 of 386 connects were refused (EAGAIN) while the daemon
+    # was busy elsewhere, as it is here: nothing accepts.
+    reporter = CountingReporter(Clock.start(), io.StringIO())
+    server = ControlServer(tmp_path / "fw.sock", Handler(), reporter)
+    flood = fill_queue(server.path, most=400)
+    try:
+        assert len(flood) == 400
+    finally:
+        for sock in flood:
+            sock.close()
+        server.close()
+
+
+def answer_status(listener: socket.socket) -> None:
+    """Accept connections until one brings a request (the flood's bring nothing), answer it."""
+    while True:
+        conn, _ = listener.accept()  # the listener's timeout bounds the wait
+        with conn:
+            conn.settimeout(5)
+            if conn.recv(4096):
+                conn.sendall(b'{"ok":true}\n')
+                return
+
+
+def test_a_client_waits_while_the_daemon_s_queue_is_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "busy.sock"
+    refused, room = threading.Event(), threading.Event()
+
+    def pause(seconds: float) -> None:  # the client's, between two tries
+        refused.set()
+        room.wait(5)
+
+    monkeypatch.setattr(client, "sleep", pause)
+    replies: list[list[dict[str, Any]]] = []
+    asker = threading.Thread(target=lambda: replies.append(list(client.request(path, STATUS))))
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        listener.listen(0)
+        listener.settimeout(5)
+        flood = fill_queue(path)
+        asker.start()
+        try:
+            assert refused.wait(5)
+            for sock in flood:  # the flood ends: its connections wait to be accepted, closed
+                sock.close()
+            room.set()
+            answer_status(listener)
+        finally:
+            room.set()
+            asker.join(5)
+    assert replies == [[{"ok": True}]]
+
+
+def test_a_daemon_with_a_full_queue_is_busy_not_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "busy.sock"
+    monkeypatch.setattr(client, "CONNECT_PATIENCE", 0.0)
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        listener.listen(0)
+        flood = fill_queue(path)
+        try:
+            assert client.find_run(None, tmp_path) == (client.Target(path),)
+            with pytest.raises(ControlError, match="another fwemu is serving"):
+                ControlServer(path, Handler(), print)
+            busy = f"the fwemu at {path} is too busy: no room to connect for 0s"
+            with pytest.raises(ControlError, match=f"^{re.escape(busy)}$"):
+                list(client.request(path, STATUS))
+        finally:
+            for sock in flood:
+                sock.close()
+
+
+@pytest.fixture
+def public() -> Iterator[Path]:
+    """A directory anybody may enter, holding a daemon's socket (mode 0600, as always) and a
+    directory only root may enter, holding another."""
+    top = Path(tempfile.mkdtemp(prefix="fwemu-test-"))
+    try:
+        top.chmod(0o755)
+        (top / "private").mkdir(mode=0o700)
+        with Loop(top / "fw.sock"), Loop(top / "private" / "fw.sock"):
+            yield top
+    finally:
+        shutil.rmtree(top)
+
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+DENIED = "no permission to use {top}/fw.sock: the control socket is root's; run this with sudo"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
+@pytest.mark.parametrize(
+    ("given", "problem"),
+    [
+        (
+            "private/fw.sock",
+            "no permission to use {top}/private/fw.sock: it is root's; run this with sudo",
+        ),
+        ("private", "cannot read {top}/private: it is root's; run this with sudo"),
+        ("fw.sock", DENIED),
+        ("", DENIED),
+    ],
+)
+def test_a_user_without_permission_gets_one_line(public: Path, given: str, problem: str) -> None:
+    # Issue 19: `fwemu flows --control SOCKET` as a user printed a PermissionError traceback.
+    argv = [*NOBODY, sys.executable, "-m", "fwemu", "flows", "--control", str(public / given)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"fwemu: {problem.format(top=public)}\n"
+
+
 def test_connecting_to_nothing_says_so(tmp_path: Path) -> None:
     with pytest.raises(ControlError, match=r"no control socket .* \(is 'fwemu run' running\?\)"):
         list(client.request(tmp_path / "none.sock", Request("status")))
+
+
+def test_an_unforeseen_os_error_is_one_line_not_a_traceback(
+    fwemu: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(control: Path | None) -> tuple[client.Target, ...]:
+        raise OSError(errno.EIO, "Input/output error", "/run/fwemu")
+
+    monkeypatch.setattr(client, "find_run", broken)
+    result = fwemu("flows")
+    assert (result.code, result.out, result.err) == (
+        2,
+        "",
+        "fwemu: Input/output error: /run/fwemu\n",
+    )

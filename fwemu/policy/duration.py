@@ -27,8 +27,9 @@ _UNIT_ALIASES: dict[str, str] = {
 # "never" says "no timer" explicitly.
 MAX_SECONDS = 365 * 86400.0
 
-_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
-_COMPONENT = re.compile(rf"\s*({_NUMBER})\s*([a-zA-Z]*)\s*")
+# ASCII digits only: \d (and float()) would read "\u0665s" (an Arabic-Indic five) as 5 s.
+_NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+_COMPONENT = re.compile(rf"\s*({_NUMBER})\s*([a-zA-Z]*)\s*", re.ASCII)
 _BARE_NUMBER = re.compile(rf"[+-]?{_NUMBER}")
 
 _EXPECTED = 'a duration (seconds or a string like "90s")'
@@ -62,6 +63,20 @@ def type_name(value: object) -> str:
             return "a date/time"
 
 
+def brief(value: object) -> str:
+    """repr(value), shortened: a value echoed in a message must not flood it. An int past
+    Python's limit for str() (written in hex, octal or binary) shows in hex; a list holding one,
+    by its type."""
+    try:
+        return shorten(repr(value))
+    except ValueError:
+        return shorten(hex(value)) if isinstance(value, int) else type_name(value)
+
+
+def shorten(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
 def parse_duration(value: object) -> float | None:
     """Seconds for a TOML duration value, or None for "never"; raise DurationError otherwise.
 
@@ -72,7 +87,9 @@ def parse_duration(value: object) -> float | None:
         raise DurationError(f"expected {_EXPECTED}, got {type_name(value)}")
     if isinstance(value, str):
         return _parse_text(value)
-    return _checked(float(value), repr(value))
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DurationError(f"duration {value!r} is not a finite number")
+    return _checked(value, brief(value))
 
 
 def _parse_text(text: str) -> float | None:
@@ -80,16 +97,16 @@ def _parse_text(text: str) -> float | None:
     if stripped == "never":
         return None
     if stripped.startswith("-"):
-        raise DurationError(f"negative duration {text!r}")
+        raise DurationError(f"negative duration {brief(text)}")
     if _BARE_NUMBER.fullmatch(stripped):
         if float(stripped) == 0:
             return 0.0
         raise DurationError(
-            f"duration {text!r} has no unit", f"did you mean '{stripped.lstrip('+')}s'?"
+            f"duration {brief(text)} has no unit", f"did you mean '{stripped.lstrip('+')}s'?"
         )
     components = _components(text)
     seconds = sum(float(number) * _UNITS[unit] for number, unit in components)
-    return _checked(seconds, repr(text))
+    return _checked(seconds, brief(text))
 
 
 def _components(text: str) -> list[tuple[str, str]]:
@@ -99,14 +116,16 @@ def _components(text: str) -> list[tuple[str, str]]:
     while position < len(text):
         found = _COMPONENT.match(text, position)
         if found is None:
-            never = difflib.get_close_matches(text.strip().lower(), ["never"], n=1)
-            hint = "did you mean 'never'?" if never else _FORMAT_HINT
-            raise DurationError(f"invalid duration {text!r}", hint)
+            raise DurationError(f"invalid duration {brief(text)}", _invalid_hint(text))
         number, unit = found[1], found[2]
         if not unit:
-            raise DurationError(f"missing unit after {number!r} in {text!r}", _FORMAT_HINT)
+            raise DurationError(
+                f"missing unit after {brief(number)} in {brief(text)}", _FORMAT_HINT
+            )
         if unit not in _UNITS:
-            raise DurationError(f"unknown unit {unit!r} in {text!r}", _unit_hint(text, unit))
+            raise DurationError(
+                f"unknown unit {brief(unit)} in {brief(text)}", _unit_hint(text, unit)
+            )
         pairs.append((number, unit))
         position = found.end()
     if not pairs:
@@ -114,12 +133,19 @@ def _components(text: str) -> list[tuple[str, str]]:
     ranks = [_UNIT_ORDER.index(unit) for _, unit in pairs]
     if any(later <= earlier for earlier, later in itertools.pairwise(ranks)):
         raise DurationError(
-            f"invalid duration {text!r}: each unit at most once, largest first", _FORMAT_HINT
+            f"invalid duration {brief(text)}: each unit at most once, largest first", _FORMAT_HINT
         )
     return pairs
 
 
 _FORMAT_HINT = 'use units d h m s ms, largest first, like "90s", "1h30m" or "250ms"'
+
+
+def _invalid_hint(text: str) -> str:
+    if any(char.isdigit() and not char.isascii() for char in text):
+        return "write numbers with the digits 0-9"
+    never = difflib.get_close_matches(text.strip().lower(), ["never"], n=1)
+    return "did you mean 'never'?" if never else _FORMAT_HINT
 
 
 def _unit_hint(text: str, unit: str) -> str:
@@ -130,18 +156,18 @@ def _unit_hint(text: str, unit: str) -> str:
         guess = _UNIT_ALIASES.get(close[0], close[0]) if close else None
     if guess is None:
         return _FORMAT_HINT
-    fixed = re.sub(rf"(?<=[\d.])\s*{re.escape(unit)}\b", guess, text.strip())
-    return f"did you mean {fixed!r}?"
+    fixed = re.sub(rf"(?<=[0-9.])\s*{re.escape(unit)}\b", guess, text.strip())
+    return f"did you mean {brief(fixed)}?"
 
 
 def _checked(seconds: float, shown: str) -> float:
-    if math.isnan(seconds) or math.isinf(seconds):
-        raise DurationError(f"duration {shown} is not a finite number")
+    """`seconds` (an int of any size, or a float that may be inf) as a float within range;
+    compared before it is converted, since float() overflows on a huge int."""
     if seconds < 0:
         raise DurationError(f"negative duration {shown}")
     if seconds > MAX_SECONDS:
         raise DurationError(f"duration {shown} is longer than 365 days", 'use "never" for no timer')
-    return seconds
+    return float(seconds)
 
 
 def format_duration(seconds: float | None) -> str:

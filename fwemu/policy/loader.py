@@ -10,12 +10,11 @@ import dataclasses
 import ipaddress
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fwemu.policy.duration import type_name
+from fwemu.policy.duration import brief, shorten, type_name
 from fwemu.policy.model import (
     ExpireAction,
     IPNetwork,
@@ -33,21 +32,20 @@ from fwemu.policy.model import (
 from fwemu.policy.reading import (
     Converter,
     KeyPath,
-    KeyScanner,
     ProblemsError,
     Reader,
     as_duration,
     as_finite_duration,
     as_flag,
+    as_line,
+    as_lines,
     as_name,
-    as_text,
-    as_texts,
     choice_of,
     fail,
     one_or_many,
     read_source,
+    read_toml,
     show_path,
-    syntax_problem,
 )
 
 # The conntrack states (fields of Timeouts) each phase covers; a phase name in `[timeouts]` sets
@@ -78,11 +76,7 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
 def loads_policy(text: str, origin: str = "<string>", *, default_name: str | None = None) -> Policy:
     """The policy in TOML `text`. `origin` names it in messages; `[policy] name` defaults to
     `default_name`, else to the stem of `origin`."""
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise PolicyError([syntax_problem(str(err), text, origin)]) from None
-    reader = Reader(origin, KeyScanner(text).scan())
+    document, reader = read_toml(text, origin, PolicyError)
     policy = _policy(document, reader, default_name or Path(origin).stem)
     if reader.problems:
         raise PolicyError(sorted(reader.problems, key=lambda p: (p.line is None, p.line or 0)))
@@ -103,35 +97,46 @@ def _network(value: Any) -> IPNetwork:
     try:
         loose = ipaddress.ip_network(value, strict=False)
     except ValueError:
-        fail(f"{value!r} is not an IP network", 'use CIDR like "10.0.0.0/24" or "2001:db8::/32"')
-    fail(f"{value!r} has host bits set", f"did you mean '{loose}'?")
+        fail(
+            f"{brief(value)} is not an IP network",
+            'use CIDR like "10.0.0.0/24" or "2001:db8::/32"',
+        )
+    fail(f"{brief(value)} has host bits set", f"did you mean '{loose}'?")
 
 
-_PORT_TEXT = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?")
+# ASCII digits only: \d (and int()) would read "\u0668\u0660" (Arabic-Indic) as port 80.
+_PORT_TEXT = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?", re.ASCII)
 _MAX_PORT = 65535
 
 
 def _port_range(value: Any) -> PortRange:
     if isinstance(value, int) and not isinstance(value, bool):
-        low = high = value
+        low = high = _port(value)
     elif isinstance(value, str) and (found := _PORT_TEXT.fullmatch(value)):
-        low, high = int(found[1]), int(found[2] or found[1])
+        low, high = _port(found[1]), _port(found[2] or found[1])
     else:
-        shown = repr(value) if isinstance(value, str) else type_name(value)
+        shown = brief(value) if isinstance(value, str) else type_name(value)
         fail(f'expected a port or a range like "8000-8100", got {shown}')
-    for port in (low, high):
-        if not 0 <= port <= _MAX_PORT:
-            fail(f"port {port} is out of range 0-{_MAX_PORT}")
     if low > high:
-        fail(f"port range {value!r} is reversed", f"did you mean '{high}-{low}'?")
+        fail(f"port range {brief(value)} is reversed", f"did you mean '{high}-{low}'?")
     return PortRange(low, high)
+
+
+def _port(number: int | str) -> int:
+    """A port from an int or a string of digits, range-checked; digits too many to be a port
+    are not converted (int() refuses more than 4300)."""
+    digits = number.lstrip("0") if isinstance(number, str) else ""
+    if len(digits) > len(str(_MAX_PORT)) or not 0 <= int(number) <= _MAX_PORT:
+        shown = shorten(number) if isinstance(number, str) else brief(number)
+        fail(f"port {shown} is out of range 0-{_MAX_PORT}")
+    return int(number)
 
 
 # --- the schema -----------------------------------------------------------------------------
 
 _TOP_LEVEL = ("policy", "timeouts", "on_expire", "out_of_state", "rule")
 _RULE_KEYS = ("name", "match", "timeouts", "on_expire", "out_of_state")
-_META: Mapping[str, Converter] = {"name": as_name, "description": as_text, "sources": as_texts}
+_META: Mapping[str, Converter] = {"name": as_name, "description": as_line, "sources": as_lines}
 _TIMEOUTS: Mapping[str, Converter] = dict.fromkeys((*_SHORTCUTS, *_STATES), as_duration)
 _ON_EXPIRE: Mapping[str, Converter] = dict.fromkeys(("default", *Phase), _expire_action)
 _ON_EXPIRE_HINTS = {
@@ -233,7 +238,7 @@ def _rule_name(
         reader.problem((*path, "name"), "'default' is the name of the policy's own profile")
     elif name in first_index:
         first = show_path(("rule", first_index[name]))
-        reader.problem((*path, "name"), f"duplicate rule name {name!r}", f"{first} has it too")
+        reader.problem((*path, "name"), f"duplicate rule name {brief(name)}", f"{first} has it too")
     else:
         first_index[name] = index
     return name

@@ -12,6 +12,8 @@ import dataclasses
 import difflib
 import os
 import re
+import sys
+import tomllib
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from fwemu.errors import FwemuError
-from fwemu.policy.duration import DurationError, parse_duration, type_name
+from fwemu.policy.duration import DurationError, brief, parse_duration, shorten, type_name
 
 KeyPath = tuple[str | int, ...]  # ("rule", 0, "match", "dst"); ints index arrays, 0-based
 T = TypeVar("T")
@@ -52,15 +54,101 @@ class ProblemsError(FwemuError):
 E = TypeVar("E", bound=ProblemsError)
 
 
+# Policies and scenarios are a few kilobytes; reading stops past this, so a wrong path
+# (/dev/zero, a capture file) fails at once instead of filling memory.
+MAX_SOURCE_BYTES = 1 << 20
+
+
 def read_source(path: str | os.PathLike[str], error: type[E]) -> str:
-    """The text of the file at `path`, or `error` naming it as given (unreadable, not UTF-8)."""
+    """The text of the file at `path`, or `error` naming it as given (unreadable, too large,
+    not UTF-8)."""
     origin = os.fspath(path)
     try:
-        return Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as file:
+            data = file.read(MAX_SOURCE_BYTES + 1)
     except OSError as err:
         raise error([Problem(origin, "", f"cannot read: {err.strerror or err}")]) from None
+    if len(data) > MAX_SOURCE_BYTES:
+        raise error([Problem(origin, "", "cannot read: larger than 1 MiB")])
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         raise error([Problem(origin, "", "cannot read: not UTF-8 text")]) from None
+
+
+# No policy or scenario nests deeper than 3 (a list in an inline table in a table), by brackets
+# or by dotted keys; tomllib recurses once per bracket, so a kilobyte of them would exhaust
+# Python's stack, and its time (as the KeyScanner's) grows with the square of a key's parts.
+MAX_NESTING = 32
+
+
+def read_toml(text: str, origin: str, error: type[E]) -> tuple[dict[str, Any], Reader]:
+    """The document in TOML `text` and a Reader for it, or `error` with the one problem that
+    stops reading it: a syntax error, nesting beyond MAX_NESTING (which tomllib would take
+    minutes over, or raise RecursionError for), or an integer of more digits than int() takes
+    (tomllib's ValueError)."""
+    problem = _beyond_limits(text, origin)
+    if problem is not None:
+        raise error([problem])
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise error([syntax_problem(str(err), text, origin)]) from None
+    except RecursionError:  # within MAX_NESTING, but called on an already deep stack
+        raise error([Problem(origin, "", "nested too deeply to read")]) from None
+    return document, Reader(origin, KeyScanner(text).scan())
+
+
+def _beyond_limits(text: str, origin: str) -> Problem | None:
+    """The first place where `text` breaks a limit of `_Limits`; where the scanner is lost,
+    tomllib reports a syntax error first."""
+    limits = _Limits()
+    try:
+        for token in _tokens(text):
+            message = limits.broken_by(token)
+            if message is not None:
+                return Problem(origin, "", message, token.line)
+    except _Confused:
+        pass
+    return None
+
+
+class _Limits:
+    """Nesting within MAX_NESTING, and no number of more digits than int() converts."""
+
+    def __init__(self) -> None:
+        self.depth = 0  # brackets open
+        self.dots = 0  # in the current dotted key
+        self.digits = sys.get_int_max_str_digits()  # 0: no limit
+
+    def broken_by(self, token: _Token) -> str | None:
+        """What limit the next token breaks, if any."""
+        if token.kind in ("[", "{"):
+            self.depth += 1
+            if self.depth > MAX_NESTING:
+                return f"arrays and inline tables nested more than {MAX_NESTING} deep"
+        elif token.kind in ("]", "}"):
+            self.depth = max(0, self.depth - 1)
+        if token.kind == ".":
+            self.dots += 1
+            if self.dots >= MAX_NESTING:
+                return f"dotted key of more than {MAX_NESTING} parts"
+        elif token.kind != "key":
+            self.dots = 0
+        elif self.digits and _decimal_digits(token) > self.digits:
+            return f"number of more than {self.digits} digits"
+        return None
+
+
+_DECIMAL = re.compile(r"[+-]?[0-9_]+")
+
+
+def _decimal_digits(token: _Token) -> int:
+    """How many digits a decimal integer token has (0 for others). The part of a float before
+    its "." counts too: float() has no limit, but no policy needs such a float either."""
+    if token.string or not _DECIMAL.fullmatch(token.text):
+        return 0
+    return sum(map(str.isdigit, token.text))
 
 
 def syntax_problem(message: str, text: str, origin: str) -> Problem:
@@ -186,9 +274,24 @@ def show_path(path: KeyPath) -> str:
         if isinstance(part, int):
             shown += f"[{part + 1}]"
         else:
-            key = part if _BARE_KEY.fullmatch(part) else f'"{part}"'
+            short = shorten(part)  # a key of a thousand characters would flood the message
+            key = short if _BARE_KEY.fullmatch(short) else _quoted(short)
             shown += f".{key}" if shown else key
     return shown
+
+
+def _quoted(key: str) -> str:
+    """`key` as a TOML basic string: it reaches terminals and logs in messages, so what is not
+    printable is escaped."""
+    return '"' + "".join(map(_escaped, key)) + '"'
+
+
+def _escaped(char: str) -> str:
+    if char in '"\\':
+        return "\\" + char
+    if char.isprintable():
+        return char
+    return f"\\u{ord(char):04x}" if ord(char) <= 0xFFFF else f"\\U{ord(char):08x}"
 
 
 # --- converters: raw TOML value -> model value, or Invalid ---------------------------------
@@ -200,17 +303,31 @@ def as_text(value: Any) -> str:
     return value
 
 
+def as_line(value: Any) -> str:
+    """A name, a description, a source: one line of printable text. Control characters (ESC,
+    newline) and other non-printable ones are refused here, so no terminal or log downstream
+    ever shows them."""
+    text = as_text(value)
+    for char in text:
+        if not char.isprintable():
+            fail(
+                f"non-printable character U+{ord(char):04X} in {brief(text)}",
+                "use one line of printable text",
+            )
+    return text
+
+
 def as_name(value: Any) -> str:
-    name = as_text(value)
+    name = as_line(value)
     if not name.strip():
         fail("must not be empty")
     return name
 
 
-def as_texts(value: Any) -> tuple[str, ...]:
+def as_lines(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         fail(f"expected a list of strings, got {type_name(value)}")
-    return each(value, as_text)
+    return each(value, as_line)
 
 
 def as_flag(value: Any) -> bool:
@@ -242,7 +359,7 @@ def choice_of(kind: type[StrEnum], noun: str) -> Converter:
         if not isinstance(value, str):
             fail(f"expected an {noun} ({', '.join(choices)}), got {type_name(value)}")
         if value not in choices:
-            fail(f"unknown {noun} {value!r}", did_you_mean(value, choices) or listing)
+            fail(f"unknown {noun} {brief(value)}", did_you_mean(value, choices) or listing)
         return kind(value)
 
     return convert
@@ -283,6 +400,7 @@ class _Token:
     kind: str  # "key" (a bare word or a string), "nl", or the punctuation character itself
     text: str
     line: int
+    string: bool = False  # a key token that was quoted: never a number
 
 
 class _Confused(Exception):
@@ -318,7 +436,7 @@ def _tokens(text: str) -> Iterator[_Token]:
                 raise _Confused(f"line {line}")
             word = found[0]
             quoted = word[0] in "\"'" and not word.startswith(('"""', "'''"))
-            yield _Token("key", word[1:-1] if quoted else word, line)
+            yield _Token("key", word[1:-1] if quoted else word, line, string=word[0] in "\"'")
             line, at = line + word.count("\n"), found.end()
 
 

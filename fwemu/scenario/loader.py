@@ -9,28 +9,27 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from fwemu.errors import FwemuError
 from fwemu.policy import Policy, PolicyError, load_policy, load_preset, loads_policy
-from fwemu.policy.duration import type_name
+from fwemu.policy.duration import brief, type_name
 from fwemu.policy.reading import (
     Converter,
     KeyPath,
-    KeyScanner,
     ProblemsError,
     Reader,
     as_finite_duration,
     as_flag,
+    as_line,
     as_name,
     as_text,
     did_you_mean,
     fail,
     read_source,
-    syntax_problem,
+    read_toml,
 )
 from fwemu.scenario.model import (
     EVENT_FIELDS,
@@ -53,6 +52,12 @@ MIN_DEFAULT_TIMEOUT = 600.0
 # delays a thread or fwemu's timer by tens of milliseconds, rarely more.
 DEFAULT_TOLERANCE = 0.5
 _MAX_PORT = 65535
+# Filler a send step makes at load time, and a recv step's buffer: far beyond what a scenario
+# needs to keep a connection busy, well short of exhausting memory.
+MAX_BYTES = 1 << 24
+# Event fields hold ports, counts and timers: 64 bits holds them all, and a value past that
+# (a hex literal of thousands of digits) could not even be printed in a report.
+_MAX_FIELD = 1 << 64
 
 
 class ScenarioError(ProblemsError):
@@ -70,11 +75,7 @@ def load_scenario(path: str | os.PathLike[str]) -> Scenario:
 def loads_scenario(text: str, origin: str = "<string>", *, base: Path | None = None) -> Scenario:
     """The scenario in TOML `text`; `origin` names it in messages, `base` is where relative
     policy files are (default: the current directory)."""
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ScenarioError([syntax_problem(str(err), text, origin)]) from None
-    reader = Reader(origin, KeyScanner(text).scan())
+    document, reader = read_toml(text, origin, ScenarioError)
     scenario = _scenario(document, reader, base or Path())
     if reader.problems or scenario is None:
         raise ScenarioError(sorted(reader.problems, key=lambda p: (p.line is None, p.line or 0)))
@@ -84,28 +85,44 @@ def loads_scenario(text: str, origin: str = "<string>", *, base: Path | None = N
 # --- converters ------------------------------------------------------------------------------
 
 
-def _positive(value: Any) -> float:
+def _number(value: Any, expected: str) -> float:
+    """A TOML int or float as a float; an int too large for one is a problem, not an
+    OverflowError."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        fail(f"expected a number, got {type_name(value)}")
-    if not value > 0:
-        fail(f"must be greater than 0, not {value}")
-    return float(value)
+        fail(f"expected {expected}, got {type_name(value)}")
+    try:
+        return float(value)
+    except OverflowError:
+        fail(f"{brief(value)} is too large")
+
+
+def _positive(value: Any) -> float:
+    number = _number(value, "a number")
+    if not number > 0:
+        fail(f"must be greater than 0, not {brief(value)}")
+    return number
 
 
 def _seconds(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        fail(f"expected a number of seconds, got {type_name(value)}")
-    if value < 0:
-        fail(f"must not be negative, not {value}")
-    return float(value)
+    number = _number(value, "a number of seconds")
+    if number < 0:
+        fail(f"must not be negative, not {brief(value)}")
+    return number
 
 
 def _count(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         fail(f"expected a whole number, got {type_name(value)}")
     if value < 1:
-        fail(f"must be at least 1, not {value}")
+        fail(f"must be at least 1, not {brief(value)}")
     return value
+
+
+def _size(value: Any) -> int:
+    size = _count(value)
+    if size > MAX_BYTES:
+        fail(f"must be at most {MAX_BYTES}, not {brief(size)}")
+    return size
 
 
 def _port(value: Any) -> int:
@@ -142,6 +159,8 @@ def _command(value: Any) -> tuple[str, ...] | str:
 def _field_value(value: Any) -> str | int:
     if isinstance(value, bool) or not isinstance(value, str | int):
         fail(f"expected a string or a number to compare with, got {type_name(value)}")
+    if isinstance(value, int) and not -_MAX_FIELD < value < _MAX_FIELD:
+        fail(f"{brief(value)} is too large to compare with")
     return value
 
 
@@ -155,7 +174,7 @@ _event_kind = choice_of(EVENT_KINDS, "event")
 
 _SCENARIO: Mapping[str, Converter] = {
     "name": as_name,
-    "description": as_text,
+    "description": as_line,
     "policy": as_name,
     "policy_toml": as_text,
     "speed": _positive,
@@ -174,7 +193,7 @@ _STEP: Mapping[str, Converter] = {
     "timeout": as_finite_duration,
     "for": as_finite_duration,
     "data": _data,
-    "bytes": _count,
+    "bytes": _size,
     "keepalive": as_finite_duration,
     "command": _command,
     "background": as_flag,

@@ -79,6 +79,20 @@ def test_table_names_the_values(good: str, capsys: pytest.CaptureFixture[str]) -
     assert out.index("postgres") < out.index("default")
 
 
+def test_names_print_as_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Rich markup in a name is text, and names hold any printable character (the loader
+    refuses control characters: tests/policy/broken/control_in_*.toml)."""
+    path = tmp_path / "m.toml"
+    path.write_text(
+        '[policy]\nname = "[bold]x[/bold]"\ndescription = "café [red]"\n'
+        '[[rule]]\nname = "[link=http://e.example]web\u2713"\nmatch = {}\n'
+    )
+    code, out, _ = run(capsys, str(path))
+    assert code == 0
+    assert out.startswith("[bold]x[/bold]: café [red]\n")
+    assert row(out, "[link=http://e.example]web\u2713", "embryonic")
+
+
 def test_json(good: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "--json", good)
     assert code == 0

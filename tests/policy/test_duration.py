@@ -86,6 +86,45 @@ def test_invalid(value: object, message: str) -> None:
     assert str(caught.value) == message
 
 
+NEVER_HINT = ' (use "never" for no timer)'
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        pytest.param(
+            10**400,
+            f"duration 1{'0' * 36}... is longer than 365 days{NEVER_HINT}",
+            id="int-too-large-for-a-float",
+        ),
+        pytest.param(
+            16**4000,
+            f"duration 0x1{'0' * 34}... is longer than 365 days{NEVER_HINT}",
+            id="int-too-long-for-str",
+        ),
+        pytest.param(-(10**400), f"negative duration -1{'0' * 35}...", id="huge-negative"),
+        pytest.param(
+            f"1{'0' * 400}s",
+            f"duration '1{'0' * 35}... is longer than 365 days{NEVER_HINT}",
+            id="text-too-large-for-a-float",
+        ),
+        pytest.param(
+            "\u0665s", "invalid duration '\u0665s' (write numbers with the digits 0-9)", id="arabic"
+        ),
+        pytest.param(
+            "1h\uff13m",
+            "invalid duration '1h\uff13m' (write numbers with the digits 0-9)",
+            id="fullwidth",
+        ),
+    ],
+)
+def test_huge_and_non_ascii_numbers(value: object, message: str) -> None:
+    """Python converts these (or overflows on them); a policy must not."""
+    with pytest.raises(DurationError) as caught:
+        parse_duration(value)
+    assert str(caught.value) == message
+
+
 def test_duration_errors_are_user_errors() -> None:
     """So a CLI option parsed with parse_duration fails with a message, not a traceback."""
     with pytest.raises(FwemuError):

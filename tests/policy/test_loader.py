@@ -275,6 +275,24 @@ def test_directory_and_binary_files(tmp_path: Path) -> None:
         load_policy(binary)
 
 
+def test_endless_and_huge_files(tmp_path: Path) -> None:
+    """A wrong path (a device, a capture) fails at once, without filling memory."""
+    with pytest.raises(PolicyError) as caught:
+        load_policy("/dev/zero")
+    assert str(caught.value) == "/dev/zero: cannot read: larger than 1 MiB"
+    big = tmp_path / "big.toml"
+    big.write_text("#" * (1 << 20) + "\n")
+    with pytest.raises(PolicyError, match=r"big\.toml: cannot read: larger than 1 MiB$"):
+        load_policy(big)
+
+
+def test_long_keys_are_shortened_and_control_characters_escaped() -> None:
+    assert problems(f'[timeouts]\n{"x" * 5000} = 1\n"\\u0007\\"\\U0010fffd" = 2\n') == [
+        f'p.toml:2: timeouts."{"x" * 37}...": unknown key',
+        'p.toml: timeouts."\\u0007\\"\\U0010fffd": unknown key',
+    ]
+
+
 def test_lines_of_dotted_keys_and_sub_tables() -> None:
     text = """\
 timeouts.established = "1h"
@@ -320,6 +338,8 @@ sources = [
     assert problems(text) == [
         "p.toml:3: rule[2].name: duplicate rule name 'a' (rule[1] has it too)",
         "p.toml:3: rule[2].match.dst: '10.0.0.1/8' has host bits set (did you mean '10.0.0.0/8'?)",
+        "p.toml:7: policy.description: non-printable character U+000A in "
+        "'established = this is text, not a ke... (use one line of printable text)",
         "p.toml:12: policy.sources[2]: expected a string, got an integer",
     ]
 

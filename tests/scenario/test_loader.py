@@ -150,3 +150,61 @@ def _presets() -> str:
     from fwemu.policy import preset_names
 
     return ", ".join(preset_names())
+
+
+# --- input that used to crash the loader (issue 19) -------------------------------------------
+
+STEPS = '[[client]]\ndo = "close"\n'
+HUGE = 16**4000  # too large for a float, and for str(): only a hex literal writes it
+BIG = "1" + "0" * 36 + "..."
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            "x = " + "[" * 500 + "]" * 500 + "\n" + STEPS,
+            "s.toml:1: arrays and inline tables nested more than 32 deep",
+            id="deep-nesting",
+        ),
+        pytest.param(
+            f"[scenario]\nspeed = 1{'0' * 4400}\n{STEPS}",
+            "s.toml:2: number of more than 4300 digits",
+            id="int-too-long-for-int",
+        ),
+        pytest.param(
+            f"[scenario]\nspeed = {HUGE:#x}\n{STEPS}",
+            f"s.toml:2: scenario.speed: 0x1{'0' * 34}... is too large",
+            id="speed-too-large-for-a-float",
+        ),
+        pytest.param(
+            f"[scenario]\ntolerance = 1{'0' * 400}\n{STEPS}",
+            f"s.toml:2: scenario.tolerance: {BIG} is too large",
+            id="tolerance-too-large-for-a-float",
+        ),
+        pytest.param(
+            f'[[client]]\ndo = "send"\nbytes = 1{"0" * 20}\n',
+            f"s.toml:3: client[1].bytes: must be at most 16777216, not 1{'0' * 20}",
+            id="bytes-too-many-to-send",
+        ),
+        pytest.param(
+            f'{STEPS}[[event]]\nevent = "new"\ndport = {HUGE:#x}\n',
+            f"s.toml:5: event[1].dport: 0x1{'0' * 34}... is too large to compare with",
+            id="field-too-large-to-print",
+        ),
+        pytest.param(
+            f'[scenario]\nname = "a\\u001b[2J"\n{STEPS}',
+            "s.toml:2: scenario.name: non-printable character U+001B in 'a\\x1b[2J' "
+            "(use one line of printable text)",
+            id="control-character-in-name",
+        ),
+        pytest.param(
+            f'[scenario]\npolicy = "fw\\u0000.toml"\n{STEPS}',
+            "s.toml:2: scenario.policy: non-printable character U+0000 in 'fw\\x00.toml' "
+            "(use one line of printable text)",
+            id="nul-in-policy-path",
+        ),
+    ],
+)
+def test_hostile_values_are_problems(text: str, message: str) -> None:
+    assert problems(text) == [message]

@@ -28,9 +28,12 @@ INTERVAL = 1.0  # seconds between readings: the warning comes at most this often
 class BypassWatch:
     """Watches queue `queue`'s rules against `received()`, the packets fwemu has taken off it.
 
-    A packet counted by a rule but not yet enqueued when the counters are read looks bypassed
-    for one reading; a real bypass never goes away, so a count is believed once two readings in
-    a row show it.
+    The readings can only err low: the rules' counter is read first, and a packet is counted
+    by its rule and enqueued in one go, so whatever it counted is by then waiting, taken,
+    dropped or bypassed; a verdict given between reading the queue and `received()` counts a
+    packet twice. (fwemu binds its queue before it installs its rules, whose counters start at
+    0, so there is nothing to subtract at start.) Readings are believed only once two in a row
+    show a count, in case a packet is ever caught in flight.
     """
 
     def __init__(self, queue: int, received: Callable[[], int]) -> None:
@@ -41,7 +44,6 @@ class BypassWatch:
             sock.setblocking(False)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="fwemu-bypass", daemon=True)
-        self._baseline = 0
         self._confirmed = 0  # written by the thread only
         self._reported = 0  # read and written by the loop only
 
@@ -50,9 +52,7 @@ class BypassWatch:
         return self._wake.fileno()
 
     def start(self) -> None:
-        """Take the baseline (packets the rules counted before fwemu could see them, e.g. left
-        in flight at start) and start watching."""
-        self._baseline = self._gap() or 0
+        """Start watching, once the rules are in place."""
         self._thread.start()
 
     def take(self) -> tuple[int, int]:
@@ -77,7 +77,6 @@ class BypassWatch:
             gap = self._gap()
             if gap is None:
                 continue
-            gap -= self._baseline
             seen, previous = min(previous, gap), gap
             if seen > self._confirmed:
                 self._confirmed = seen

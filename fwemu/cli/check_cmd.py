@@ -95,6 +95,10 @@ def policy_to_dict(policy: Policy) -> dict[str, Any]:
         "description": policy.description,
         "sources": list(policy.sources),
         "profiles": [_profile_to_dict(p, match) for p, match in _profiles(policy)],
+        "answer_rate": {
+            "per_source": policy.answer_rate.per_source,
+            "total": policy.answer_rate.total,
+        },
     }
 
 
@@ -157,6 +161,12 @@ def _print_policy(console: Console, policy: Policy) -> None:
     for profile, match in _profiles(policy):
         _add_profile(table, profile, match)
     console.print(table)
+    rate = policy.answer_rate
+    console.print(
+        f"out-of-state answers (event, RST): at most {rate.per_source}/s from one source, "
+        f"{rate.total}/s in all; past that, the verdict alone",
+        soft_wrap=True,
+    )
 
 
 def _add_profile(table: Table, profile: Profile, match: Match | None) -> None:

@@ -3,6 +3,7 @@
 from fwemu.policy.duration import DurationError, format_duration, parse_duration
 from fwemu.policy.loader import PHASE_STATES, PolicyError, load_policy, loads_policy
 from fwemu.policy.model import (
+    AnswerRate,
     ExpireAction,
     IPNetwork,
     Match,
@@ -21,6 +22,7 @@ from fwemu.policy.reading import Problem
 
 __all__ = [
     "PHASE_STATES",
+    "AnswerRate",
     "DurationError",
     "ExpireAction",
     "IPNetwork",

@@ -16,6 +16,7 @@ from typing import Any
 
 from fwemu.policy.duration import brief, shorten, type_name
 from fwemu.policy.model import (
+    AnswerRate,
     ExpireAction,
     IPNetwork,
     Match,
@@ -152,6 +153,28 @@ _OUT_OF_STATE: Mapping[str, Converter] = {
     "pickup": as_flag,
     "remember": as_finite_duration,
 }
+# The answer rate is policy-wide: read from the top-level [out_of_state] by _policy, refused in
+# a rule's. _profile lets it pass there unconverted (the identity), so it is checked once.
+_MAX_RATE = 1_000_000
+_ANSWER_RATE = {"rate_per_source": "per_source", "rate_total": "total"}
+_RATE_HINTS = {
+    key: "the answer rate is policy-wide: set it in the top-level [out_of_state]"
+    for key in _ANSWER_RATE
+}
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _rate(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        fail(f"expected a whole number of packets a second, got {type_name(value)}")
+    if not 1 <= value <= _MAX_RATE:
+        fail(f"{brief(value)} is out of range 1-{_MAX_RATE} (packets a second)")
+    return value
+
+
 _MATCH: Mapping[str, Converter] = {
     "src": one_or_many(_network),
     "dst": one_or_many(_network),
@@ -165,6 +188,9 @@ def _policy(document: dict[str, Any], reader: Reader, default_name: str) -> Poli
     meta = reader.read(reader.section(document, "policy", ()), ("policy",), _META)
     linux = Profile("default", Timeouts(), OnExpire(), OutOfState())
     default = _profile("default", document, (), linux, reader)
+    top = reader.section(document, "out_of_state", ())
+    rates = {key: top[key] for key in _ANSWER_RATE if key in top}
+    converted = reader.read(rates, ("out_of_state",), dict.fromkeys(rates, _rate))
     return Policy(
         name=meta.get("name", default_name),
         default=default,
@@ -172,6 +198,7 @@ def _policy(document: dict[str, Any], reader: Reader, default_name: str) -> Poli
         description=meta.get("description", ""),
         sources=meta.get("sources", ()),
         origin=reader.origin,
+        answer_rate=AnswerRate(**{_ANSWER_RATE[key]: v for key, v in converted.items()}),
     )
 
 
@@ -196,11 +223,17 @@ def _profile(
         )
         for p in Phase
     }
+    if path:  # a rule's
+        out_of_state = read("out_of_state", _OUT_OF_STATE, **_RATE_HINTS)
+    else:
+        out_of_state = read("out_of_state", {**_OUT_OF_STATE, **dict.fromkeys(_ANSWER_RATE, _same)})
+        for key in _ANSWER_RATE:
+            out_of_state.pop(key, None)
     return Profile(
         name=name,
         timeouts=dataclasses.replace(base.timeouts, **states),
         on_expire=OnExpire(**phases),
-        out_of_state=dataclasses.replace(base.out_of_state, **read("out_of_state", _OUT_OF_STATE)),
+        out_of_state=dataclasses.replace(base.out_of_state, **out_of_state),
     )
 
 

@@ -103,6 +103,7 @@ def test_json(good: str, capsys: pytest.CaptureFixture[str]) -> None:
         "description": "an example with [brackets] that are not markup",
         "sources": ["https://example.com/doc"],
     }
+    assert policy["answer_rate"] == {"per_source": 100, "total": 1000}
     postgres, default = policy["profiles"]
     assert postgres == {
         "name": "postgres",

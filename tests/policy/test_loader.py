@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fwemu.policy import (
+    AnswerRate,
     ExpireAction,
     Match,
     OnExpire,
@@ -159,6 +160,13 @@ def test_out_of_state() -> None:
     )
     assert oos.for_side(True) is OutOfStateAction.RESET
     assert oos.for_side(False) is OutOfStateAction.DROP
+
+
+def test_the_answer_rate_is_read_from_the_top_level_out_of_state() -> None:
+    assert loads_policy("").answer_rate == AnswerRate(per_source=100, total=1000)
+    policy = loads_policy("[out_of_state]\naction = 'reset'\nrate_per_source = 5\n")
+    assert policy.answer_rate == AnswerRate(per_source=5, total=1000)
+    assert policy.default.out_of_state.action is OutOfStateAction.RESET
 
 
 # --- rules --------------------------------------------------------------------------------------

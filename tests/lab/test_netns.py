@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 import pytest
@@ -252,11 +253,24 @@ def test_reap_orphans_removes_a_dead_runs_lab_and_what_runs_in_it(
     kept = LabPlan.create(lab_name(), index=13)  # this process's: alive
     up(orphan)
     up(kept)
+    leaked = exec_in(orphan.name, "fw", ["sleep", "600"])
     try:
-        leaked = exec_in(orphan.name, "fw", ["sleep", "600"])
+        _wait_until_in(leaked.pid, orphan.fw_client_side.namespace)
         assert lab_netns.reap_orphans() == [orphan.name]
         assert leaked.wait(timeout=5) == -signal.SIGKILL
         assert not _namespaces(orphan.name)
         assert _namespaces(kept.name) == set(kept.namespaces)
     finally:
+        leaked.kill()
+        leaked.wait()
         down(orphan.name)
+
+
+def _wait_until_in(pid: int, namespace: str) -> None:
+    """Until `ip netns exec` has moved process `pid` into `namespace` (it setns(2)es, then
+    execs the command)."""
+    target = os.stat(f"/run/netns/{namespace}")
+    deadline = time.monotonic() + 5
+    while os.stat(f"/proc/{pid}/ns/net").st_ino != target.st_ino:
+        assert time.monotonic() < deadline, f"process {pid} never entered {namespace}"
+        time.sleep(0.001)

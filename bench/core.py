@@ -162,7 +162,7 @@ def bench_memory(flows: int) -> None:
     gc.collect()
     after, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert len(engine.table) == flows, len(engine.table)
+    assert len(engine) == flows, len(engine)
     print(
         f"memory per tracked flow:  {(after - before) / flows:>12,.0f} bytes "
         f"({flows:,} ESTABLISHED flows)"

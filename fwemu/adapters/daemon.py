@@ -32,14 +32,15 @@ from netfilterqueue import NetfilterQueue, Packet
 
 from fwemu.adapters.bypass import BypassWatch
 from fwemu.adapters.inject import Injector
-from fwemu.adapters.output import Clock, Reporter
+from fwemu.adapters.output import Reporter
+from fwemu.clock import Clock
 from fwemu.core.decision import IN_STATE, Decision
 from fwemu.core.engine import Engine, Verdict
 from fwemu.core.events import Event
 from fwemu.errors import FwemuError
-from fwemu.ops.commands import PolicySource
 from fwemu.ops.control import ControlServer
 from fwemu.ops.metrics import LATENCY_SAMPLE, Metrics
+from fwemu.policy.source import PolicySource
 
 # A turn of the loop spends at most TIMER_BUDGET seconds on due timers (plus the handle_timer
 # call that crosses it: TIMER_BATCH flows) before the queue is polled again, so a mass expiry
@@ -308,7 +309,7 @@ class Daemon:
         return ok, message
 
     def flow_count(self) -> int:
-        return len(self.engine.table)
+        return len(self.engine)
 
     def write_state(self) -> None:
         """Write the flow table as JSON to the state file (atomically: readers never see half)."""

@@ -1,7 +1,5 @@
-"""What a running fwemu tells people: log lines on stderr and JSON-lines events.
-
-The core's `now` is monotonic; output shows wall-clock time through one offset captured at start,
-so a clock step during a run shifts nothing the core decides.
+"""What a running fwemu tells people: log lines on stderr and JSON-lines events, stamped with
+wall-clock time (fwemu.clock).
 
 Events cost nothing nobody consumes: watchers (the metrics, the control socket's history) get the
 core's Event objects as they are; the JSON form (half of the ~14 µs per connection packet that
@@ -14,9 +12,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, TextIO
 
+from fwemu.clock import Clock
 from fwemu.core.events import Event
 
 # At most one error line per this many seconds; the rest are counted and summarised.
@@ -24,23 +22,6 @@ ERROR_LOG_INTERVAL = 5.0
 # Event kinds logged only with --verbose: a connection has about 6 (docs/performance.md §6),
 # each line a strftime, a write(2) and a flush.
 VERBOSE_KINDS = frozenset({"new", "state"})
-
-
-@dataclass(frozen=True, slots=True)
-class Clock:
-    """Monotonic time for the core, and its mapping to wall-clock epoch seconds."""
-
-    offset: float  # wall-clock time minus monotonic time, at start
-
-    # Called for every packet: the C function itself, no Python frame around it.
-    now = staticmethod(time.monotonic)
-
-    @classmethod
-    def start(cls) -> Clock:
-        return cls(time.time() - time.monotonic())
-
-    def wall(self, now: float) -> float:
-        return now + self.offset
 
 
 # Sees each event as the core made it (cheap: the metrics, the control socket's history).

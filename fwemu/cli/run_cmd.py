@@ -11,6 +11,7 @@ import stat
 import sys
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -18,15 +19,17 @@ from fwemu.adapters import host, iptables, nfqueue
 from fwemu.adapters.bypass import BypassWatch
 from fwemu.adapters.daemon import Counters, Daemon, Signals
 from fwemu.adapters.inject import Injector
-from fwemu.adapters.output import Clock, Reporter
+from fwemu.adapters.output import Reporter
 from fwemu.adapters.workers import Link, Supervisor, tagged, where
 from fwemu.cli.argtypes import number, whole_number
+from fwemu.clock import Clock
 from fwemu.core.engine import Engine
 from fwemu.errors import FwemuError
-from fwemu.ops.commands import Commands, PolicySource
+from fwemu.ops.commands import Commands
 from fwemu.ops.control import ControlServer, default_path, is_alive
 from fwemu.ops.metrics import Metrics, MetricsError, parse_listen_address
 from fwemu.policy import IPNetwork, Policy
+from fwemu.policy.source import PolicySource
 
 ORDER = 20  # place in `fwemu --help`
 # More workers than CPUs only makes them compete; 64 is far above the machines fwemu runs on.
@@ -341,7 +344,7 @@ def _serve(args: argparse.Namespace, setup: Setup, seat: Seat, link: Link | None
         engine, counters = Engine(setup.policy), Counters()
         metrics = None
         if seat.metrics:
-            metrics = Metrics(seat.queue, counters, engine)
+            metrics = Metrics(counters, engine, partial(nfqueue.read_queue_counters, seat.queue))
             reporter.watch(metrics.on_event)
         signals = stack.enter_context(Signals())
         if worker:

@@ -60,3 +60,14 @@ class Engine:
 
     def flows(self, *, now: float) -> list[FlowInfo]:
         return self.table.flows(now)
+
+    def keys(self) -> list[bytes]:
+        """The tracked flows' keys, a snapshot: for listing or expiring them a few at a time."""
+        return self.table.keys()
+
+    def info(self, key: bytes, *, now: float) -> FlowInfo | None:
+        """One flow's snapshot, or None if it is gone (since `keys()` was taken)."""
+        return self.table.info(key, now)
+
+    def __len__(self) -> int:
+        return len(self.table)

@@ -10,21 +10,17 @@ from __future__ import annotations
 import itertools
 import os
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from fwemu.adapters.output import Clock
+from fwemu.clock import Clock
 from fwemu.core.conntrack import FlowInfo
+from fwemu.core.engine import Engine
 from fwemu.core.events import Event
 from fwemu.ops.control import Reply
 from fwemu.ops.filters import EVERYTHING, Selector
 from fwemu.ops.protocol import Request, error_reply, flow_record
-from fwemu.policy import Policy, load_policy, load_preset
-
-if TYPE_CHECKING:
-    from fwemu.adapters.daemon import Daemon
 
 # Flows expired per reply step, as the daemon's timers expire per handle_timer call
 # (daemon.TIMER_BATCH): the control server stops building a reply after TURN_BUDGET, so a step
@@ -32,30 +28,37 @@ if TYPE_CHECKING:
 EXPIRE_BATCH = 16
 
 
-@dataclass(frozen=True, slots=True)
-class PolicySource:
-    """Where the running policy comes from, so that a reload can read it again."""
+class Counted(Protocol):
+    def as_dict(self) -> dict[str, int]: ...
 
-    path: str | None  # a policy file, as given
-    preset: str | None
-    speed: float
 
-    def load(self) -> Policy:
-        """The policy, scaled by `speed`; PolicyError (or FwemuError) if it is invalid."""
-        policy = load_policy(self.path) if self.path is not None else load_preset(str(self.preset))
-        return policy.scaled(self.speed)
+class Recorder(Protocol):
+    def record(self, event: Event) -> dict[str, Any]: ...
 
-    def switched(self, path: str | None, preset: str | None) -> PolicySource:
-        """This source, or a new file or preset if one is given."""
-        if path is None and preset is None:
-            return self
-        return PolicySource(path, preset, self.speed)
+
+class Served(Protocol):
+    """What the commands need of the loop that serves them (fwemu.adapters.daemon.Daemon)."""
+
+    @property
+    def engine(self) -> Engine: ...
+
+    @property
+    def counters(self) -> Counted: ...
+
+    @property
+    def reporter(self) -> Recorder: ...
+
+    def wall(self, now: float) -> float: ...
+
+    def apply(self, inject: tuple[bytes, ...], events: Iterable[Event]) -> int: ...
+
+    def reload(self, path: str | None = None, preset: str | None = None) -> tuple[bool, str]: ...
 
 
 class Commands:
     """The control socket's handler for one daemon."""
 
-    def __init__(self, daemon: Daemon, status: dict[str, Any]) -> None:
+    def __init__(self, daemon: Served, status: dict[str, Any]) -> None:
         self._daemon = daemon
         self._status = status  # what never changes: pid, queue, netns, control path, ...
 
@@ -79,19 +82,19 @@ class Commands:
             "pid": os.getpid(),
             "policy": policy.name,
             "origin": policy.origin,
-            "flows": len(daemon.engine.table),
+            "flows": len(daemon.engine),
             **daemon.counters.as_dict(),
         }
 
     def _flows(self, selector: Selector) -> Iterator[dict[str, Any]]:
-        table = self._daemon.engine.table
+        engine = self._daemon.engine
         ts = self._daemon.wall(Clock.now())
         # Which worker holds the flow, when `fwemu run --workers` lists several at once.
         queue = self._status.get("queue")
-        keys = table.keys()
+        keys = engine.keys()
         count = 0
         for key in keys:
-            info = table.info(key, Clock.now())
+            info = engine.info(key, now=Clock.now())
             if info is None:  # gone since the listing started
                 continue
             record = flow_record(info)
@@ -112,14 +115,16 @@ class Commands:
 
     def _expire(self, request: Request) -> Iterator[dict[str, Any]]:
         daemon = self._daemon
-        table = daemon.engine.table
-        keys = table.keys()
+        engine = daemon.engine
+        keys = engine.keys()
         expired = resets = injected = 0
         for start in range(0, len(keys), EXPIRE_BATCH):
             now = Clock.now()
             batch = keys[start : start + EXPIRE_BATCH]
             if request.selector != EVERYTHING:
-                batch = [key for key in batch if _selected(request.selector, table.info(key, now))]
+                batch = [
+                    key for key in batch if _selected(request.selector, engine.info(key, now=now))
+                ]
             effects = daemon.engine.expire(batch, now=now, action=request.action)
             injected += daemon.apply(effects.inject, effects.events)
             for event in effects.events:

@@ -23,12 +23,11 @@ import socket
 import stat
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from fwemu.adapters.output import Reporter
 from fwemu.core.events import Event
 from fwemu.errors import FwemuError
 from fwemu.ops.filters import Selector
@@ -106,6 +105,19 @@ class Handler(Protocol):
         ...
 
 
+class EventFeed(Protocol):
+    """Where the server logs and gets events from (fwemu.adapters.output.Reporter): each Event
+    as made (`watch`), and their JSON form only while a client follows (`subscribe`)."""
+
+    def line(self, text: str) -> None: ...
+
+    def watch(self, watcher: Callable[[Event], None]) -> None: ...
+
+    def subscribe(self, listener: Callable[[dict[str, Any]], None]) -> None: ...
+
+    def unsubscribe(self, listener: Callable[[dict[str, Any]], None]) -> None: ...
+
+
 @dataclass(slots=True)
 class _Session:
     sock: socket.socket
@@ -130,7 +142,7 @@ class ControlServer:
     closed, then removes it. Its connections wait in a selector of its own: the daemon's loop
     polls `fileno()` (readable when a connection is ready) and calls `serve()`."""
 
-    def __init__(self, path: Path, handler: Handler, reporter: Reporter) -> None:
+    def __init__(self, path: Path, handler: Handler, reporter: EventFeed) -> None:
         self.path = path
         self._handler = handler
         self._reporter = reporter

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter as Tally
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from fwemu.adapters.nfqueue import read_queue_counters
+from fwemu.core.engine import Engine
 from fwemu.core.events import (
     Event,
     FlowDeleted,
@@ -32,10 +32,6 @@ from fwemu.core.events import (
 from fwemu.errors import FwemuError
 from fwemu.ops.filters import TRACKED_STATES
 from fwemu.policy import ExpireAction, OutOfStateAction, Phase
-
-if TYPE_CHECKING:
-    from fwemu.adapters.daemon import Counters
-    from fwemu.core.engine import Engine
 
 # One packet in this many is timed: perf_counter_ns twice plus Histogram.observe cost ~1.2 us,
 # about a third of an in-state packet's time in the engine; sampled, ~0.1 us per packet.
@@ -88,10 +84,39 @@ class StateCounts:
             self.counts[event.state] -= 1
 
 
-class Metrics:
-    """The registry, fed by the daemon's events; `serve` exposes it over HTTP."""
+class PacketCounts(Protocol):
+    """The daemon's own counters (fwemu.adapters.daemon.Counters), read at scrape time."""
 
-    def __init__(self, queue: int, counters: Counters, engine: Engine) -> None:
+    accepted: int
+    dropped: int
+    resets: int
+    errors: int
+    bypassed: int
+
+
+class QueueReading(Protocol):
+    """The kernel's counters of fwemu's queue (fwemu.adapters.nfqueue.QueueCounters)."""
+
+    @property
+    def waiting(self) -> int: ...
+
+    @property
+    def dropped(self) -> int: ...
+
+    @property
+    def user_dropped(self) -> int: ...
+
+
+class Metrics:
+    """The registry, fed by the daemon's events; `serve` exposes it over HTTP. `queue()` reads
+    the kernel's queue counters (None while the queue is not bound)."""
+
+    def __init__(
+        self,
+        counters: PacketCounts,
+        engine: Engine,
+        queue: Callable[[], QueueReading | None],
+    ) -> None:
         self.registry = CollectorRegistry()
         self.states = StateCounts()
         self._queue = queue
@@ -167,7 +192,7 @@ class Metrics:
             flows.add_metric([state], max(counts.get(state, 0), 0))
         yield flows
         yield GaugeMetricFamily(
-            "fwemu_flows_tracked", "Tracked flows in the table", value=len(self._engine.table)
+            "fwemu_flows_tracked", "Tracked flows in the table", value=len(self._engine)
         )
         c = self._counters
         packets = CounterMetricFamily(
@@ -189,7 +214,7 @@ class Metrics:
             "Packets the kernel let past fwemu unseen because its queue overflowed (fail-open)",
             value=c.bypassed,
         )
-        queue = read_queue_counters(self._queue)
+        queue = self._queue()
         if queue is not None:
             yield GaugeMetricFamily(
                 "fwemu_queue_waiting", "Packets waiting in the NFQUEUE", value=queue.waiting

@@ -11,10 +11,10 @@ from netfilterqueue import Packet
 
 from fwemu.adapters.daemon import PACKET_BATCH, BatchDone, Daemon
 from fwemu.adapters.inject import Injector
-from fwemu.adapters.output import Clock
+from fwemu.clock import Clock
 from fwemu.core.engine import Engine
-from fwemu.ops.commands import PolicySource
 from fwemu.ops.metrics import StateCounts
+from fwemu.policy.source import PolicySource
 from tests.core.trace import Trace, make_policy
 
 from .fakes import CountingReporter, FakePacket, NoInjector
@@ -39,7 +39,9 @@ def make_daemon(
     reporter = CountingReporter(Clock.start(), log, dry_run=dry_run)
     injector = cast(Injector, NoInjector())
     source = PolicySource(None, "linux", 1.0)
-    daemon = Daemon(engine or Engine(POLICY), reporter, injector, source, dry_run=dry_run)
+    daemon = Daemon(
+        Engine(POLICY) if engine is None else engine, reporter, injector, source, dry_run=dry_run
+    )
     return daemon, reporter, log
 
 

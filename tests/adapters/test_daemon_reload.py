@@ -13,10 +13,11 @@ import pytest
 
 from fwemu.adapters.daemon import Daemon
 from fwemu.adapters.inject import Injector
-from fwemu.adapters.output import Clock, Reporter
+from fwemu.adapters.output import Reporter
+from fwemu.clock import Clock
 from fwemu.core.engine import Engine
-from fwemu.ops.commands import PolicySource
 from fwemu.policy import load_policy
+from fwemu.policy.source import PolicySource
 
 from .fakes import NoInjector
 

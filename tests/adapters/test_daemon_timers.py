@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from fwemu.adapters.daemon import TIMER_BATCH, TIMER_BUDGET
-from fwemu.adapters.output import Clock
+from fwemu.clock import Clock
 from fwemu.core.decision import NO_EFFECTS, Effects
 from fwemu.core.engine import Engine
 

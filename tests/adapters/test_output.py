@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from fwemu.adapters.output import Clock, Reporter
+from fwemu.adapters.output import Reporter
+from fwemu.clock import Clock
 from fwemu.core.events import FlowExpired, FlowId, FlowNew, StateChanged
 
 EVENT = FlowNew(

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from fwemu.adapters.output import Clock
+from fwemu.clock import Clock
 from fwemu.core.events import Event, FlowId, FlowNew
 from fwemu.ops import client
 from fwemu.ops import control as control_module

@@ -22,12 +22,14 @@ from netfilterqueue import Packet
 
 from fwemu.adapters.daemon import Daemon
 from fwemu.adapters.inject import Injector
-from fwemu.adapters.output import Clock, Reporter
+from fwemu.adapters.output import Reporter
+from fwemu.clock import Clock
 from fwemu.core.engine import Engine
-from fwemu.ops.commands import Commands, PolicySource
+from fwemu.ops.commands import Commands
 from fwemu.ops.control import ControlServer
 from fwemu.ops.protocol import FIELDS, MAX_HISTORY, Request
 from fwemu.policy import ExpireAction
+from fwemu.policy.source import PolicySource
 from tests.adapters.fakes import FakePacket, NoInjector
 from tests.core.trace import Trace, make_policy
 

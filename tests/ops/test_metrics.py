@@ -53,5 +53,5 @@ def test_state_counts_follow_the_table() -> None:
     feed(b.client("S", at=0.4))
     feed(a.client("FA", at=0.5))
     feed(a.server("A", at=0.6))
-    feed(a.engine.expire(a.engine.table.keys(), now=0.7))
+    feed(a.engine.expire(a.engine.keys(), now=0.7))
     assert not +counts.counts

@@ -6,11 +6,10 @@ control-socket client needs serving or `Engine.next_deadline()` is due, and then
 `handle_timer`. Control requests (fwemu.ops) are served between packet batches, with bounded work
 per turn, so they never hold verdicts up for long.
 
-Lean by measurement (docs/performance.md): a readable queue is drained by netfilterqueue's own
-C loop (`run(block=False)`: recv until EAGAIN, no Python between messages but the callback), and
-a packet whose decision carries no RST and no event (most of them) costs the engine's call and
-its verdict only. Under a flood the queue never empties; the callback then ends the batch every
-`PACKET_BATCH` packets by raising `BatchDone` (after the verdict), so timers, signals and the
+Lean by measurement (docs/performance.md): a readable queue is drained by its binding
+(adapters/queue.py; netfilterqueue's own C loop), and a packet whose decision carries no RST
+and no event (most of them) costs the engine's call and its verdict only. Under a flood the
+queue never empties; a drain then ends after `PACKET_BATCH` packets, so timers, signals and the
 control socket keep their turn.
 """
 
@@ -28,11 +27,10 @@ from pathlib import Path
 from time import perf_counter_ns
 from types import FrameType, TracebackType
 
-from netfilterqueue import NetfilterQueue, Packet
-
 from fwemu.adapters.bypass import BypassWatch
-from fwemu.adapters.inject import Injector
+from fwemu.adapters.inject import Sender
 from fwemu.adapters.output import Reporter
+from fwemu.adapters.queue import PacketQueue, QueuedPacket
 from fwemu.clock import Clock
 from fwemu.core.decision import IN_STATE, Decision
 from fwemu.core.engine import Engine, Verdict
@@ -53,12 +51,6 @@ TIMER_BATCH = 16
 TIMER_BUDGET = 0.001
 # Queue messages handled before the timers get a turn again, so a packet flood cannot starve them.
 PACKET_BATCH = 256
-
-
-class BatchDone(Exception):
-    """Raised by `Daemon.on_packet` after a batch's last verdict, to end `NetfilterQueue.run`
-    (the callback's exception propagates out of it: netfilterqueue 1.1.0, `nfq_handle_packet`
-    is declared `except? -1`). One message per recv: the rest of a batch is never skipped."""
 
 
 class Signals:
@@ -142,7 +134,7 @@ class Daemon:
         self,
         engine: Engine,
         reporter: Reporter,
-        injector: Injector,
+        injector: Sender,
         source: PolicySource,
         *,
         dry_run: bool = False,
@@ -161,11 +153,9 @@ class Daemon:
         self._metrics = metrics
         self._bypass = bypass
         self._latency = None if metrics is None else metrics.latency
-        self._batch_left = PACKET_BATCH
 
-    def on_packet(self, packet: Packet) -> None:
-        """The queue callback. Every packet gets a verdict, whatever the engine does; after the
-        last of a batch, BatchDone."""
+    def on_packet(self, packet: QueuedPacket) -> None:
+        """The queue's handler. Every packet gets a verdict, whatever the engine does."""
         counters = self.counters
         counters.packets += 1
         try:
@@ -190,12 +180,8 @@ class Daemon:
             # IN_STATE, the shared decision of most packets, has neither RSTs nor events.
             if decision is not IN_STATE and (decision.inject or decision.events):
                 self.apply(decision.inject, decision.events)
-        self._batch_left -= 1
-        if not self._batch_left:
-            self._batch_left = PACKET_BATCH
-            raise BatchDone
 
-    def _timed(self, packet: Packet) -> Decision:
+    def _timed(self, packet: QueuedPacket) -> Decision:
         """handle_packet, its duration observed by the latency histogram."""
         assert self._latency is not None
         start = perf_counter_ns()
@@ -215,11 +201,11 @@ class Daemon:
         return round(self.reporter.clock.wall(now), 6)
 
     def run(
-        self, nfq: NetfilterQueue, signals: Signals, control: ControlServer | None = None
+        self, packets: PacketQueue, signals: Signals, control: ControlServer | None = None
     ) -> None:
         """Serve the queue (and the control socket) until SIGINT/SIGTERM. Exceptions from the
         engine's timers propagate."""
-        queue, wakeup = nfq.get_fd(), signals.fileno()
+        queue, wakeup = packets.fileno(), signals.fileno()
         with select.epoll() as epoll:
             epoll.register(queue, select.EPOLLIN)
             epoll.register(wakeup, select.EPOLLIN)
@@ -233,11 +219,7 @@ class Daemon:
                     self._on_signals(signals)
                 for fd, _ in epoll.poll(self._run_due(control)):
                     if fd == queue:
-                        # Not contextlib.suppress: that is an object and two calls per wake-up.
-                        try:  # noqa: SIM105
-                            nfq.run(block=False)
-                        except BatchDone:
-                            pass  # more may wait: level-triggered, the next poll returns at once
+                        packets.drain(PACKET_BATCH)
                     elif fd == wakeup:
                         signals.drain()
                     elif fd == bypass:

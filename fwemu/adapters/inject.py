@@ -12,6 +12,13 @@ import ipaddress
 import socket
 from collections.abc import Callable
 from types import TracebackType
+from typing import Protocol
+
+
+class Sender(Protocol):
+    """What the loop needs to inject a packet (Injector; a fake in tests)."""
+
+    def send(self, packet: bytes) -> bool: ...
 
 
 class Injector:

@@ -9,12 +9,13 @@ import os
 import select
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from netfilterqueue import COPY_PACKET, NetfilterQueue, Packet
 
+from fwemu.adapters.queue import Handler
 from fwemu.errors import FwemuError
 
 # thread-self, not /proc/net (= /proc/self/net, the main thread's namespace): a thread that
@@ -167,19 +168,59 @@ def set_flags(sock: socket.socket, queue: int, *, fail_open: bool) -> None:
             offset += max((length + 3) & ~3, _NLMSGHDR.size)
 
 
+class _BatchDone(Exception):
+    """Raised by the callback after a batch's last verdict, to end `NetfilterQueue.run` (the
+    callback's exception propagates out of it: netfilterqueue 1.1.0, `nfq_handle_packet` is
+    declared `except? -1`). One message per recv: the rest of a batch is never skipped."""
+
+
+class NfqueueBinding:
+    """A PacketQueue (adapters/queue.py) over netfilterqueue. `drain` runs the library's own C
+    loop (`run(block=False)`: recv until EAGAIN, no Python between messages but the callback),
+    ended after `limit` packets by `_BatchDone`."""
+
+    def __init__(self, nfq: NetfilterQueue, handler: Handler) -> None:
+        self.nfq = nfq
+        self._handler = handler
+        self._left = 0
+
+    def fileno(self) -> int:
+        fd: int = self.nfq.get_fd()
+        return fd
+
+    def drain(self, limit: int) -> None:
+        self._left = limit
+        # Not contextlib.suppress: that is an object and two calls per wake-up.
+        try:  # noqa: SIM105
+            self.nfq.run(block=False)
+        except _BatchDone:
+            pass  # more may wait: the loop polls again at once (level-triggered)
+
+    def on_packet(self, packet: Packet) -> None:
+        """The library's callback: the handler, then the end of the batch if it is full."""
+        self._handler(packet)
+        self._left -= 1
+        if not self._left:
+            raise _BatchDone
+
+
 @contextmanager
-def bound(
-    queue: int, callback: Callable[[Packet], None], *, fail_open: bool
-) -> Iterator[NetfilterQueue]:
+def bound(queue: int, handler: Handler, *, fail_open: bool) -> Iterator[NfqueueBinding]:
     """The queue bound and configured for the block's duration; unbound on every way out.
 
     Fails before binding when another process holds the queue (`ensure_free`).
     """
     ensure_free(queue)
     nfq = NetfilterQueue()
+    binding = NfqueueBinding(nfq, handler)
     try:
         nfq.bind(
-            queue, callback, max_len=MAX_LEN, mode=COPY_PACKET, range=COPY_RANGE, sock_len=SOCK_LEN
+            queue,
+            binding.on_packet,
+            max_len=MAX_LEN,
+            mode=COPY_PACKET,
+            range=COPY_RANGE,
+            sock_len=SOCK_LEN,
         )
     except OSError:
         raise QueueError(
@@ -190,7 +231,7 @@ def bound(
             # ENOBUFS only says the kernel dropped messages; with fail-open it accepted them (§3.3).
             sock.setsockopt(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)
             set_flags(sock, queue, fail_open=fail_open)
-        yield nfq
+        yield binding
     finally:
         nfq.unbind()
 

@@ -1,40 +1,20 @@
-"""`fwemu run`: be the firewall, inline, until stopped."""
+"""`fwemu run`: be the firewall, inline, until stopped (the options; fwemu/adapters/runtime.py
+does the rest)."""
 
 from __future__ import annotations
 
 import argparse
-import gc
 import ipaddress
-import os
-import signal
-import stat
-import sys
-from contextlib import ExitStack, suppress
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from fwemu.adapters import host, iptables, nfqueue
-from fwemu.adapters.bypass import BypassWatch
-from fwemu.adapters.daemon import Counters, Daemon, Signals
-from fwemu.adapters.inject import Injector
-from fwemu.adapters.output import Reporter
-from fwemu.adapters.workers import Link, Supervisor, tagged, where
+from fwemu.adapters import iptables, runtime
+from fwemu.adapters.runtime import MAX_WORKERS, RunConfig
 from fwemu.cli.argtypes import number, whole_number
-from fwemu.clock import Clock
-from fwemu.core.engine import Engine
-from fwemu.errors import FwemuError
-from fwemu.ops.commands import Commands
-from fwemu.ops.control import ControlServer, default_path, is_alive
-from fwemu.ops.metrics import Metrics, MetricsError, parse_listen_address
-from fwemu.policy import IPNetwork, Policy
-from fwemu.policy.source import PolicySource
+from fwemu.ops.metrics import MetricsError, parse_listen_address
+from fwemu.policy import IPNetwork
 
 ORDER = 20  # place in `fwemu --help`
-# More workers than CPUs only makes them compete; 64 is far above the machines fwemu runs on.
-MAX_WORKERS = 64
-LAST_QUEUE = 65535  # NFQUEUE numbers are 16 bits (xt_NFQUEUE's queuenum)
 
 DESCRIPTION = """\
 Track forwarded TCP flows through Linux conntrack's state machine and enforce a policy's
@@ -92,12 +72,6 @@ exit status: 0 after SIGINT/SIGTERM, 2 when it refuses to start (nothing is chan
 1 on an internal error or when a worker dies (rules are removed, the other workers stopped and
 the queues unbound first).
 """
-
-
-class InternalError(FwemuError):
-    """A bug: fwemu stopped after cleaning up."""
-
-    exit_code = 1
 
 
 def register(subparsers: Any) -> None:
@@ -239,307 +213,26 @@ def _metrics_address(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(err).removeprefix("bad --metrics ")) from None
 
 
-@dataclass(frozen=True, slots=True)
-class Setup:
-    """What every queue's loop shares, checked once before anything changes."""
-
-    source: PolicySource
-    policy: Policy
-    capture: iptables.Capture
-    clock: Clock
-    run: dict[str, Any]  # who belongs to this run, for `status` (see _run_identity)
-
-
-@dataclass(frozen=True, slots=True)
-class Seat:
-    """One queue's place in the run: where its loop serves and writes."""
-
-    queue: int
-    control: Path
-    state_file: Path | None
-    metrics: tuple[str, int] | None
-
-
 def _run(args: argparse.Namespace) -> int:
-    host.require_root("fwemu run")
-    seats = _seats(args)
-    if args.netns:
-        host.enter_netns(args.netns)
-    source = PolicySource(args.policy, args.preset, args.speed)
-    policy = source.load()
     capture = iptables.Capture(
         tuple(args.in_interface), tuple(args.out_interface), tuple(args.src), tuple(args.dst)
     )
-    if not args.no_rules:
-        iptables.check_available(args.queue, args.workers)
-        if missing := iptables.missing_interfaces(capture):
-            where = f"network namespace {args.netns}" if args.netns else "this network namespace"
-            raise FwemuError(
-                f"no interface {', '.join(missing)} in {where}; see 'ip link' "
-                "(a trailing '+' matches any interface with that prefix)"
-            )
-    for seat in seats:
-        nfqueue.ensure_free(seat.queue)
-    clock = Clock.start()
-    setup = Setup(source, policy, capture, clock, _run_identity(seats, clock))
-    if args.workers == 1:
-        return _serve(args, setup, seats[0])
-    return _supervise(args, setup, seats)
-
-
-def _seats(args: argparse.Namespace) -> tuple[Seat, ...]:
-    """Each worker's queue, control socket, state file and metrics address; FwemuError if the
-    queues or ports run past their range."""
-    count = args.workers
-    if args.queue + count - 1 > LAST_QUEUE:
-        raise FwemuError(
-            f"--queue {args.queue} with --workers {count} needs queues up to "
-            f"{args.queue + count - 1}, but NFQUEUE numbers end at {LAST_QUEUE}"
-        )
-    if args.metrics and args.metrics[1] and args.metrics[1] + count - 1 > 65535:
-        raise FwemuError(
-            f"--metrics port {args.metrics[1]} with --workers {count} needs ports up to "
-            f"{args.metrics[1] + count - 1}, past 65535"
-        )
-    several = count > 1
-    seats = []
-    for i in range(count):
-        queue = args.queue + i
-        control = args.control or default_path(queue, args.netns)
-        state = args.state_file
-        if several:
-            control = per_queue(control, queue) if args.control else control
-            state = state and per_queue(state, queue)
-        metrics = args.metrics
-        if metrics and metrics[1]:  # port 0 (the kernel picks one) stays 0 for each
-            metrics = (metrics[0], metrics[1] + i)
-        seats.append(Seat(queue, control, state, metrics))
-    return tuple(seats)
-
-
-def per_queue(path: Path, queue: int) -> Path:
-    """A worker's own file next to `path`: /run/fw.sock -> /run/fw.q1.sock."""
-    return path.with_name(f"{path.stem}.q{queue}{path.suffix}")
-
-
-def _run_identity(seats: tuple[Seat, ...], clock: Clock) -> dict[str, Any]:
-    """What tells the control sockets of one run apart from another's: the supervisor's pid
-    and start, and every worker's queue and socket (a lone fwemu is its own supervisor)."""
-    pid = os.getpid()
-    return {
-        "run": f"{pid}@{clock.wall(Clock.now()):.6f}",
-        "supervisor": pid,
-        "workers": [{"queue": s.queue, "control": str(s.control)} for s in seats],
-    }
-
-
-def _serve(args: argparse.Namespace, setup: Setup, seat: Seat, link: Link | None = None) -> int:
-    """One queue's loop until SIGINT/SIGTERM: the whole of a lone `fwemu run` (with its rules),
-    or one worker of several (no rules: the supervisor's; it reports to `link`)."""
-    worker = link is not None
-    with ExitStack() as stack:
-        events = _open_events(args.events, stack, shared=worker)
-        log = tagged(sys.stderr, seat.queue) if worker else sys.stderr
-        reporter = Reporter(setup.clock, log, events, dry_run=args.dry_run, verbose=args.verbose)
-        engine, counters = Engine(setup.policy), Counters()
-        metrics = None
-        if seat.metrics:
-            metrics = Metrics(counters, engine, partial(nfqueue.read_queue_counters, seat.queue))
-            reporter.watch(metrics.on_event)
-        signals = stack.enter_context(Signals())
-        if worker:
-            # A terminal's Ctrl-C reaches the whole process group: the supervisor alone decides.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-        injector = stack.enter_context(Injector(reporter.error))
-        # Only the process that owns the rules can compare their counters with what it took.
-        bypass = None
-        if not (worker or args.no_rules):
-            bypass = BypassWatch(seat.queue, lambda: counters.packets)
-        daemon = Daemon(
-            engine,
-            reporter,
-            injector,
-            setup.source,
+    return runtime.run(
+        RunConfig(
+            policy=args.policy,
+            preset=args.preset,
+            queue=args.queue,
+            workers=args.workers,
+            speed=args.speed,
+            netns=args.netns,
+            events=args.events,
+            state_file=args.state_file,
+            control=args.control,
+            metrics=args.metrics,
+            verbose=args.verbose,
             dry_run=args.dry_run,
-            state_file=seat.state_file,
-            counters=counters,
-            metrics=metrics,
-            bypass=bypass,
+            fail_closed=args.fail_closed,
+            no_rules=args.no_rules,
+            capture=capture,
         )
-        control = ControlServer(
-            seat.control, Commands(daemon, _status(args, seat, setup)), reporter
-        )
-        stack.callback(control.close)
-        served = ""
-        if metrics is not None and seat.metrics is not None:
-            # After enter_netns: the server's threads live in fwemu's namespace.
-            served = _metrics_line(args, seat.metrics[0], metrics.serve(*seat.metrics))
-            stack.callback(metrics.close)
-        nfq = stack.enter_context(
-            nfqueue.bound(seat.queue, daemon.on_packet, fail_open=not args.fail_closed)
-        )
-        if link is not None:
-            link.ready()
-            reporter.line(f"worker bound queue {seat.queue}; control socket {seat.control}{served}")
-        else:
-            rules = (
-                ()
-                if args.no_rules
-                else stack.enter_context(iptables.installed(seat.queue, setup.capture))
-            )
-            reporter.line(_start_line(args, setup, rules))
-            reporter.line(f"control socket {seat.control}{served}")
-            if bypass is not None:
-                bypass.start()
-                stack.callback(bypass.close)
-        # Everything made so far (modules, the policy, the flow table's containers) leaves the
-        # cyclic GC's view: a full collection then walks only what came later, e.g. 3.5 instead
-        # of 12 ms with 100k expired flows remembered (docs/performance.md, "Scale").
-        gc.freeze()
-        try:
-            daemon.run(nfq, signals, control)
-        except Exception as err:
-            stack.close()
-            raise InternalError(
-                f"internal error, stopped after removing the rules: {where(err)}"
-            ) from err
-    totals = {**daemon.counters.as_dict(), "flows": daemon.flow_count()}
-    cause = signals.stop.name if signals.stop else "stop"
-    if link is not None:
-        link.stopped(totals)
-    reporter.line(
-        _stop_line("worker" if worker else "fwemu", cause, totals, args, rules=not worker)
-    )
-    return 0
-
-
-def _supervise(args: argparse.Namespace, setup: Setup, seats: tuple[Seat, ...]) -> int:
-    """Fork a worker per seat, install the balancing rules once all are bound, and supervise
-    them until SIGINT/SIGTERM; everything is undone on every way out."""
-    if args.events not in (None, "-"):
-        with ExitStack() as stack:  # start the shared file empty, as a lone fwemu does
-            _open_events(args.events, stack, shared=False)
-    by_queue = {seat.queue: seat for seat in seats}
-
-    def work(queue: int, link: Link) -> int:
-        return _serve(args, setup, by_queue[queue], link)
-
-    reporter = Reporter(setup.clock, sys.stderr)
-    with ExitStack() as stack:
-        stack.callback(_remove_dead_sockets, seats)
-        signals = stack.enter_context(Signals())
-        supervisor = stack.enter_context(Supervisor((s.queue for s in seats), work, signals))
-        started = supervisor.wait_ready()  # False: stopped by a signal before that
-        if started:
-            rules = (
-                ()
-                if args.no_rules
-                else stack.enter_context(
-                    iptables.installed(args.queue, setup.capture, args.workers)
-                )
-            )
-            pids = ", ".join(str(w.pid) for w in supervisor.workers)
-            reporter.line(_start_line(args, setup, rules, f" (worker pids {pids})"))
-            reporter.line(f"control sockets {', '.join(str(s.control) for s in seats)}")
-            try:
-                supervisor.run()
-            except FwemuError:
-                raise
-            except Exception as err:
-                stack.close()
-                raise InternalError(
-                    f"internal error, stopped after removing the rules: {where(err)}"
-                ) from err
-        stack.close()  # rules first, then the workers, whose totals the last line sums
-        cause = signals.stop.name if signals.stop else "stop"
-        reporter.line(_stop_line("fwemu", cause, supervisor.totals(), args, rules=started))
-    return 0
-
-
-def _remove_dead_sockets(seats: tuple[Seat, ...]) -> None:
-    """A killed worker cannot remove its control socket; once all are stopped, nobody serves it."""
-    for seat in seats:
-        with suppress(FileNotFoundError):
-            if stat.S_ISSOCK(seat.control.lstat().st_mode) and not is_alive(seat.control):
-                seat.control.unlink()
-
-
-def _status(args: argparse.Namespace, seat: Seat, setup: Setup) -> dict[str, Any]:
-    """What `fwemu top` and `status` show about this queue's loop that never changes."""
-    return {
-        "queue": seat.queue,
-        "netns": args.netns,
-        "speed": args.speed,
-        "dry_run": args.dry_run,
-        "control": str(seat.control),
-        "started": round(setup.clock.wall(Clock.now()), 3),
-        **setup.run,
-    }
-
-
-def _metrics_line(args: argparse.Namespace, host: str, port: int) -> str:
-    where = f" in netns {args.netns}" if args.netns else ""
-    return f"; metrics on http://{f'[{host}]' if ':' in host else host}:{port}/metrics{where}"
-
-
-def _open_events(path: str | None, stack: ExitStack, *, shared: bool) -> TextIO | None:
-    """The events output. `shared` (a worker's): every worker appends whole lines, each in one
-    write(2), so that lines from several processes never mix (O_APPEND; a pipe below PIPE_BUF)."""
-    if path is None:
-        return None
-    if path == "-":
-        if shared:
-            sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-        return sys.stdout
-    try:
-        if shared:
-            return stack.enter_context(open(path, "a", encoding="utf-8", buffering=1))
-        return stack.enter_context(open(path, "w", encoding="utf-8"))
-    except OSError as err:
-        raise FwemuError(f"cannot open the events file {path}: {err.strerror}") from None
-
-
-def _start_line(
-    args: argparse.Namespace, setup: Setup, rules: tuple[iptables.Family, ...], workers: str = ""
-) -> str:
-    where = f" in netns {args.netns}" if args.netns else ""
-    if args.no_rules:
-        installed = "no rules installed (--no-rules)"
-    elif rules:
-        binaries = " and ".join("iptables" if f == 4 else "ip6tables" for f in rules)
-        installed = (
-            f"rules in {binaries} chain {iptables.chain_name(args.queue)} "
-            f"({setup.capture.describe()})"
-        )
-    else:
-        installed = "no rules installed: the capture selectors match neither IPv4 nor IPv6"
-    queues = (
-        f"queue {args.queue}"
-        if args.workers == 1
-        else f"{args.workers} workers on queues {args.queue}-{args.queue + args.workers - 1}"
-        f"{workers}, balanced by address pair"
-    )
-    mode = ", fail-closed" if args.fail_closed else ""
-    dry = ", DRY RUN (accepting everything, injecting nothing)" if args.dry_run else ""
-    policy = setup.policy
-    return (
-        f"fwemu started{where}: {queues}, policy {policy.name} ({policy.origin}), "
-        f"speed x{args.speed:g}{mode}{dry}; {installed}"
-    )
-
-
-def _stop_line(
-    who: str, cause: str, totals: dict[str, int], args: argparse.Namespace, *, rules: bool
-) -> str:
-    """The last log line: what was counted (summed over the workers) and what was undone."""
-    c = Counters(**{k: v for k, v in totals.items() if k != "flows"})
-    verb = "would have " if args.dry_run else ""
-    removed = "rules removed, " if rules and not args.no_rules else ""
-    errors = f", {c.errors} engine errors" if c.errors else ""
-    errors += f", {c.bypassed} BYPASSED fwemu unseen" if c.bypassed else ""
-    unbound = "queue unbound" if args.workers == 1 or who == "worker" else "queues unbound"
-    return (
-        f"{who} stopped ({cause}): {c.packets} packets, {c.accepted} accepted, "
-        f"{verb}dropped {c.dropped}, {verb}injected {c.resets} RSTs{errors}, "
-        f"{totals.get('flows', 0)} flows tracked; {removed}{unbound}"
     )

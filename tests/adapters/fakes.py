@@ -1,10 +1,13 @@
-"""Stand-ins for what the daemon talks to: a queued packet, the raw sockets, a counting reporter."""
+"""Stand-ins for what the daemon talks to: a queued packet and a queue of them, the raw sockets,
+a counting reporter."""
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from fwemu.adapters.output import Reporter
+from fwemu.adapters.queue import Handler
 from fwemu.core.events import Event
 
 
@@ -24,9 +27,44 @@ class FakePacket:
     def drop(self) -> None:
         self._give("drop")
 
+    def set_payload(self, payload: bytes) -> None:
+        assert self.verdict is None, "rewritten after its verdict"
+        self.data = payload
+
     def _give(self, verdict: str) -> None:
         assert self.verdict is None, "a second verdict"
         self.verdict = verdict
+
+
+class FakeQueue:
+    """A PacketQueue (fwemu/adapters/queue.py) of FakePackets put in by the test; readable while
+    any wait."""
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+        self.waiting: list[FakePacket] = []
+        self._readable, self._writable = socket.socketpair()
+        self.drains: list[int] = []  # packets handed over per drain
+
+    def put(self, *packets: FakePacket) -> None:
+        if not self.waiting:
+            self._writable.send(b"!")
+        self.waiting.extend(packets)
+
+    def fileno(self) -> int:
+        return self._readable.fileno()
+
+    def drain(self, limit: int) -> None:
+        batch, self.waiting = self.waiting[:limit], self.waiting[limit:]
+        if not self.waiting:
+            self._readable.recv(1)
+        for packet in batch:
+            self._handler(packet)
+        self.drains.append(len(batch))
+
+    def close(self) -> None:
+        self._readable.close()
+        self._writable.close()
 
 
 class CountingReporter(Reporter):

@@ -1,16 +1,19 @@
-"""The daemon's queue callback: a verdict for every packet, batches that end to give the loop its
-turn, and events that reach their consumers, with JSON built only for those who read it."""
+"""The daemon's queue handler: a verdict for every packet, netfilterqueue batches that end to give
+the loop its turn, and events that reach their consumers, with JSON built only for those who read
+it."""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
-from netfilterqueue import Packet
+from netfilterqueue import NetfilterQueue
 
-from fwemu.adapters.daemon import PACKET_BATCH, BatchDone, Daemon
+from fwemu.adapters.daemon import PACKET_BATCH, Daemon
 from fwemu.adapters.inject import Injector
+from fwemu.adapters.nfqueue import NfqueueBinding
 from fwemu.clock import Clock
 from fwemu.core.engine import Engine
 from fwemu.ops.metrics import StateCounts
@@ -47,23 +50,42 @@ def make_daemon(
 
 def feed(daemon: Daemon, data: bytes) -> FakePacket:
     packet = FakePacket(data)
-    daemon.on_packet(cast(Packet, packet))
+    daemon.on_packet(packet)
     return packet
 
 
-def test_every_packet_gets_a_verdict_and_a_batch_ends_after_its_last() -> None:
+def test_every_packet_gets_a_verdict() -> None:
     daemon, _, _ = make_daemon()
-    packets = [FakePacket(data) for data in conversation(2 * PACKET_BATCH)]
-    ended = []
-    for n, packet in enumerate(packets, 1):
-        try:
-            daemon.on_packet(cast(Packet, packet))
-        except BatchDone:
-            assert packet.verdict == "accept"  # given before the batch ends
-            ended.append(n)
-    assert ended == [PACKET_BATCH, 2 * PACKET_BATCH]
+    packets = [feed(daemon, data) for data in conversation(10)]
     assert {p.verdict for p in packets} == {"accept"}
     assert daemon.counters.accepted == daemon.counters.packets == len(packets)
+
+
+class FakeNfq:
+    """netfilterqueue's NetfilterQueue as NfqueueBinding uses it: `run(block=False)` hands each
+    waiting message to the callback until none is left or the callback raises."""
+
+    def __init__(self, packets: list[FakePacket]) -> None:
+        self.packets = packets
+        self.callback: Callable[[FakePacket], None] | None = None
+
+    def run(self, block: bool) -> None:
+        assert not block and self.callback is not None
+        while self.packets:
+            self.callback(self.packets.pop(0))
+
+
+def test_the_netfilterqueue_binding_ends_a_drain_after_its_limit_with_every_verdict_given() -> None:
+    daemon, _, _ = make_daemon()
+    packets = [FakePacket(data) for data in conversation(PACKET_BATCH)]
+    nfq = FakeNfq(list(packets))
+    binding = NfqueueBinding(cast(NetfilterQueue, nfq), daemon.on_packet)
+    nfq.callback = binding.on_packet
+    binding.drain(PACKET_BATCH // 2)
+    assert len(nfq.packets) == len(packets) - PACKET_BATCH // 2  # the rest wait for the next
+    assert {p.verdict for p in packets[: PACKET_BATCH // 2]} == {"accept"}
+    binding.drain(PACKET_BATCH)
+    assert not nfq.packets and {p.verdict for p in packets} == {"accept"}
 
 
 class Broken(Engine):

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from fwemu.adapters.daemon import Signals
+from fwemu.adapters.runtime import per_queue
 from fwemu.adapters.workers import Link, Supervisor, WorkerError, tagged
 from fwemu.cli import main
-from fwemu.cli.run_cmd import per_queue
 from fwemu.errors import FwemuError
 from tests.e2e.conftest import require_root
 

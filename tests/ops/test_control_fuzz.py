@@ -18,7 +18,6 @@ from typing import Any, cast
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from netfilterqueue import Packet
 
 from fwemu.adapters.daemon import Daemon
 from fwemu.adapters.inject import Injector
@@ -85,7 +84,7 @@ def running(directory: Path) -> Iterator[tuple[ControlServer, io.StringIO]]:
     try:
         for port in (40000, 40001, 40002):
             for data in handshake(port):
-                daemon.on_packet(cast(Packet, FakePacket(data)))
+                daemon.on_packet(FakePacket(data))
         yield server, log
     finally:
         server.close()

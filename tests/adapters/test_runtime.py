@@ -1,0 +1,141 @@
+"""The composition root without a kernel: `runtime.run` wired to fakes for the queue, the rules
+and the raw sockets, driven in this process as `fwemu run` would be (no root needed)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fwemu.adapters import iptables, runtime
+from fwemu.adapters.queue import Handler, PacketQueue
+from fwemu.adapters.runtime import Kernel, RunConfig
+from fwemu.errors import FwemuError
+from fwemu.ops.client import request
+from fwemu.ops.protocol import Request
+
+from .fakes import FakePacket, FakeQueue
+from .test_daemon import conversation
+
+
+class FakeHost:
+    """Records what the run asked of the kernel, and hands it a FakeQueue."""
+
+    def __init__(self, feed: Callable[[FakeQueue], None]) -> None:
+        self.feed = feed
+        self.steps: list[str] = []
+        self.queue: FakeQueue | None = None
+
+    def kernel(self) -> Kernel:
+        return Kernel(
+            require_root=lambda what: self.steps.append("root"),
+            enter_netns=lambda name: self.steps.append(f"netns {name}"),
+            check_rules=lambda config: self.steps.append("check rules"),
+            ensure_free=lambda queue: self.steps.append(f"queue {queue} free"),
+            bind=self.bind,
+            rules=self.rules,
+            injector=self.injector,
+            watch_bypass=False,
+        )
+
+    @contextmanager
+    def bind(self, queue: int, handler: Handler, fail_open: bool) -> Iterator[PacketQueue]:
+        self.steps.append(f"bind {queue} fail-open={fail_open}")
+        self.queue = FakeQueue(handler)
+        try:
+            yield self.queue
+        finally:
+            self.queue.close()
+            self.steps.append("unbind")
+
+    @contextmanager
+    def rules(
+        self, queue: int, capture: iptables.Capture, count: int
+    ) -> Iterator[tuple[iptables.Family, ...]]:
+        self.steps.append(f"rules {queue}x{count}")
+        assert self.queue is not None  # bound first: no packet finds the queue unbound
+        self.feed(self.queue)
+        try:
+            yield (4, 6)
+        finally:
+            self.steps.append("rules removed")
+
+    @contextmanager
+    def injector(self, on_error: Callable[[str], None]) -> Iterator[Any]:
+        self.steps.append("raw sockets")
+        yield self
+        self.steps.append("raw sockets closed")
+
+    def send(self, packet: bytes) -> bool:
+        raise AssertionError("these packets make fwemu inject nothing")
+
+
+def stop_soon() -> None:
+    """SIGTERM this process once the loop runs (what an operator's `kill` does)."""
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
+
+def test_run_wires_queue_engine_events_and_control_and_undoes_all_in_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    packets = [FakePacket(data) for data in conversation(3)]
+    statuses: list[dict[str, Any]] = []
+    control = tmp_path / "fw.sock"
+
+    def feed(queue: FakeQueue) -> None:
+        queue.put(*packets)
+
+        def ask() -> None:  # a `fwemu top` while the loop runs
+            statuses.extend(request(control, Request("status")))
+            stop_soon()
+
+        threading.Timer(0.2, ask).start()
+
+    fake = FakeHost(feed)
+    config = RunConfig(
+        preset="linux", events=str(tmp_path / "events.jsonl"), control=control, netns="lab-fw"
+    )
+    assert runtime.run(config, fake.kernel()) == 0
+
+    assert fake.steps == [
+        "root",
+        "netns lab-fw",
+        "check rules",
+        "queue 0 free",
+        "raw sockets",
+        "bind 0 fail-open=True",
+        "rules 0x1",
+        "rules removed",
+        "unbind",
+        "raw sockets closed",
+    ]
+    assert {p.verdict for p in packets} == {"accept"}
+    [status] = statuses
+    assert (status["packets"], status["accepted"], status["netns"]) == (6, 6, "lab-fw")
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events][:1] == ["new"]
+    assert not control.exists()
+    log = capsys.readouterr().err
+    assert "fwemu started in netns lab-fw: queue 0, policy linux" in log
+    assert "fwemu stopped (SIGTERM): 6 packets, 6 accepted" in log
+
+
+def test_a_refusal_changes_nothing() -> None:
+    fake = FakeHost(lambda queue: None)
+    kernel = fake.kernel()
+
+    def busy(queue: int) -> None:
+        raise FwemuError(f"NFQUEUE {queue} is already bound by another program")
+
+    refused = dataclasses.replace(kernel, ensure_free=busy)
+    with pytest.raises(FwemuError, match="already bound"):
+        runtime.run(RunConfig(preset="linux", no_rules=True), refused)
+    assert fake.steps == ["root"]  # no rules were checked with --no-rules; nothing was bound

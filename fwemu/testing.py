@@ -184,7 +184,6 @@ class Firewall:
         plan: LabPlan,
         fwemu: FwemuProcess,
         events_file: Path,
-        state_file: Path,
         *,
         speed: float = 1.0,
         control: Path | None = None,
@@ -193,7 +192,6 @@ class Firewall:
         self.fwemu = fwemu
         self.speed = speed
         self._events_file = events_file
-        self._state_file = state_file
         self._control = control
         self._events: list[dict[str, Any]] = []
         self._events_read = 0  # bytes of the events file already parsed
@@ -322,8 +320,6 @@ class Firewall:
         selects (e.g. "dport=8080", "state=established"; "" for every flow), with the policy's
         action for their phase or `action` ("silent", "reset-both", ...). The events it caused.
         """
-        if self._control is None:
-            raise HarnessError("this fwemu has no control socket to expire flows through")
         try:
             chosen = None if action is None else ExpireAction(action)
         except ValueError:
@@ -332,7 +328,7 @@ class Firewall:
         req = Request(
             "expire", selector=parse_selector(match), all=not match.strip(), action=chosen
         )
-        return [r["event"] for r in control_request(self._control, req) if "event" in r]
+        return [r["event"] for r in self._request(req) if "event" in r]
 
     def bypassed(self) -> int:
         """How many packets went past fwemu unseen (its queue overflowed), as it last logged;
@@ -344,26 +340,18 @@ class Firewall:
 
     def status(self) -> dict[str, Any]:
         """fwemu's `status` (`fwemu top`'s header): its counters, policy, flow count."""
-        if self._control is None:
-            raise HarnessError("this fwemu has no control socket to ask for its status")
-        [reply] = control_request(self._control, Request("status"))
+        [reply] = self._request(Request("status"))
         return reply
 
-    def flows(self, timeout: float = 5.0) -> list[dict[str, Any]]:
-        """fwemu's live flow table: SIGUSR1 makes it rewrite the state file, which is read back."""
-        before = _file_version(self._state_file)
-        self.process.send_signal(signal.SIGUSR1)
-        end = time.monotonic() + timeout
-        while _file_version(self._state_file) in (before, None):
-            self.fwemu.check_running()
-            if time.monotonic() >= end:
-                raise HarnessError(
-                    f"fwemu did not write its state file within {timeout:g}s of SIGUSR1: "
-                    f"{self.fwemu.tail()}"
-                )
-            time.sleep(POLL_INTERVAL)
-        flows: list[dict[str, Any]] = json.loads(self._state_file.read_text())["flows"]
-        return flows
+    def flows(self) -> list[dict[str, Any]]:
+        """fwemu's live flow table, as `fwemu flows --json` lists it: one flat record a flow
+        (src, sport, dst, dport client first, state, phase, expires_in, rule, ...)."""
+        return [r["flow"] for r in self._request(Request("flows")) if "flow" in r]
+
+    def _request(self, req: Request) -> list[dict[str, Any]]:
+        if self._control is None:
+            raise HarnessError(f"this fwemu has no control socket to ask for {req.command}")
+        return list(control_request(self._control, req))
 
 
 # fwemu's warning (adapters/daemon.py): "... more packets bypassed fwemu (<total> in all) ..."
@@ -393,15 +381,6 @@ def _describe(record: dict[str, Any]) -> str:
     where = f"{flow.get('src')}:{flow.get('sport')}>{flow.get('dst')}:{flow.get('dport')}"
     details = [f"{k}={record[k]}" for k in ("state", "action", "to", "side") if record.get(k)]
     return " ".join([record["event"], where, *details])
-
-
-def _file_version(path: Path) -> tuple[int, int, int] | None:
-    """Changes whenever the file is replaced (fwemu writes a new file and renames it)."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def _policy_args(policy: str | Path | None, toml: str | None, workdir: Path) -> list[str]:
@@ -446,7 +425,7 @@ def inline_firewall(
 
     `policy` is a preset name (default "linux") or a policy file; `toml` is policy text instead.
     The lab is named "fwemu-<pid>-<n>" unless `name` is given. fwemu runs as a child process
-    with its events, state file and control socket (unless `extra_args` names one) in a
+    with its events file and control socket (unless `extra_args` names one) in a
     temporary directory; the block starts once fwemu is running. On exit, even on an exception,
     fwemu gets SIGTERM (SIGKILL if it hangs) and the lab is removed. A clean exit of the block
     raises HarnessError if fwemu did not exit 0.
@@ -455,7 +434,7 @@ def inline_firewall(
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fwemu-testing-")))
         policy_args = _policy_args(policy, toml, workdir)
         plan = stack.enter_context(lab(*_lab_identity(name, index)))
-        events_file, state_file = workdir / "events.jsonl", workdir / "flows.json"
+        events_file = workdir / "events.jsonl"
         given = [Path(v) for k, v in itertools.pairwise(extra_args) if k == "--control"]
         control_args = [] if given else ["--control", str(workdir / "control.sock")]
         control = given[-1] if given else workdir / "control.sock"
@@ -471,14 +450,11 @@ def inline_firewall(
                     repr(speed),
                     "--events",
                     str(events_file),
-                    "--state-file",
-                    str(state_file),
                     *control_args,
                     *extra_args,
                 ]
             ),
             events_file,
-            state_file,
             speed=speed,
             control=control,
         )

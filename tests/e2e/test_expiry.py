@@ -202,7 +202,7 @@ class Case:
             self.fw.wait_for_event("reset", dport=self.port, to=side, cause="expire")
         spared = {side: alive for side, alive in watch.items() if side not in hit}
         assert _watch(spared, until=time.time() + QUIET) == {}
-        assert [f for f in self.fw.flows() if f["flow"]["dport"] == self.port] == []
+        assert [f for f in self.fw.flows() if f["dport"] == self.port] == []
 
     def read_challenge_acks(self) -> dict[str, int]:
         return {side: _challenge_acks(self.fw, side) for side in ("client", "server")}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import IntEnum
 
 from fwemu.core.packet import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TCP_URG
-from fwemu.policy.model import Phase
+from fwemu.policy.model import PHASE_STATES, Phase
 
 
 class State(IntEnum):
@@ -114,19 +114,6 @@ TRANSITIONS: tuple[tuple[tuple[State, ...], ...], ...] = (
     ),
 )
 
-# The policy phase whose timer and expiry action apply in each real state.
-PHASE_OF: dict[State, Phase] = {
-    State.SYN_SENT: Phase.EMBRYONIC,
-    State.SYN_SENT2: Phase.EMBRYONIC,
-    State.SYN_RECV: Phase.EMBRYONIC,
-    State.ESTABLISHED: Phase.ESTABLISHED,
-    State.FIN_WAIT: Phase.HALF_CLOSED,
-    State.CLOSE_WAIT: Phase.HALF_CLOSED,
-    State.LAST_ACK: Phase.CLOSING,
-    State.TIME_WAIT: Phase.TIME_WAIT,
-    State.CLOSE: Phase.CLOSE,
-}
-
 # The policy Timeouts field for each real state (SYN_SENT2 shares syn_sent, as in Linux).
 TIMEOUT_FIELD: dict[State, str] = {
     State.SYN_SENT: "syn_sent",
@@ -138,6 +125,13 @@ TIMEOUT_FIELD: dict[State, str] = {
     State.LAST_ACK: "last_ack",
     State.TIME_WAIT: "time_wait",
     State.CLOSE: "close",
+}
+
+# The policy phase whose timer and expiry action apply in each real state, from the policy's
+# one table of phases (policy.model.PHASE_STATES).
+PHASE_OF: dict[State, Phase] = {
+    state: next(phase for phase, fields in PHASE_STATES.items() if field in fields)
+    for state, field in TIMEOUT_FIELD.items()
 }
 
 # tcp_can_early_drop(): closing states in which the kernel accepts a RST without sequence checks.

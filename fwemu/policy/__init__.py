@@ -1,8 +1,9 @@
 """Policies: TOML files and presets -> the frozen, validated model the core enforces."""
 
 from fwemu.policy.duration import DurationError, format_duration, parse_duration
-from fwemu.policy.loader import PHASE_STATES, PolicyError, load_policy, loads_policy
+from fwemu.policy.loader import PolicyError, load_policy, loads_policy
 from fwemu.policy.model import (
+    PHASE_STATES,
     AnswerRate,
     ExpireAction,
     IPNetwork,

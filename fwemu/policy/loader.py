@@ -16,6 +16,7 @@ from typing import Any
 
 from fwemu.policy.duration import brief, shorten, type_name
 from fwemu.policy.model import (
+    PHASE_STATES,
     AnswerRate,
     ExpireAction,
     IPNetwork,
@@ -49,16 +50,7 @@ from fwemu.policy.reading import (
     show_path,
 )
 
-# The conntrack states (fields of Timeouts) each phase covers; a phase name in `[timeouts]` sets
-# all of them. SYN_SENT2 shares syn_sent's timer (see Timeouts).
-PHASE_STATES: Mapping[Phase, tuple[str, ...]] = {
-    Phase.EMBRYONIC: ("syn_sent", "syn_recv"),
-    Phase.ESTABLISHED: ("established",),
-    Phase.HALF_CLOSED: ("fin_wait", "close_wait"),
-    Phase.CLOSING: ("last_ack",),
-    Phase.TIME_WAIT: ("time_wait",),
-    Phase.CLOSE: ("close",),
-}
+# A phase name in `[timeouts]` sets all of its states' timers (model.PHASE_STATES).
 _SHORTCUTS = {p.value: s for p, s in PHASE_STATES.items() if s != (p.value,)}
 _STATES = tuple(f.name for f in dataclasses.fields(Timeouts))
 

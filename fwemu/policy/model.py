@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -15,14 +16,28 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Phase(StrEnum):
-    """The policy's view of a connection's life; each groups one or more conntrack states."""
+    """The policy's view of a connection's life; each groups one or more conntrack states
+    (PHASE_STATES)."""
 
-    EMBRYONIC = "embryonic"  # SYN_SENT, SYN_SENT2, SYN_RECV
-    ESTABLISHED = "established"  # ESTABLISHED
-    HALF_CLOSED = "half_closed"  # FIN_WAIT, CLOSE_WAIT
-    CLOSING = "closing"  # LAST_ACK
-    TIME_WAIT = "time_wait"  # TIME_WAIT
-    CLOSE = "close"  # CLOSE (after a RST)
+    EMBRYONIC = "embryonic"
+    ESTABLISHED = "established"
+    HALF_CLOSED = "half_closed"
+    CLOSING = "closing"
+    TIME_WAIT = "time_wait"
+    CLOSE = "close"  # after a RST
+
+
+# The one table of which conntrack states (their Timeouts fields) each phase covers: the loader
+# reads a phase name in [timeouts] as all of them, the core derives each state's phase from it,
+# `fwemu check` prints by it. SYN_SENT2 (simultaneous open) shares syn_sent's (see Timeouts).
+PHASE_STATES: Mapping[Phase, tuple[str, ...]] = {
+    Phase.EMBRYONIC: ("syn_sent", "syn_recv"),
+    Phase.ESTABLISHED: ("established",),
+    Phase.HALF_CLOSED: ("fin_wait", "close_wait"),
+    Phase.CLOSING: ("last_ack",),
+    Phase.TIME_WAIT: ("time_wait",),
+    Phase.CLOSE: ("close",),
+}
 
 
 class ExpireAction(StrEnum):

@@ -54,7 +54,6 @@ from common import (
     PING_SIZE,
     READY,
     STARTED,
-    STOP_TIMEOUT,
     TAIL_LINES,
     BenchError,
     Child,
@@ -227,12 +226,12 @@ def role_accept_all(argv: Sequence[str]) -> None:
     signal.signal(signal.SIGTERM, stop)
     try:
         with (
-            nfqueue.bound(queue, accept, fail_open=True) as nfq,
+            nfqueue.bound(queue, accept, fail_open=True) as binding,
             iptables.installed(queue, iptables.Capture()),
         ):
             print(READY, flush=True)
             # recv(2) returns EINTR on a signal; netfilterqueue then runs the handler (§4.1).
-            nfq.run()
+            binding.nfq.run()
     except (SystemExit, KeyboardInterrupt):
         pass
     print(f"accepted {seen} packets", flush=True)
@@ -415,13 +414,12 @@ def measure(
 
 
 def _queued_packets(plan: LabPlan) -> int:
-    """Packets fwemu's NFQUEUE rule sent to the queue so far (iptables counters, IPv4)."""
+    """Packets fwemu's NFQUEUE rules sent to the queue so far (their iptables counters)."""
     from fwemu.adapters import iptables
+    from fwemu.lab import call_in_netns
 
-    listing = run_tool(
-        plan, "fw", ["iptables", "-w", "-nvxL", iptables.chain_name(QUEUE)], STOP_TIMEOUT
-    )
-    return sum(int(line.split()[0]) for line in listing.splitlines() if "NFQUEUE" in line)
+    counted = call_in_netns(plan.fw_client_side.namespace, lambda: iptables.queued_packets(QUEUE))
+    return counted or 0
 
 
 @contextlib.contextmanager

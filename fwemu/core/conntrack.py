@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
 from fwemu.core import packet as pk
-from fwemu.core.decision import IGNORED, IN_STATE, Decision, Verdict, accept
+from fwemu.core.decision import IGNORED, IN_STATE, Decision, Reason, Verdict, accept
 from fwemu.core.events import (
     Event,
     FlowDeleted,
@@ -367,18 +367,17 @@ class FlowTable:
                 # The only reply is a RST: the kernel deletes the entry at once.
                 self._flags[slot] = flags
                 gone = self._remove(slot, now, reason="reset before any reply")
-                return accept("reset before any reply", *((event, gone) if event else (gone,)))
+                return accept(Reason.RESET_BEFORE_REPLY, *((event, gone) if event else (gone,)))
             if cls == _SYN and old == _SYN_SENT:
                 self._flags[slot] = flags | (SEEN_REPLY if d else 0)
-                reason = "SYN retransmit (timer not renewed)"
-                return accept(reason, event) if event else accept(reason)
+                return accept(Reason.SYN_RETRANSMIT, event) if event else _SYN_RETRANSMIT
         elif new == _ESTABLISHED and not flags & ASSURED and old in (_SYN_RECV, new):
             flags |= ASSURED
         if d:
             flags |= SEEN_REPLY
         self._flags[slot] = flags
         self._refresh(slot, _CLOSE if cls == _RST else new, now)
-        return accept("in-state", event) if event else IN_STATE
+        return accept(Reason.IN_STATE, event) if event else IN_STATE
 
     def _special(
         self,
@@ -401,7 +400,7 @@ class FlowTable:
             if flags & (CLOSE_INIT[0] | CLOSE_INIT[1]) or (last_dir == d and last_index == _RST):
                 gone = self._remove(slot, now, reason="reopened")
                 out = self._new_flow(seg, cls, now)
-                return accept("reopened", gone, *out.events)
+                return accept(Reason.REOPENED, gone, *out.events)
             new = _IGNORE
         if new == _IGNORE:
             if (
@@ -444,7 +443,7 @@ class FlowTable:
             and flags & CHALLENGE_ACK_EXPECTED
         ):
             self._flags[slot] = flags & ~CHALLENGE_ACK_EXPECTED | (SEEN_REPLY if d else 0)
-            return accept("challenge ACK ignored")
+            return accept(Reason.CHALLENGE_ACK)
         if new == _SYN_SENT2:
             flags |= SIMULTANEOUS_OPEN
         elif new == _SYN_RECV and d == REPLY and cls == _ACK and flags & SIMULTANEOUS_OPEN:
@@ -590,7 +589,7 @@ class FlowTable:
         self._track(slot, direction, cls, seg, end)
         self._refresh(slot, new, now)
         event = FlowNew(now, self._flow_id(slot), new.name, self._profiles[profile].name)
-        return accept("new flow", event)
+        return accept(Reason.NEW_FLOW, event)
 
     def _invalid(self, slot: int, seg: pk.Segment, now: float, reason: str) -> Decision:
         """A packet the state table rejects on a live flow. It never resets the flow's
@@ -616,7 +615,7 @@ class FlowTable:
             rule=self._profiles[self._profile[slot]].name,
         )
         verdict = Verdict.ACCEPT if action == OutOfStateAction.ACCEPT else Verdict.DROP
-        return Decision(verdict, f"out-of-state: {reason}", (), (event,))
+        return Decision(verdict, Reason.OUT_OF_STATE, (), (event,), reason)
 
     def _out_of_state(
         self, seg: pk.Segment, now: float, reason: str, tomb: _Tombstone | None
@@ -655,23 +654,21 @@ class FlowTable:
         inject: tuple[bytes, ...] = ()
         if action == OutOfStateAction.RESET and not seg.flags & pk.TCP_RST:
             rst = pk.build_reply_rst(seg)
-            inject = (rst,)
-            to_seg = pk.parse(rst)
-            assert isinstance(to_seg, pk.Segment)
+            inject = (rst.packet,)
             events.append(
                 ResetSent(
                     now,
                     flow,
                     to=side or "sender",
-                    seq=to_seg.seq,
-                    ack=to_seg.ack if to_seg.flags & pk.TCP_ACK else None,
+                    seq=rst.seq,
+                    ack=rst.ack,
                     state=tomb.state if tomb else "NONE",
                     cause="out_of_state",
                     rule=self._profiles[profile].name,
                 )
             )
         verdict = Verdict.ACCEPT if action == OutOfStateAction.ACCEPT else Verdict.DROP
-        return Decision(verdict, f"out-of-state: {reason}", inject, tuple(events))
+        return Decision(verdict, Reason.OUT_OF_STATE, inject, tuple(events), reason)
 
     def _tombstone(self, key: bytes, now: float) -> _Tombstone | None:
         buried = self._tombstones.get(key)
@@ -950,11 +947,12 @@ def _source(seg: pk.Segment) -> bytes:
     return key[:size] if seg.forward else key[size : size + size]
 
 
+_SYN_RETRANSMIT: Final = accept(Reason.SYN_RETRANSMIT)
 # The whole answer to an out-of-state packet past the policy's answer rate: the verdict alone.
 _PAST_RATE: Final = {
-    OutOfStateAction.ACCEPT: accept("out-of-state, past the answer rate"),
-    OutOfStateAction.DROP: Decision(Verdict.DROP, "out-of-state, past the answer rate"),
-    OutOfStateAction.RESET: Decision(Verdict.DROP, "out-of-state, past the answer rate"),
+    OutOfStateAction.ACCEPT: accept(Reason.PAST_ANSWER_RATE),
+    OutOfStateAction.DROP: Decision(Verdict.DROP, Reason.PAST_ANSWER_RATE),
+    OutOfStateAction.RESET: Decision(Verdict.DROP, Reason.PAST_ANSWER_RATE),
 }
 
 

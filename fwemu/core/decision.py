@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from typing import NamedTuple
 
 from fwemu.core.events import Event
@@ -15,14 +15,32 @@ class Verdict(IntEnum):
     ACCEPT = 1
 
 
+class Reason(StrEnum):
+    """Why a packet got its verdict: a closed set, for callers to test (`is Reason.UNPARSEABLE`);
+    a Decision's `detail` says more, for people."""
+
+    IN_STATE = "in-state"
+    NEW_FLOW = "new flow"
+    IGNORED = "ignored (state unchanged)"  # the kernel's IGNORE: passes, changes nothing
+    CHALLENGE_ACK = "challenge ACK ignored"
+    SYN_RETRANSMIT = "SYN retransmit (timer not renewed)"
+    REOPENED = "reopened"
+    RESET_BEFORE_REPLY = "reset before any reply"
+    OUT_OF_STATE = "out-of-state"
+    PAST_ANSWER_RATE = "out-of-state, past the answer rate"
+    NOT_TCP = "not TCP"
+    UNPARSEABLE = "unparseable"
+
+
 class Decision(NamedTuple):
     """A verdict, why, and its effects. A NamedTuple: one is built per connection packet, and a
     tuple is built in C at a fifth of a frozen dataclass's cost."""
 
     verdict: Verdict
-    reason: str
+    reason: Reason
     inject: tuple[bytes, ...] = ()  # complete IP packets (RSTs) to send now
     events: tuple[Event, ...] = ()
+    detail: str = ""  # e.g. "no flow (expired)", "truncated TCP header (12 bytes)"
 
     @property
     def accepted(self) -> bool:
@@ -36,10 +54,10 @@ class Effects(NamedTuple):
     events: tuple[Event, ...] = ()
 
 
-def accept(reason: str, *events: Event) -> Decision:
+def accept(reason: Reason, *events: Event) -> Decision:
     return Decision(Verdict.ACCEPT, reason, (), events)
 
 
-IN_STATE = accept("in-state")
-IGNORED = accept("ignored (state unchanged)")
+IN_STATE = accept(Reason.IN_STATE)
+IGNORED = accept(Reason.IGNORED)
 NO_EFFECTS = Effects()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fwemu.core import packet as pk
 from fwemu.core.conntrack import FlowInfo, FlowTable
-from fwemu.core.decision import NO_EFFECTS, Decision, Effects, Verdict, accept
+from fwemu.core.decision import NO_EFFECTS, Decision, Effects, Reason, Verdict
 from fwemu.policy.model import ExpireAction, Policy
 
 __all__ = ["Decision", "Effects", "Engine", "Verdict"]
@@ -25,8 +25,7 @@ class Engine:
         seg = pk.parse(data)
         if type(seg) is pk.Segment:
             return self.table.packet(seg, now)
-        # Fragments, non-TCP, garbage: not ours to judge; conntrack would not track them either.
-        return accept(f"unparseable: {seg.reason}")  # type: ignore[union-attr]
+        return _not_ours(seg)  # type: ignore[arg-type]
 
     def adopt(self, data: bytes, *, now: float, sender_is_client: bool) -> Decision:
         """Like handle_packet, but a mid-stream ACK of no flow starts an ESTABLISHED flow
@@ -35,7 +34,7 @@ class Engine:
         seg = pk.parse(data)
         if type(seg) is pk.Segment:
             return self.table.adopt(seg, now, sender_is_client=sender_is_client)
-        return accept(f"unparseable: {seg.reason}")  # type: ignore[union-attr]
+        return _not_ours(seg)  # type: ignore[arg-type]
 
     def next_deadline(self) -> float | None:
         return self.table.next_deadline()
@@ -71,3 +70,10 @@ class Engine:
 
     def __len__(self) -> int:
         return len(self.table)
+
+
+def _not_ours(seg: pk.Unparseable) -> Decision:
+    """Fragments, other protocols, garbage: not ours to judge (conntrack would not track them
+    as TCP either), so they pass."""
+    reason = Reason.NOT_TCP if type(seg) is pk.NotTcp else Reason.UNPARSEABLE
+    return Decision(Verdict.ACCEPT, reason, detail=seg.reason)

@@ -11,6 +11,7 @@ import ipaddress
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # TCP flag bits (RFC 9293 §3.1; ECE and CWR from RFC 3168 §6.1).
 TCP_FIN = 0x01
@@ -158,6 +159,14 @@ class Unparseable:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class NotTcp(Unparseable):
+    """A well-formed IP packet of another protocol (IP protocol or IPv6 next-header number):
+    for a parser of that protocol to take, where there is one."""
+
+    protocol: int
+
+
 def parse(data: bytes) -> Segment | Unparseable:
     """Parse an IP packet as queued, possibly truncated after its headers; never raises."""
     size = len(data)
@@ -216,7 +225,7 @@ def _locate_tcp(
         if tcp_at > size:
             return Unparseable(f"truncated IPv4 header ({size} of {tcp_at} bytes)")
         if protocol != _PROTO_TCP:
-            return Unparseable(f"not TCP (protocol {protocol})")
+            return NotTcp(f"not TCP (protocol {protocol})", protocol)
         if fragment & _IP4_OFFSET_MASK:
             return Unparseable("IPv4 fragment")
         if ip_len < tcp_at + _TCP_MIN_LEN:
@@ -250,7 +259,7 @@ def _skip_ip6_extensions(data: bytes, next_header: int) -> int | Unparseable:
     seen = 0
     while next_header != _PROTO_TCP:
         if next_header not in _IP6_EXTENSIONS:
-            return Unparseable(f"not TCP (next header {next_header})")
+            return NotTcp(f"not TCP (next header {next_header})", next_header)
         if seen == _IP6_MAX_EXT:
             return Unparseable(f"more than {_IP6_MAX_EXT} IPv6 extension headers")
         if at + _IP6_EXT_MIN_LEN > len(data):
@@ -360,16 +369,23 @@ def build_rst(
     return build_segment(src, sport, dst, dport, flags=flags, seq=seq, ack=ack or 0, window=0)
 
 
-def build_reply_rst(seg: Segment) -> bytes:
+class ReplyRst(NamedTuple):
+    """A RST built in answer to a segment, with the numbers it carries (for its event)."""
+
+    packet: bytes
+    seq: int
+    ack: int | None  # None: no ACK flag
+
+
+def build_reply_rst(seg: Segment) -> ReplyRst:
     """The RST a TCP stack sends in answer to `seg` (RFC 9293 §3.10.7.1, Linux tcp_v4_send_reset).
 
     With ACK set the RST takes its seq from the ACK; otherwise it is RST|ACK acknowledging all of
     `seg` (which is what a SYN_SENT client needs, reference §2.2). Stacks never answer an RST
     (RFC 9293 §3.10.7.1): that check is the caller's.
     """
-    if seg.flags & TCP_ACK:
-        return build_rst(seg.dst, seg.dport, seg.src, seg.sport, seq=seg.ack, ack=None)
-    return build_rst(seg.dst, seg.dport, seg.src, seg.sport, seq=0, ack=seg.end)
+    seq, ack = (seg.ack, None) if seg.flags & TCP_ACK else (0, seg.end)
+    return ReplyRst(build_rst(seg.dst, seg.dport, seg.src, seg.sport, seq=seq, ack=ack), seq, ack)
 
 
 def describe(seg: Segment) -> str:

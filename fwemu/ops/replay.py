@@ -23,7 +23,7 @@ import dpkt
 
 from fwemu.core import packet as pk
 from fwemu.core.conntrack import FlowInfo
-from fwemu.core.decision import IN_STATE, Decision, Verdict
+from fwemu.core.decision import IN_STATE, Decision, Reason, Verdict
 from fwemu.core.engine import Engine
 from fwemu.core.events import (
     Event,
@@ -796,7 +796,7 @@ def replay(
             continue
         events = decision.events
         if not events:
-            if decision.reason.startswith("unparseable"):
+            if decision.reason in (Reason.NOT_TCP, Reason.UNPARSEABLE):
                 not_tcp += 1
             continue
         head = events[0]

@@ -38,7 +38,7 @@ def accept(packet: Packet) -> None:
 def test_bound_queue_is_configured_listed_and_released(netns: str) -> None:
     with ExitStack() as stack:
         # bound() returns only once the kernel ACKed the flags message without error.
-        nfq = call_in_netns(
+        binding = call_in_netns(
             netns, lambda: stack.enter_context(nfqueue.bound(4, accept, fail_open=True))
         )
         columns = bound_queues(netns).split()
@@ -49,7 +49,7 @@ def test_bound_queue_is_configured_listed_and_released(netns: str) -> None:
         assert call_in_netns(netns, nfqueue.bound_queues) == {4: int(columns[1])}
 
         # The kernel's refusal is reported: queue 9 is not bound, so it cannot be configured.
-        with nfqueue.queue_socket(nfq) as sock, pytest.raises(QueueError) as refused:
+        with nfqueue.queue_socket(binding.nfq) as sock, pytest.raises(QueueError) as refused:
             nfqueue.set_flags(sock, 9, fail_open=True)
         assert str(refused.value) == "the kernel refused NFQUEUE 9's flags: No such device"
     assert bound_queues(netns) == ""

@@ -414,7 +414,7 @@ def test_built_segment_payload_must_fit() -> None:
 
 
 def test_reply_to_a_syn_acknowledges_it() -> None:
-    reply = IP(build_reply_rst(segment(v4("S", seq=0xFFFFFFFF, ack=0))))
+    reply = IP(build_reply_rst(segment(v4("S", seq=0xFFFFFFFF, ack=0))).packet)
     assert (reply.src, reply[TCP].sport, reply.dst, reply[TCP].dport) == (
         SERVER4,
         443,
@@ -425,15 +425,15 @@ def test_reply_to_a_syn_acknowledges_it() -> None:
 
 
 def test_reply_to_a_segment_with_ack_takes_its_seq_from_the_ack() -> None:
-    reply = IPv6(build_reply_rst(segment(v6(flags="PA", payload=b"data"))))
+    reply = IPv6(build_reply_rst(segment(v6(flags="PA", payload=b"data"))).packet)
     assert (str(reply[TCP].flags), reply[TCP].seq, reply[TCP].ack) == ("R", 2000, 0)
     assert (reply.src, reply.dst) == (SERVER6, CLIENT6)
 
 
 def test_reply_to_a_fin() -> None:
-    with_ack = IP(build_reply_rst(segment(v4("FA"))))
+    with_ack = IP(build_reply_rst(segment(v4("FA"))).packet)
     assert (str(with_ack[TCP].flags), with_ack[TCP].seq) == ("R", 2000)
-    bare = IP(build_reply_rst(segment(v4("F", payload=b"12345"))))
+    bare = IP(build_reply_rst(segment(v4("F", payload=b"12345"))).packet)
     assert (str(bare[TCP].flags), bare[TCP].seq, bare[TCP].ack) == ("RA", 0, 1006)
 
 
@@ -467,8 +467,10 @@ def check_total(data: bytes) -> None:
     parsed = parse(data)
     if isinstance(parsed, Segment):
         describe(parsed)
-        reply = segment(build_reply_rst(parsed))
+        built = build_reply_rst(parsed)
+        reply = segment(built.packet)
         assert (reply.key, reply.forward) == (parsed.key, not parsed.forward)
+        assert (reply.seq, reply.ack if reply.flags & TCP_ACK else None) == (built.seq, built.ack)
     else:
         assert isinstance(parsed, Unparseable)
         assert parsed.reason

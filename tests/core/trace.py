@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fwemu.core import packet as pk
-from fwemu.core.decision import Decision, Effects
+from fwemu.core.decision import Decision, Effects, Reason
 from fwemu.core.engine import Engine
 from fwemu.policy.model import (
     ExpireAction,
@@ -158,7 +158,7 @@ class Trace:
         f = flags_of(flags)
         seg = pk.parse(data)
         assert isinstance(seg, pk.Segment)
-        invalid = decision.reason.startswith("out-of-state")
+        invalid = decision.reason in (Reason.OUT_OF_STATE, Reason.PAST_ANSWER_RATE)
         if seq is None and (self.count_invalid or not invalid):
             if f & pk.TCP_SYN and src.isn is None:
                 src.isn = seg.seq

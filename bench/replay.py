@@ -22,7 +22,8 @@ from pathlib import Path
 import dpkt
 
 from fwemu.core.engine import Engine
-from fwemu.ops.replay import open_capture, replay
+from fwemu.ops.capture import open_capture
+from fwemu.ops.replay import replay
 from fwemu.policy import load_preset
 
 _ETHER = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00"

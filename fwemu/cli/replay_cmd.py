@@ -17,7 +17,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.text import Text
 
 from fwemu.core.events import FlowId
-from fwemu.ops.replay import Capture, FlowReport, ReplayReport, Summary, open_capture, replay
+from fwemu.ops.capture import Capture, open_capture
+from fwemu.ops.replay import FlowReport, ReplayReport, Summary, replay
 from fwemu.policy import load_policy, load_preset
 
 ORDER = 60  # place in `fwemu --help`

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from fwemu.cli import main
-from fwemu.ops.replay import CaptureError, ReplayReport, open_capture, replay
+from fwemu.ops.capture import CaptureError, open_capture
+from fwemu.ops.replay import ReplayReport, replay
 from tests.replay.captures import LINKS, T0, Conversation, merged, write
 from tests.replay.policies import LATE_RESET, RESET_BOTH, SILENT, policy
 

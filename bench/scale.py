@@ -633,7 +633,8 @@ def _reset_figures(
     }
 
 
-def bench(settings: Settings, progress: Callable[[str], None]) -> dict[str, float]:
+# The benchmark's script, step by step in the order it runs: read top to bottom.
+def bench(settings: Settings, progress: Callable[[str], None]) -> dict[str, float]:  # noqa: PLR0915
     """Both rounds in a lab removed on every way out; the figures."""
     from fwemu.lab import lab, require_root
 

@@ -256,6 +256,23 @@ def _headline(flow: FlowReport) -> str:
     return "packets rejected" if flow.affected else "not affected"
 
 
+def _print_late(console: Console, flow: FlowReport, at: Callable[[float], str]) -> None:
+    """The flow's packets after it expired, the first _LATE_SHOWN of them."""
+    console.print(f"  {_count(len(flow.late), 'later packet')} in the capture:")
+    for p in flow.late[:_LATE_SHOWN]:
+        rst = ""
+        if p.reset is not None:
+            ack = "" if p.reset.ack is None else f" ack {p.reset.ack}"
+            rst = f" seq {p.reset.seq}{ack}"
+        side = p.side or "?"
+        console.print(
+            f"    {at(p.ts)}  from {side:<6} {p.packet}: {p.outcome}{rst} ({p.reason})",
+            soft_wrap=True,
+        )
+    if len(flow.late) > _LATE_SHOWN:
+        console.print(f"    ... and {len(flow.late) - _LATE_SHOWN} more (see --json)")
+
+
 def _print_flow(console: Console, flow: FlowReport, s: Summary, *, timeline: bool) -> None:
     start = s.first_ts or 0.0
 
@@ -294,19 +311,7 @@ def _print_flow(console: Console, flow: FlowReport, s: Summary, *, timeline: boo
             soft_wrap=True,
         )
     if flow.late:
-        console.print(f"  {_count(len(flow.late), 'later packet')} in the capture:")
-        for p in flow.late[:_LATE_SHOWN]:
-            rst = ""
-            if p.reset is not None:
-                ack = "" if p.reset.ack is None else f" ack {p.reset.ack}"
-                rst = f" seq {p.reset.seq}{ack}"
-            side = p.side or "?"
-            console.print(
-                f"    {at(p.ts)}  from {side:<6} {p.packet}: {p.outcome}{rst} ({p.reason})",
-                soft_wrap=True,
-            )
-        if len(flow.late) > _LATE_SHOWN:
-            console.print(f"    ... and {len(flow.late) - _LATE_SHOWN} more (see --json)")
+        _print_late(console, flow, at)
     if timeline:
         console.print("  timeline:")
         if flow.already_open:

@@ -379,7 +379,9 @@ class FlowTable:
         self._refresh(slot, _CLOSE if cls == _RST else new, now)
         return accept(Reason.IN_STATE, event) if event else IN_STATE
 
-    def _special(
+    # One branch per special case of nf_conntrack_tcp_packet(), in the kernel's order, on the
+    # per-packet path: split up, it would cost a call per packet and read less like the source.
+    def _special(  # noqa: PLR0911, PLR0912
         self,
         slot: int,
         d: int,

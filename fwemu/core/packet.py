@@ -207,7 +207,9 @@ def parse(data: bytes) -> Segment | Unparseable:
     )
 
 
-def _locate_tcp(
+# One early return per way an IP header can be unusable: the slow path of `parse`, in header
+# order, as the RFCs list the checks.
+def _locate_tcp(  # noqa: PLR0911, PLR0912
     data: bytes,
 ) -> tuple[int, int, int, bytes, bytes, Callable[[bytes, bytes, int, int], bytes]] | Unparseable:
     """(IP version, TCP offset, TCP length per the IP header, src, dst, key packer), or why not."""

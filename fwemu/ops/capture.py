@@ -229,7 +229,8 @@ class Capture:
 
     # --- pcapng ---------------------------------------------------------------------------
 
-    def _pcapng(self) -> Iterator[tuple[float, bytes | None]]:
+    # The pcapng block loop, by block type, inline: it runs once per captured packet.
+    def _pcapng(self) -> Iterator[tuple[float, bytes | None]]:  # noqa: PLR0912
         read = self._file.read
         interfaces: list[_Interface] = []
         order = "<"

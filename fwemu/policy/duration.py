@@ -44,23 +44,20 @@ class DurationError(FwemuError):
         self.hint = hint
 
 
+# bool before int: a bool is an int in Python.
+_TYPE_NAMES = (
+    (bool, "a boolean"),
+    (int, "an integer"),
+    (float, "a float"),
+    (str, "a string"),
+    (list, "a list"),
+    (dict, "a table"),
+)
+
+
 def type_name(value: object) -> str:
     """How a TOML value's type reads in a message ("a list", "a boolean", ...)."""
-    match value:
-        case bool():
-            return "a boolean"
-        case int():
-            return "an integer"
-        case float():
-            return "a float"
-        case str():
-            return "a string"
-        case list():
-            return "a list"
-        case dict():
-            return "a table"
-        case _:
-            return "a date/time"
+    return next((name for kind, name in _TYPE_NAMES if isinstance(value, kind)), "a date/time")
 
 
 def brief(value: object) -> str:

@@ -229,7 +229,7 @@ class _Play:
                 return False
         return True
 
-    def _do(self, step: Step) -> tuple[str, str]:
+    def _do(self, step: Step) -> tuple[str, str]:  # noqa: PLR0911 - one return per step kind
         """Carry out `step`: (the Peer-style word for what happened, an optional detail)."""
         end = self.endpoints[step.side]
         real = self.scenario.real

@@ -92,7 +92,7 @@ def merged(*parts: Iterable[Entry]) -> list[Entry]:
     ]
 
 
-def describe(record: Mapping[str, Any]) -> str:
+def describe(record: Mapping[str, Any]) -> str:  # noqa: PLR0911 - one return per event kind
     """One readable line for a JSON event of `fwemu run --events`."""
     kind = record["event"]
     flow = record["flow"]

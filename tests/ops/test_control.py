@@ -203,20 +203,14 @@ def test_a_bug_anywhere_serving_a_client_closes_its_connection_only(
     ]
 
 
-def test_a_request_without_its_newline_is_answered_when_the_client_hangs_up(loop: Loop) -> None:
+@pytest.mark.parametrize("newline", [b"\n", b""], ids=["with its newline", "without"])
+def test_a_client_that_shuts_down_its_side_after_asking_gets_the_reply(
+    loop: Loop, newline: bytes
+) -> None:
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(5)
         sock.connect(str(loop.server.path))
-        sock.sendall(b'{"cmd": "flows"}')
-        sock.shutdown(socket.SHUT_WR)
-        assert sock.makefile("rb").readlines()[-1] == b'{"ok":true,"count":3}\n'
-
-
-def test_a_client_that_shuts_down_its_side_still_gets_the_reply(loop: Loop) -> None:
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(5)
-        sock.connect(str(loop.server.path))
-        sock.sendall(b'{"cmd": "flows"}\n')
+        sock.sendall(b'{"cmd": "flows"}' + newline)
         sock.shutdown(socket.SHUT_WR)
         assert sock.makefile("rb").readlines()[-1] == b'{"ok":true,"count":3}\n'
 

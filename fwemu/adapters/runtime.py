@@ -81,7 +81,6 @@ class Setup:
 
     source: PolicySource
     policy: Policy
-    capture: iptables.Capture
     clock: Clock
     run: dict[str, Any]  # who belongs to this run, for `status` (see _run_identity)
     kernel: Kernel
@@ -147,7 +146,7 @@ def run(config: RunConfig, kernel: Kernel = HOST) -> int:
     for seat in seats:
         kernel.ensure_free(seat.queue)
     clock = Clock.start()
-    setup = Setup(source, policy, config.capture, clock, _run_identity(seats, clock), kernel)
+    setup = Setup(source, policy, clock, _run_identity(seats, clock), kernel)
     if config.workers == 1:
         return _serve(config, setup, seats[0])
     return _supervise(config, setup, seats)
@@ -254,7 +253,7 @@ def _serve(config: RunConfig, setup: Setup, seat: Seat, link: Link | None = None
             rules = (
                 ()
                 if config.no_rules
-                else stack.enter_context(kernel.rules(seat.queue, setup.capture, 1))
+                else stack.enter_context(kernel.rules(seat.queue, config.capture, 1))
             )
             reporter.line(_start_line(config, setup, rules))
             reporter.line(f"control socket {seat.control}{served}")
@@ -304,7 +303,7 @@ def _supervise(config: RunConfig, setup: Setup, seats: tuple[Seat, ...]) -> int:
                 ()
                 if config.no_rules
                 else stack.enter_context(
-                    setup.kernel.rules(config.queue, setup.capture, config.workers)
+                    setup.kernel.rules(config.queue, config.capture, config.workers)
                 )
             )
             pids = ", ".join(str(w.pid) for w in supervisor.workers)
@@ -378,7 +377,7 @@ def _start_line(
         binaries = " and ".join("iptables" if f == 4 else "ip6tables" for f in rules)
         installed = (
             f"rules in {binaries} chain {iptables.chain_name(config.queue)} "
-            f"({setup.capture.describe()})"
+            f"({config.capture.describe()})"
         )
     else:
         installed = "no rules installed: the capture selectors match neither IPv4 nor IPv6"

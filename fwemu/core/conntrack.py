@@ -945,7 +945,7 @@ def _address(packed: bytes) -> IPAddress:
 def _source(seg: pk.Segment) -> bytes:
     """The sender's packed address (the key holds both endpoints, in a fixed order)."""
     key = seg.key
-    size = 4 if len(key) == 12 else 16
+    size = 4 if len(key) == pk.KEY4_LEN else 16
     return key[:size] if seg.forward else key[size : size + size]
 
 
@@ -960,7 +960,7 @@ _PAST_RATE: Final = {
 
 def _key_flow_id(key: bytes, client_forward: bool) -> FlowId:
     # pk.endpoints(), inlined: every event needs one.
-    size = 4 if len(key) == 12 else 16
+    size = 4 if len(key) == pk.KEY4_LEN else 16
     ports = size + size
     a, b = _ntop(key[:size]), _ntop(key[size:ports])
     port_a = key[ports] << 8 | key[ports + 1]

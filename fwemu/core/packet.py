@@ -45,8 +45,11 @@ _IP6_MAX_EXT = 8  # bounds the walk; real traffic carries at most 2 or 3
 _PROTO_TCP = 6
 
 # Flow keys: address a, address b, port a, port b, with a the smaller endpoint.
-_KEY4 = struct.Struct("!4s4sHH").pack
-_KEY6 = struct.Struct("!16s16sHH").pack
+# A flow key: both endpoints' addresses, their ports, and the IP protocol, so that flows of
+# two protocols between the same endpoints never share one.
+_KEY4 = struct.Struct("!4s4sHHB").pack
+_KEY6 = struct.Struct("!16s16sHHB").pack
+KEY4_LEN, KEY6_LEN = 13, 37
 
 # TCP fixed header (RFC 9293 §3.1): ports, seq, ack, data offset, flags, window.
 _TCP = struct.Struct("!HHIIBBH").unpack_from
@@ -130,12 +133,12 @@ class Segment:
 
     @property
     def src(self) -> bytes:
-        size = (len(self.key) - 4) >> 1
+        size = (len(self.key) - 5) >> 1
         return self.key[:size] if self.forward else self.key[size : 2 * size]
 
     @property
     def dst(self) -> bytes:
-        size = (len(self.key) - 4) >> 1
+        size = (len(self.key) - 5) >> 1
         return self.key[size : 2 * size] if self.forward else self.key[:size]
 
     @property
@@ -201,7 +204,11 @@ def parse(data: bytes) -> Segment | Unparseable:
         else -1
     )
     forward = src < dst or (src == dst and sport <= dport)
-    key = pack_key(src, dst, sport, dport) if forward else pack_key(dst, src, dport, sport)
+    key = (
+        pack_key(src, dst, sport, dport, _PROTO_TCP)
+        if forward
+        else pack_key(dst, src, dport, sport, _PROTO_TCP)
+    )
     return Segment(
         version, key, forward, sport, dport, seq, ack, flags, window, wscale, payload_len
     )
@@ -305,16 +312,23 @@ def _window_scale(data: bytes, at: int, end: int) -> int:
 
 def endpoints(key: bytes) -> tuple[bytes, int, bytes, int]:
     """(addr_a, port_a, addr_b, port_b) of a flow key built by `parse`."""
-    if len(key) not in (12, 36):
-        raise ValueError(f"a flow key is 12 (IPv4) or 36 (IPv6) bytes, not {len(key)}")
-    size = (len(key) - 4) >> 1
+    if len(key) not in (KEY4_LEN, KEY6_LEN):
+        raise ValueError(
+            f"a flow key is {KEY4_LEN} (IPv4) or {KEY6_LEN} (IPv6) bytes, not {len(key)}"
+        )
+    size = (len(key) - 5) >> 1
     ports = 2 * size
     return (
         key[:size],
         int.from_bytes(key[ports : ports + 2]),
         key[size:ports],
-        int.from_bytes(key[ports + 2 :]),
+        int.from_bytes(key[ports + 2 : ports + 4]),
     )
+
+
+def protocol_of(key: bytes) -> int:
+    """The IP protocol number of a flow key's flow (6: TCP)."""
+    return key[-1]
 
 
 def build_segment(

@@ -29,6 +29,7 @@ from fwemu.core.packet import (
     describe,
     endpoints,
     parse,
+    protocol_of,
 )
 
 # scapy logs warnings about its environment at import; they are not ours to fail on.
@@ -204,7 +205,8 @@ def test_both_directions_share_a_key(a: str, b: str) -> None:
     back = segment(ip(src=b, dst=a) / TCP(sport=443, dport=40000))
     assert there.key == back.key
     assert there.forward is not back.forward
-    assert len(there.key) == (12 if ip is IP else 36)
+    assert len(there.key) == (13 if ip is IP else 37)
+    assert protocol_of(there.key) == 6  # TCP: a UDP flow of the same endpoints is another flow
 
 
 def test_forward_means_from_the_smaller_endpoint() -> None:
@@ -222,7 +224,7 @@ def test_same_address_orders_by_port() -> None:
 def test_ipv4_and_ipv6_keys_never_collide() -> None:
     mapped = IPv6(src=f"::ffff:{CLIENT4}", dst=f"::ffff:{SERVER4}") / TCP(**TCP_DEFAULTS)
     keys = segment(mapped).key, segment(v4()).key
-    assert (len(keys[0]), len(keys[1])) == (36, 12)
+    assert (len(keys[0]), len(keys[1])) == (37, 13)
 
 
 def test_endpoints_round_trip() -> None:

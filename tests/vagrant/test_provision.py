@@ -170,7 +170,10 @@ def test_the_service_command_line_runs_fwemu_and_sigterm_stops_it_cleanly(
         mkdir -p /run/fwemu /var/log/fwemu
         args=$(sed -n 's/^FWEMU_ARGS=//p' /etc/fwemu/fwemu.env)
         {command} & pid=$!
-        for _ in $(seq 100); do iptables -S FWEMU-Q0 >/dev/null 2>&1 && break; sleep 0.1; done
+        # Ready once the jump is in FORWARD: fwemu adds it after its chain, last.
+        for _ in $(seq 600); do
+            iptables -S FORWARD | grep -q -- '-j FWEMU-Q0' && break; sleep 0.1
+        done
         iptables -S FORWARD
         kill -TERM $pid && wait $pid && iptables -S FORWARD
     """

@@ -329,7 +329,8 @@ def test_reload_retimes_flows_and_rejects_an_invalid_policy(
         rejected = fwemu("reload", "--control", str(control))
         assert rejected.code == 2
         assert "reload rejected, policy short" in rejected.err and "established" in rejected.err
-        assert any("reload rejected" in line for line in fw.stderr_lines())
+        # Logged too: the harness reads fwemu's stderr as it comes, so wait for the line.
+        fw.fwemu.wait_for("reload rejected", timeout=5)
         expired = fw.wait_for_event("expire", dport=8201, timeout=10)
         assert (expired["rule"], expired["timeout"]) == ("default", 8.0)
 

@@ -58,6 +58,15 @@ _OPT_END = 0
 _OPT_NOP = 1
 _OPT_WSCALE = 3  # RFC 7323 §2.2: kind 3, length 3, shift count
 _MAX_WSCALE = 14  # RFC 7323 §2.3: a larger shift MUST be treated as 14 (Linux TCP_MAX_WSCALE)
+_OPT_MSS = 2  # RFC 9293 §3.2: kind 2, length 4
+_OPT_SACK_PERM = 4  # RFC 2018 §2: kind 4, length 2
+_OPT_SACK = 5  # RFC 2018 §3: kind 5, length 2 + 8 per block (left edge, right edge)
+_OPT_TIMESTAMPS = 8  # RFC 7323 §3.2: kind 8, length 10
+# The right edges of 1-4 SACK blocks (every second 32-bit word of the blocks).
+_SACK_EDGES = {n: struct.Struct("!" + "4xI" * n).unpack_from for n in range(1, 5)}
+# Linux TCPOLEN_TSTAMP_ALIGNED: NOP, NOP, timestamps; the header they make (data offset 8).
+_TS_ALIGNED = bytes((_OPT_NOP, _OPT_NOP, _OPT_TIMESTAMPS, 10))
+_TCP_TS_ONLY_LEN = _TCP_MIN_LEN + 12
 
 # Segments we build: IPv4 IHL 5, DF, TTL 64; IPv6 hop limit 64; TCP data offset 5, no options.
 _IP4_HEADER = struct.Struct("!BBHHHBBH4s4s")
@@ -65,7 +74,7 @@ _IP6_HEADER = struct.Struct("!IHBB16s16s")
 _TCP_HEADER = struct.Struct("!HHIIBBHHH")
 _IP4_DF = 0x4000
 _TTL = 64  # Linux net.ipv4.ip_default_ttl and IPv6 hop_limit default
-_TCP_DOFF_5 = 5 << 4
+_MAX_OPTIONS_LEN = 40  # data offset 15 words at most
 
 # tcpdump's flag letters, in the order describe() prints them.
 _FLAG_LETTERS = (
@@ -85,7 +94,10 @@ class Segment:
 
     `key` is the same for both directions of a connection (`endpoints` takes it apart); `forward`
     says whether this packet goes from the key's first endpoint to its second. `payload_len`
-    comes from the IP length fields, `wscale` is -1 unless this is a SYN carrying the option.
+    comes from the IP length fields. What conntrack reads from the options (Linux
+    `tcp_options()`, `tcp_sack()`): `wscale` is -1 unless this is a SYN carrying the option,
+    `sack_perm` whether a SYN permits SACK, `has_options` whether there are any option bytes, and
+    `sack` the highest right edge of the first SACK option's blocks if after `ack`, else `ack`.
 
     A plain slotted class rather than a frozen dataclass: frozen `__init__` goes through
     `object.__setattr__` and this is built for every forwarded packet.
@@ -96,8 +108,11 @@ class Segment:
         "dport",
         "flags",
         "forward",
+        "has_options",
         "key",
         "payload_len",
+        "sack",
+        "sack_perm",
         "seq",
         "sport",
         "version",
@@ -117,6 +132,9 @@ class Segment:
         flags: int,
         window: int,
         wscale: int,
+        sack_perm: bool,
+        has_options: bool,
+        sack: int,
         payload_len: int,
     ) -> None:
         self.version = version
@@ -129,6 +147,9 @@ class Segment:
         self.flags = flags
         self.window = window
         self.wscale = wscale
+        self.sack_perm = sack_perm
+        self.has_options = has_options
+        self.sack = sack
         self.payload_len = payload_len
 
     @property
@@ -170,7 +191,8 @@ class NotTcp(Unparseable):
     protocol: int
 
 
-def parse(data: bytes) -> Segment | Unparseable:
+# One function on the per-packet path: the options branches inline, as the headers are.
+def parse(data: bytes) -> Segment | Unparseable:  # noqa: PLR0912
     """Parse an IP packet as queued, possibly truncated after its headers; never raises."""
     size = len(data)
     if size >= 40 and data[0] == 0x45:
@@ -198,11 +220,19 @@ def parse(data: bytes) -> Segment | Unparseable:
     payload_len = tcp_len - header_len
     if payload_len < 0:
         return Unparseable(f"TCP header ({header_len} bytes) exceeds IP length ({tcp_len} bytes)")
-    wscale = (
-        _window_scale(data, tcp_at + _TCP_MIN_LEN, min(tcp_at + header_len, size))
-        if flags & TCP_SYN
-        else -1
-    )
+    if header_len == _TCP_MIN_LEN:
+        wscale, sack_perm, has_options, sack = -1, False, False, ack
+    else:
+        options_at, options_end = tcp_at + _TCP_MIN_LEN, min(tcp_at + header_len, size)
+        if flags & TCP_SYN:
+            wscale, sack_perm = _syn_options(data, options_at, options_end)
+        else:
+            wscale, sack_perm = -1, False
+        has_options = True
+        if header_len == _TCP_TS_ONLY_LEN and data[options_at : options_at + 4] == _TS_ALIGNED:
+            sack = ack  # timestamps alone, on most packets: tcp_sack()'s own fast path
+        else:
+            sack = _highest_sack(data, options_at, options_end, ack)
     forward = src < dst or (src == dst and sport <= dport)
     key = (
         pack_key(src, dst, sport, dport, _PROTO_TCP)
@@ -210,7 +240,20 @@ def parse(data: bytes) -> Segment | Unparseable:
         else pack_key(dst, src, dport, sport, _PROTO_TCP)
     )
     return Segment(
-        version, key, forward, sport, dport, seq, ack, flags, window, wscale, payload_len
+        version,
+        key,
+        forward,
+        sport,
+        dport,
+        seq,
+        ack,
+        flags,
+        window,
+        wscale,
+        sack_perm,
+        has_options,
+        sack,
+        payload_len,
     )
 
 
@@ -287,11 +330,12 @@ def _skip_ip6_extensions(data: bytes, next_header: int) -> int | Unparseable:
     return at
 
 
-def _window_scale(data: bytes, at: int, end: int) -> int:
-    """The window-scale shift in the options in data[at:end], or -1.
+def _syn_options(data: bytes, at: int, end: int) -> tuple[int, bool]:
+    """(window-scale shift or -1, SACK permitted) from a SYN's options in data[at:end].
 
-    A malformed list ends the walk, as in Linux `tcp_parse_options`: the segment stays valid.
+    A malformed list ends the walk, as in Linux `tcp_options()`: the segment stays valid.
     """
+    wscale, sack_perm = -1, False
     while at < end:
         kind = data[at]
         if kind == _OPT_END:
@@ -305,9 +349,36 @@ def _window_scale(data: bytes, at: int, end: int) -> int:
         if length < 2 or at + length > end:
             break
         if kind == _OPT_WSCALE and length == 3:
-            return min(data[at + 2], _MAX_WSCALE)
+            wscale = min(data[at + 2], _MAX_WSCALE)
+        elif kind == _OPT_SACK_PERM and length == 2:
+            sack_perm = True
         at += length
-    return -1
+    return wscale, sack_perm
+
+
+def _highest_sack(data: bytes, at: int, end: int, ack: int) -> int:
+    """Linux `tcp_sack()`: the highest right edge (serial order) of the first well-formed SACK
+    option's blocks, starting from `ack`; `ack` when there is none."""
+    sack = ack
+    while at < end:
+        kind = data[at]
+        if kind == _OPT_END:
+            break
+        if kind == _OPT_NOP:
+            at += 1
+            continue
+        if at + 1 >= end:
+            break
+        length = data[at + 1]
+        if length < 2 or at + length > end:
+            break
+        if kind == _OPT_SACK and length >= 10 and not (length - 2) % 8:
+            for edge in _SACK_EDGES[(length - 2) >> 3](data, at + 2):
+                if 0 < ((edge - sack) & _SEQ_MASK) < 0x80000000:
+                    sack = edge
+            break
+        at += length
+    return sack
 
 
 def endpoints(key: bytes) -> tuple[bytes, int, bytes, int]:
@@ -342,19 +413,25 @@ def build_segment(
     ack: int,
     payload_len: int = 0,
     window: int = 0xFFFF,
+    options: bytes = b"",
 ) -> bytes:
-    """A complete IP packet carrying one TCP segment without options and with a zero payload.
+    """A complete IP packet carrying one TCP segment with a zero payload.
 
     The address length (4 or 16 bytes) selects IPv4 (IHL 5, DF, TTL 64, id 0) or IPv6 (hop limit
     64, flow label 0); both checksums are correct, so a real stack accepts it. `seq` and `ack` are
-    taken modulo 2**32 so callers can pass sequence arithmetic unmasked.
+    taken modulo 2**32 so callers can pass sequence arithmetic unmasked. `options` (see
+    `encode_options`) are padded with end-of-list bytes to a multiple of 4.
     """
     if len(src) != len(dst) or len(src) not in (4, 16):
         raise ValueError(f"addresses must both be 4 or 16 bytes, not {len(src)} and {len(dst)}")
+    if len(options) > _MAX_OPTIONS_LEN:
+        raise ValueError(f"{len(options)} bytes of TCP options exceed {_MAX_OPTIONS_LEN}")
+    options += bytes(-len(options) % 4)
     ipv4 = len(src) == 4
-    tcp_len = _TCP_MIN_LEN + payload_len
+    header_len = _TCP_MIN_LEN + len(options)
+    tcp_len = header_len + payload_len
     # IPv4's 16-bit total length counts its own header; IPv6's payload length does not.
-    if not 0 <= payload_len <= 0xFFFF - _TCP_MIN_LEN - (20 if ipv4 else 0):
+    if not 0 <= payload_len <= 0xFFFF - header_len - (20 if ipv4 else 0):
         raise ValueError(f"a {payload_len}-byte payload does not fit in one IP packet")
     if ipv4:
         # RFC 9293 §3.1 pseudo-header: src, dst, zero, protocol, TCP length.
@@ -362,8 +439,9 @@ def build_segment(
     else:
         # RFC 8200 §8.1 pseudo-header: src, dst, 32-bit length, 3 zero bytes, next header.
         pseudo = src + dst + struct.pack("!I3xB", tcp_len, _PROTO_TCP)
-    fields = (sport, dport, seq & _SEQ_MASK, ack & _SEQ_MASK, _TCP_DOFF_5, flags, window)
-    payload = bytes(payload_len)
+    offset = (header_len >> 2) << 4
+    fields = (sport, dport, seq & _SEQ_MASK, ack & _SEQ_MASK, offset, flags, window)
+    payload = options + bytes(payload_len)
     checksum = _internet_checksum(pseudo + _TCP_HEADER.pack(*fields, 0, 0) + payload)
     tcp = _TCP_HEADER.pack(*fields, checksum, 0) + payload
     if not ipv4:
@@ -371,6 +449,34 @@ def build_segment(
     header = (0x45, 0, 20 + tcp_len, 0, _IP4_DF, _TTL, _PROTO_TCP)
     checksum = _internet_checksum(_IP4_HEADER.pack(*header, 0, src, dst))
     return _IP4_HEADER.pack(*header, checksum, src, dst) + tcp
+
+
+def encode_options(
+    *,
+    mss: int | None = None,
+    wscale: int | None = None,
+    sack_perm: bool = False,
+    timestamps: tuple[int, int] | None = None,
+    sack: tuple[tuple[int, int], ...] = (),
+) -> bytes:
+    """TCP options as stacks lay them out (NOPs aligning each to 4 bytes, as Linux does):
+    MSS, SACK permitted, timestamps (value, echo reply), window scale, SACK blocks (left, right)."""
+    out = b""
+    if mss is not None:
+        out += struct.pack("!BBH", _OPT_MSS, 4, mss)
+    if sack_perm and timestamps is not None:
+        out += struct.pack("!BBBBII", _OPT_SACK_PERM, 2, _OPT_TIMESTAMPS, 10, *timestamps)
+    elif timestamps is not None:
+        out += _TS_ALIGNED + struct.pack("!II", *timestamps)
+    elif sack_perm:
+        out += bytes((_OPT_NOP, _OPT_NOP, _OPT_SACK_PERM, 2))
+    if wscale is not None:
+        out += bytes((_OPT_NOP, _OPT_WSCALE, 3, wscale))
+    if sack:
+        out += bytes((_OPT_NOP, _OPT_NOP, _OPT_SACK, 2 + 8 * len(sack)))
+        for left, right in sack:
+            out += struct.pack("!II", left & _SEQ_MASK, right & _SEQ_MASK)
+    return out
 
 
 def build_rst(

@@ -143,6 +143,7 @@ _OUT_OF_STATE: Mapping[str, Converter] = {
     "from_client": _oos_action,
     "from_server": _oos_action,
     "pickup": as_flag,
+    "window_check": as_flag,
     "remember": as_finite_duration,
 }
 # The answer rate is policy-wide: read from the top-level [out_of_state] by _policy, refused in

@@ -38,6 +38,9 @@ PHASE_STATES: Mapping[Phase, tuple[str, ...]] = {
     Phase.TIME_WAIT: ("time_wait",),
     Phase.CLOSE: ("close",),
 }
+# The Timeouts fields that are a state's own timer; the rest cap them (Timeouts.max_retrans).
+STATE_TIMEOUTS: tuple[str, ...] = tuple(s for states in PHASE_STATES.values() for s in states)
+TIMEOUT_CAPS: tuple[str, ...] = ("max_retrans", "unacknowledged")
 
 
 class ExpireAction(StrEnum):
@@ -72,6 +75,13 @@ class Timeouts:
     last_ack: float | None = 30.0  # ..._last_ack
     time_wait: float | None = 120.0  # ..._time_wait
     close: float | None = 10.0  # ..._close
+    # Caps on the state's timer (Linux tcp_timeouts[TCP_CONNTRACK_RETRANS] and [..._UNACK]): a
+    # flow whose last segment was retransmitted 3+ times or advertised a zero window gets at most
+    # `max_retrans`; one with data in flight not yet acknowledged, an ESTABLISHED flow that has
+    # seen no reply, or an assured one sent an out-of-window FIN/RST answering the other side's
+    # at most `unacknowledged`. None: the product has no such cap.
+    max_retrans: float | None = 300.0  # ..._max_retrans
+    unacknowledged: float | None = 300.0  # ..._unacknowledged
 
     def scaled(self, speed: float) -> Timeouts:
         """Every timer `speed` times shorter (for `--speed`)."""
@@ -112,6 +122,9 @@ class OutOfState:
     from_client: OutOfStateAction | None = None  # None: use `action`
     from_server: OutOfStateAction | None = None
     pickup: bool = False  # a mid-stream ACK creates an ESTABLISHED flow (Linux tcp_loose)
+    # Sequence and ACK window checks (tcp_in_window); False is Linux's tcp_be_liberal=1: only
+    # RSTs are checked, every other packet is in window.
+    window_check: bool = True
     remember: float = 600.0  # tombstone lifetime, seconds
 
     def for_side(self, from_client: bool | None) -> OutOfStateAction:

@@ -7,7 +7,6 @@ one `file:line: key: problem (hint)` line per mistake.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 from fwemu.errors import FwemuError
 from fwemu.policy import Policy, PolicyError, load_policy, load_preset, loads_policy
 from fwemu.policy.duration import brief, type_name
+from fwemu.policy.model import STATE_TIMEOUTS
 from fwemu.policy.reading import (
     Converter,
     KeyPath,
@@ -267,8 +267,8 @@ def _default_timeout(policy: Policy) -> float:
     timers = [
         seconds
         for profile in profiles
-        for seconds in dataclasses.astuple(profile.timeouts)
-        if seconds is not None
+        for state in STATE_TIMEOUTS
+        if (seconds := getattr(profile.timeouts, state)) is not None
     ]
     return max(MIN_DEFAULT_TIMEOUT, 2 * max(timers, default=0.0))
 

@@ -27,6 +27,7 @@ from fwemu.core.packet import (
     build_rst,
     build_segment,
     describe,
+    encode_options,
     endpoints,
     parse,
     protocol_of,
@@ -190,6 +191,66 @@ def test_options_beyond_the_copy_are_not_read() -> None:
 
 def test_options_after_end_of_list_are_not_read() -> None:
     assert segment(syn_with_options(b"\x00\x03\x03\x07")).wscale == -1
+
+
+def test_sack_permitted_is_read_from_syn_options_only() -> None:
+    assert segment(v4("S", options=[("MSS", 1460), ("SAckOK", b"")])).sack_perm
+    assert not segment(v4("S", options=[("MSS", 1460)])).sack_perm
+    assert not segment(v4("A", options=[("SAckOK", b"")])).sack_perm
+
+
+def test_has_options_says_whether_the_header_carries_any() -> None:
+    assert not segment(v4("S")).has_options
+    assert segment(v4("S", options=[("NOP", None)] * 4)).has_options
+
+
+def test_sack_is_the_highest_right_edge_after_the_ack() -> None:
+    blocks = [("NOP", None), ("NOP", None), ("SAck", (3000, 3100, 2500, 2600))]
+    assert segment(v4("A", ack=2000, options=blocks)).sack == 3100
+    # Edges not after the ACK leave it as is, as tcp_sack() does.
+    assert segment(v4("A", ack=4000, options=blocks)).sack == 4000
+    # Serial order: an edge just past 2**32 is after an ACK just below it.
+    wrapped = [("SAck", (0xFFFFFFF0, 0x10))]
+    assert segment(v4("A", ack=0xFFFFFF00, options=wrapped)).sack == 0x10
+
+
+def test_sack_without_blocks_is_the_ack() -> None:
+    assert segment(v4("A", ack=2000)).sack == 2000
+    timestamps_only = [("NOP", None), ("NOP", None), ("Timestamp", (5, 6))]
+    assert segment(v4("A", ack=2000, options=timestamps_only)).sack == 2000
+    # A SACK option whose length is not 2 + 8n is not read.
+    assert segment(v4("A", ack=2000, options=[(5, b"\x00" * 4)])).sack == 2000
+
+
+@given(
+    mss=st.none() | st.integers(0, 0xFFFF),
+    wscale=st.none() | st.integers(0, 14),
+    sack_perm=st.booleans(),
+    timestamps=st.none() | st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
+    blocks=st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)), max_size=3),
+)
+def test_built_options_read_back_as_scapy_reads_them(
+    mss: int | None,
+    wscale: int | None,
+    sack_perm: bool,
+    timestamps: tuple[int, int] | None,
+    blocks: list[tuple[int, int]],
+) -> None:
+    options = encode_options(
+        mss=mss, wscale=wscale, sack_perm=sack_perm, timestamps=timestamps, sack=tuple(blocks)
+    )
+    if len(options) > 40:
+        return
+    src, dst = ipaddress.ip_address(CLIENT4).packed, ipaddress.ip_address(SERVER4).packed
+    data = build_segment(src, 1, dst, 2, flags=TCP_SYN, seq=7, ack=0, options=options)
+    read = dict(IP(data)[TCP].options)
+    assert read.get("MSS") == mss
+    assert read.get("WScale") == wscale
+    assert ("SAckOK" in read) == sack_perm
+    assert read.get("Timestamp") == timestamps
+    assert read.get("SAck", ()) == tuple(edge for block in blocks for edge in block)
+    seg = segment(data)
+    assert (seg.wscale, seg.sack_perm) == (-1 if wscale is None else wscale, sack_perm)
 
 
 # --- flow keys -------------------------------------------------------------------------------

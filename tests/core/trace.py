@@ -110,8 +110,10 @@ class Trace:
         at: float,
         seq: int | None = None,
         ack: int | None = None,
+        window: int = 0xFFFF,
+        options: bytes = b"",
     ) -> Decision:
-        return self._send(self.c, self.s, flags, length, at, seq, ack)
+        return self._send(self.c, self.s, flags, length, at, seq, ack, window, options)
 
     def server(
         self,
@@ -121,11 +123,21 @@ class Trace:
         at: float,
         seq: int | None = None,
         ack: int | None = None,
+        window: int = 0xFFFF,
+        options: bytes = b"",
     ) -> Decision:
-        return self._send(self.s, self.c, flags, length, at, seq, ack)
+        return self._send(self.s, self.c, flags, length, at, seq, ack, window, options)
 
     def _packet(
-        self, src: Side, dst: Side, flags: str, length: int, seq: int | None, ack: int | None
+        self,
+        src: Side,
+        dst: Side,
+        flags: str,
+        length: int,
+        seq: int | None,
+        ack: int | None,
+        window: int,
+        options: bytes,
     ) -> bytes:
         f = flags_of(flags)
         return pk.build_segment(
@@ -139,6 +151,8 @@ class Trace:
             else seq,
             ack=(src.rcv_nxt if ack is None else ack) if f & pk.TCP_ACK else 0,
             payload_len=length,
+            window=window,
+            options=options,
         )
 
     def _send(
@@ -150,8 +164,10 @@ class Trace:
         at: float,
         seq: int | None,
         ack: int | None,
+        window: int = 0xFFFF,
+        options: bytes = b"",
     ) -> Decision:
-        data = self._packet(src, dst, flags, length, seq, ack)
+        data = self._packet(src, dst, flags, length, seq, ack, window, options)
         if self.tap is not None:
             self.tap("client" if src is self.c else "server", data)
         decision = self.engine.handle_packet(data, now=at)

@@ -25,6 +25,7 @@ from fwemu.policy import (
     format_duration,
     resolve_policy,
 )
+from fwemu.policy.model import STATE_TIMEOUTS, TIMEOUT_CAPS
 
 ORDER = 40  # place in `fwemu --help`
 
@@ -43,7 +44,7 @@ as FILE:LINE: KEY: MESSAGE, and the other policies are still checked).
 
 # Output width when stdout is not a terminal (no width to fit): wide enough that cells rarely
 # wrap; tables take only the width they need.
-_PIPE_WIDTH = 120
+_PIPE_WIDTH = 132
 
 
 def register(subparsers: Any) -> None:
@@ -112,10 +113,9 @@ def _profile_to_dict(profile: Profile, match: Match | None) -> dict[str, Any]:
     return {
         "name": profile.name,
         "match": None if match is None else _match_fields(match),
+        # The state timers, then the caps on them, as [timeouts] names them.
         "timeouts": {
-            state: getattr(profile.timeouts, state)
-            for states in PHASE_STATES.values()
-            for state in states
+            key: getattr(profile.timeouts, key) for key in (*STATE_TIMEOUTS, *TIMEOUT_CAPS)
         },
         "on_expire": {phase.value: profile.on_expire.for_phase(phase).value for phase in Phase},
         "out_of_state": {
@@ -123,6 +123,7 @@ def _profile_to_dict(profile: Profile, match: Match | None) -> dict[str, Any]:
             "from_client": oos.for_side(True).value,
             "from_server": oos.for_side(False).value,
             "pickup": oos.pickup,
+            "window_check": oos.window_check,
             "remember": oos.remember,
         },
     }
@@ -170,7 +171,8 @@ def _print_policy(console: Console, policy: Policy) -> None:
 
 
 def _add_profile(table: Table, profile: Profile, match: Match | None) -> None:
-    """One row per phase, then the out-of-state row; the first column names the profile."""
+    """One row per phase, one per timer cap, then the out-of-state row; the first column names
+    the profile."""
     labels = [Text(profile.name, style="bold"), *_match_lines(match)]
     for phase in Phase:
         states = PHASE_STATES[phase]
@@ -180,6 +182,11 @@ def _add_profile(table: Table, profile: Profile, match: Match | None) -> None:
             _timeouts_text(profile, states),
             profile.on_expire.for_phase(phase).value,
         )
+    # A cap shortens whichever state's timer runs, whose phase's action applies at expiry.
+    for cap in TIMEOUT_CAPS:
+        seconds = getattr(profile.timeouts, cap)
+        limit = "no cap" if seconds is None else f"at most {format_duration(seconds)}"
+        table.add_row(labels.pop(0) if labels else "", cap, limit, "")
     table.add_row(
         Text("\n").join(labels),
         "out of state",
@@ -213,4 +220,5 @@ def _out_of_state_text(oos: OutOfState) -> str:
     parts = [oos.action.value]
     parts += [f"{side}: {action.value}" for side, action in sides.items() if action != oos.action]
     parts.append("pickup" if oos.pickup else "no pickup")
+    parts.append(f"window check {'on' if oos.window_check else 'off'}")
     return ", ".join(parts)

@@ -21,6 +21,7 @@ embryonic = "30s"
 established = "1h"
 half_closed = "10m"
 close_wait = "1m"
+max_retrans = "2m"
 
 [on_expire]
 established = "reset-both"
@@ -33,9 +34,9 @@ remember = "5m"
 [[rule]]
 name = "postgres"
 match = { dst = "10.0.2.0/24", dst_port = [5432, "6000-6010"] }
-timeouts = { established = "5m" }
+timeouts = { established = "5m", unacknowledged = "never" }
 on_expire = { default = "reset-client" }
-out_of_state = { pickup = true }
+out_of_state = { pickup = true, window_check = false }
 """
 
 
@@ -71,11 +72,18 @@ def test_table_names_the_values(good: str, capsys: pytest.CaptureFixture[str]) -
     assert row(out, "postgres", "embryonic", "30s", "reset-client")
     assert row(out, "dst 10.0.2.0/24", "established", "5m", "reset-client")
     assert row(out, "dst_port 5432, 6000-6010", "half_closed", "fin_wait 10m, close_wait 1m")
-    assert row(out, "out of state", "remember 5m", "drop, from client: reset, pickup")
+    assert row(out, "max_retrans", "at most 2m")
+    assert row(out, "unacknowledged", "no cap")
+    assert row(
+        out, "out of state", "remember 5m", "drop, from client: reset, pickup, window check off"
+    )
     assert row(out, "default", "embryonic", "30s", "silent")
     assert row(out, "established", "1h", "reset-both")
     assert row(out, "closing", "30s", "silent")  # Linux's last_ack default
-    assert row(out, "out of state", "remember 5m", "drop, from client: reset, no pickup")
+    assert row(out, "unacknowledged", "at most 5m")  # Linux's default
+    assert row(
+        out, "out of state", "remember 5m", "drop, from client: reset, no pickup, window check on"
+    )
     assert out.index("postgres") < out.index("default")
 
 
@@ -117,6 +125,8 @@ def test_json(good: str, capsys: pytest.CaptureFixture[str]) -> None:
             "last_ack": 30,
             "time_wait": 120,
             "close": 10,
+            "max_retrans": 120,
+            "unacknowledged": None,
         },
         "on_expire": dict.fromkeys(
             ("embryonic", "established", "half_closed", "closing", "time_wait", "close"),
@@ -127,12 +137,15 @@ def test_json(good: str, capsys: pytest.CaptureFixture[str]) -> None:
             "from_client": "reset",
             "from_server": "drop",
             "pickup": True,
+            "window_check": False,
             "remember": 300,
         },
     }
     assert default["name"] == "default"
     assert default["match"] is None
     assert default["timeouts"]["established"] == 3600
+    assert (default["timeouts"]["max_retrans"], default["timeouts"]["unacknowledged"]) == (120, 300)
+    assert default["out_of_state"]["window_check"] is True
 
 
 def test_json_never_is_null(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -19,6 +19,7 @@ from fwemu.policy import (
     load_preset,
     preset_names,
 )
+from fwemu.policy.model import TIMEOUT_CAPS
 
 PRESETS = (
     "linux",
@@ -141,6 +142,44 @@ def test_only_azure_lb_tcp_reset_sends_anything_at_expiry(name: str) -> None:
     assert resetting == ({Phase.ESTABLISHED} if name == "azure-lb-tcp-reset" else set())
 
 
+# Sequence/ACK window checks and the max_retrans, unacknowledged caps (seconds, None: no cap). Only
+# Linux has the caps; the window check is off where the product documents none (the cloud) or
+# defaults to logging only (Check Point).
+# fmt: off
+WINDOWS = {
+    "linux":              (True,  300, 300),
+    "kube-proxy":         (True,  300, 300),
+    "pf":                 (True,  None, None),
+    "cisco-asa":          (True,  None, None),
+    "panos":              (True,  None, None),
+    "fortigate":          (True,  None, None),
+    "checkpoint":         (False, None, None),
+    "juniper-srx":        (True,  None, None),
+    "aws-nlb":            (False, None, None),
+    "aws-nat-gateway":    (False, None, None),
+    "azure-lb":           (False, None, None),
+    "azure-lb-tcp-reset": (False, None, None),
+    "azure-nat-gateway":  (False, None, None),
+    "gcp-cloud-nat":      (False, None, None),
+}
+# fmt: on
+
+
+def test_every_preset_has_a_windows_row() -> None:
+    assert sorted(WINDOWS) == sorted(PRESETS)
+
+
+@pytest.mark.parametrize(("name", "expected"), WINDOWS.items(), ids=list(WINDOWS))
+def test_window_check_and_caps(
+    name: str, expected: tuple[bool, float | None, float | None]
+) -> None:
+    profile = load_preset(name).default
+    timeouts = profile.timeouts
+    assert (profile.out_of_state.window_check, timeouts.max_retrans, timeouts.unacknowledged) == (
+        expected
+    )
+
+
 def test_aws_nat_gateway_remembers_a_flow_past_a_default_keepalive_probe() -> None:
     """Linux's tcp_keepalive_time (7200 s) after expiry must still be known as the client's late
     packet, or the documented RST to the inside never shows."""
@@ -165,6 +204,21 @@ def test_every_state_timer_is_set_in_the_file(name: str) -> None:
         if state not in timeouts and phase.value not in timeouts
     ]
     assert missing == []
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_window_check_and_caps_are_set_in_the_file(name: str) -> None:
+    """Each product says what it does here, rather than inheriting Linux's defaults."""
+    document = tomllib.loads(_file(f"{name}.toml"))
+    assert [cap for cap in TIMEOUT_CAPS if cap not in document["timeouts"]] == []
+    assert "window_check" in document["out_of_state"]
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_window_check_carries_a_comment(name: str) -> None:
+    lines = _file(f"{name}.toml").splitlines()
+    index = next(i for i, line in enumerate(lines) if line.startswith("window_check"))
+    assert "#" in lines[index] or lines[index - 1].startswith("#")
 
 
 @pytest.mark.parametrize("name", PRESETS)

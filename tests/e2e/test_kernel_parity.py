@@ -15,7 +15,7 @@ import random
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import Phase, given, settings
 
 from fwemu.core.packet import encode_options
 from tests.core.trace import Trace
@@ -44,6 +44,9 @@ LIBERAL = dataclasses.replace(
     ),
 )
 IPS = pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+# Every example costs real packets (~1 ms each): no explain phase, whose re-runs double the time a
+# failure takes to report (shrinking alone stays well under the test's time-out).
+GENERATED = settings(deadline=None, phases=[p for p in Phase if p != Phase.explain])
 
 
 @pytest.fixture(scope="module")
@@ -349,7 +352,7 @@ def test_spoofs_with_window_checks_off_as_the_kernel_with_be_liberal(
 
 
 @IPS
-@settings(max_examples=50, deadline=None)
+@settings(GENERATED, max_examples=50)
 @given(PLAUSIBLE)
 def test_plausible_conversations_match_the_kernel(
     kernel: Kernel, v6: bool, moves: list[Move]
@@ -358,7 +361,7 @@ def test_plausible_conversations_match_the_kernel(
 
 
 @IPS
-@settings(max_examples=200, deadline=None)
+@settings(GENERATED, max_examples=200)
 @given(conversations())
 def test_hostile_conversations_match_the_kernel(
     kernel: Kernel, v6: bool, conversation: Conversation

@@ -6,15 +6,14 @@ matter (each 32-bit sequence number is a 32-byte int object); columns cost ~200.
 readable snapshot for everything outside the hot path.
 
 The state machine is `fwemu.core.states.TRANSITIONS` plus the special cases Linux applies after
-the table lookup (`nf_conntrack_tcp_packet()`), each marked where it is implemented. Not
-emulated: `tcp_in_window()`'s window checks other than the ACK's upper bound (out-of-window
-packets are tracked as in-window) and
-the RETRANS/UNACK timeout caps, which policies don't model.
+the table lookup (`nf_conntrack_tcp_packet()`), each marked where it is implemented, and the
+kernel's window checks (`tcp_in_window()`, fwemu.core.window). Kernel version matched: 6.1-6.18.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 from array import array
 from collections import deque
 from dataclasses import dataclass
@@ -46,6 +45,16 @@ from fwemu.core.states import (
     flags_valid,
 )
 from fwemu.core.timers import Timers
+from fwemu.core.window import (
+    CLOSE_INIT,
+    DATA_UNACKNOWLEDGED,
+    IGNORE,
+    MAX_RETRANS,
+    MAXACK_SET,
+    SACK_PERM,
+    WINDOW_SCALE,
+    TcpWindows,
+)
 from fwemu.policy.model import ExpireAction, OutOfStateAction, Policy, Profile
 
 _SYN, _SYNACK, _FIN, _ACK, _RST = (
@@ -56,22 +65,29 @@ _SYN, _SYNACK, _FIN, _ACK, _RST = (
     PacketClass.RST,
 )
 _INVALID_CLASS = -1
+_NO_CLASS = int(PacketClass.NONE)  # tcp_new()'s last_index: no packet in window yet
 # Packet class per TCP flags byte, or _INVALID_CLASS for combinations tcp_error() rejects.
 _CLASS_OF: tuple[int, ...] = tuple(
     int(classify(f)) if flags_valid(f) else _INVALID_CLASS for f in range(256)
 )
 
-# Per-flow flag bits (the kernel keeps these in ct->status and seen[dir].flags).
+# Per-flow flag bits: ct->status's SEEN_REPLY and ASSURED, and ct->proto.tcp.last_flags (the
+# per-direction flags are fwemu.core.window's).
 SEEN_REPLY = 1 << 0
 ASSURED = 1 << 1
-CLOSE_INIT = (1 << 2, 1 << 3)  # per direction: this side sent the first FIN
-MAXACK_SET = (1 << 4, 1 << 5)  # per direction: this side has sent an ACK
-SIMULTANEOUS_OPEN = 1 << 6
-CHALLENGE_ACK_EXPECTED = 1 << 7  # a SYN was let through in LAST_ACK (IP_CT_EXP_CHALLENGE_ACK)
-BE_LIBERAL = 1 << 8  # picked up mid-stream: window checks are skipped (tcp_new() with loose)
+SIMULTANEOUS_OPEN = 1 << 2  # IP_CT_TCP_SIMULTANEOUS_OPEN
+CHALLENGE_ACK_EXPECTED = 1 << 3  # a SYN was let through in LAST_ACK (IP_CT_EXP_CHALLENGE_ACK)
+LAST_WINDOW_SCALE = 1 << 4  # the ignored SYN offered window scaling
+LAST_SACK_PERM = 1 << 5  # ... and SACK
+_LAST_OPTIONS = LAST_WINDOW_SCALE | LAST_SACK_PERM
+# Which timer a flow's deadline comes from (the `_timer` column; FlowExpired.capped_by).
+_OWN_TIMER, _RETRANS_TIMER, _UNACK_TIMER, _CLOSE_TIMER = range(4)
+_TIMER_NAMES: tuple[str | None, ...] = (None, "max_retrans", "unacknowledged", "close")
+_HANDLE_INVALID_MIN = 120.0  # nf_tcp_handle_invalid(): a timer shorter than this is left alone
+_INF = math.inf
 
 _MASK32 = 0xFFFFFFFF
-_HALF = 0x80000000  # serial arithmetic: a - b mod 2**32 in (0, _HALF) means a is after b
+_HALF = 0x80000000  # serial arithmetic: a - b mod 2**32 in (0, _HALF] means a is after b
 _LAST_ACK_FROM = (_ACK, _ACK | REPLY << 3)  # the `last` column after an ACK per direction
 # States an ACK-class packet leaves unchanged from both directions: the fast path's domain.
 # Names by State value, for events (an enum lookup per event costs more than the event).
@@ -83,9 +99,20 @@ _ACK_KEEPS = tuple(
 )
 _ACK_OVER_BOUND = "ACK above what the peer sent"
 # State values as plain ints: an enum attribute per comparison costs on every connection packet.
-(_SYN_SENT, _SYN_RECV, _ESTABLISHED, _FIN_WAIT, _LAST_ACK, _TIME_WAIT, _CLOSE, _SYN_SENT2) = (
+(
+    _NONE,
+    _SYN_SENT,
+    _SYN_RECV,
+    _ESTABLISHED,
+    _FIN_WAIT,
+    _LAST_ACK,
+    _TIME_WAIT,
+    _CLOSE,
+    _SYN_SENT2,
+) = (
     int(s)
     for s in (
+        State.NONE,
         State.SYN_SENT,
         State.SYN_RECV,
         State.ESTABLISHED,
@@ -104,7 +131,7 @@ def _special(d: int, cls: int, old: int) -> bool:
     kernel's special cases (`FlowTable._special`); the rest take the table's state as is, after
     the ACK's upper bound (RSTs all go through `_special` for their own window rules)."""
     new = TRANSITIONS[d][cls][old]
-    return (
+    return old != _NONE and (
         cls == _RST
         or new in (_IGNORE, _INVALID, _SYN_SENT2)
         or (new == _SYN_SENT and old >= _TIME_WAIT)
@@ -121,11 +148,6 @@ _SPECIAL = tuple(
 _FLOW_ID_CACHE = 16384  # FlowIds kept (~200 B each): enough for the flows changing state now
 
 
-def _after(a: int, b: int) -> bool:
-    """Sequence-space a > b (RFC 1982 serial arithmetic, as the kernel's after())."""
-    return 0 < ((a - b) & _MASK32) < _HALF
-
-
 @dataclass(frozen=True, slots=True)
 class FlowInfo:
     """A readable snapshot of one tracked flow."""
@@ -140,7 +162,7 @@ class FlowInfo:
     packets: tuple[int, int]  # (from client, from server)
     bytes: tuple[int, int]  # TCP payload bytes (from client, from server)
     next_seq: tuple[int, int]  # highest sequence end sent (client, server)
-    last_ack: tuple[int, int]  # latest ACK value sent (client, server)
+    last_ack: tuple[int, int]  # highest ACK value sent (client, server)
 
 
 class _Tombstone(NamedTuple):
@@ -201,17 +223,15 @@ class FlowTable:
         self._keys: list[bytes | None] = []
         self._free: list[int] = []
         self._state = array("B")
-        self._flags = array("H")
+        self._flags = array("B")
         self._client_fwd = array("B")  # 1 if the client is the key's first endpoint
         self._profile = array("H")
         self._last = array("B")  # last_index | last_dir << 3, as the kernel's last_index/last_dir
-        self._last_end = array("I")
+        self._timer = array("B")  # which timer the deadline is (_OWN_TIMER, _RETRANS_TIMER, ...)
         self._created = array("d")
         self._seen_at = array("d")  # time of the last accepted packet that refreshed the timer
-        # Per direction (ORIGINAL, REPLY): ISN, highest seq end sent, latest ACK, counters.
-        self._isn = (array("I"), array("I"))
-        self._end = (array("I"), array("I"))
-        self._ack = (array("I"), array("I"))
+        self.win = TcpWindows()
+        # Per direction (ORIGINAL, REPLY): packets and payload bytes in window.
         self._pkts = (array("Q"), array("Q"))
         self._bytes = (array("Q"), array("Q"))
         self.timers = Timers()
@@ -240,6 +260,15 @@ class FlowTable:
             tuple(_Expiry.of(p, State(s), timeouts[s]) for s in range(_INVALID))
             for p, timeouts in zip(self._profiles, self._timeouts, strict=True)
         ]
+        # The timer caps per profile (max_retrans, unacknowledged; inf = none).
+        self._caps: list[tuple[float, float]] = [
+            tuple(
+                _INF if t is None else t
+                for t in (p.timeouts.max_retrans, p.timeouts.unacknowledged)
+            )  # type: ignore[misc]
+            for p in self._profiles
+        ]
+        self._liberal = [not p.out_of_state.window_check for p in self._profiles]
 
     def reload(self, policy: Policy) -> int:
         """Enforce `policy` from now on without losing a flow: each flow is matched against the
@@ -254,9 +283,15 @@ class FlowTable:
         for key, slot in self._index.items():
             profile = self._match(key, bool(self._client_fwd[slot]))
             self._profile[slot] = profile
-            timeout = self._timeouts[profile][self._state[slot]]
-            seen = self._seen_at[slot]
-            self.timers.set(slot, None if timeout is None else seen + timeout)
+            # The timer the last packet would have set under the new policy.
+            self._arm(
+                slot,
+                profile,
+                self._state[slot],
+                self._last[slot] & 7,
+                self._flags[slot],
+                self._seen_at[slot],
+            )
         queues: list[deque[bytes]] = [deque() for _ in self._profiles]
         for key, (client_forward, at, phase, state, profile, forget_at) in self._tombstones.items():
             index = by_name.get(old_names[profile], default)
@@ -290,8 +325,8 @@ class FlowTable:
             expires_in=None if deadline is None else deadline - now,
             packets=(self._pkts[0][slot], self._pkts[1][slot]),
             bytes=(self._bytes[0][slot], self._bytes[1][slot]),
-            next_seq=(self._end[0][slot], self._end[1][slot]),
-            last_ack=(self._ack[0][slot], self._ack[1][slot]),
+            next_seq=(self.win.end[slot << 1], self.win.end[slot << 1 | 1]),
+            last_ack=(self.win.maxack[slot << 1], self.win.maxack[slot << 1 | 1]),
         )
 
     # ---------------------------------------------------------------- packets
@@ -306,31 +341,56 @@ class FlowTable:
         d = ORIGINAL if seg.forward == self._client_fwd[slot] else REPLY
         old = self._state[slot]
         if cls == _ACK and _ACK_KEEPS[old]:
-            # Fast path: an in-state ACK or data segment, the vast majority of packets: the
-            # effect of _transition() for this case, inlined (no SYN/FIN, no special case).
-            flags = self._flags[slot]
-            ack = seg.ack
-            if not flags & BE_LIBERAL and 0 < (ack - self._end[1 - d][slot]) & _MASK32 < _HALF:
-                return self._invalid(slot, seg, now, _ACK_OVER_BOUND)
-            length = seg.payload_len
-            end = (seg.seq + length) & _MASK32
+            # Fast path: an ACK or data segment in a state it keeps, the vast majority of
+            # packets: _transition() for this case, inlined (no special case applies).
+            profile = self._profile[slot]
+            win = self.win
+            i = slot << 1 | d
+            if win.maxwin[i]:
+                # tcp_in_window() for an ACK-class segment from a side it has seen before:
+                # nothing to read beyond the header (no SYN, no RST, the ACK flag set).
+                seq, ack = seg.seq, seg.ack
+                outcome = win.judge(
+                    slot,
+                    i,
+                    _ACK,
+                    seq,
+                    ack,
+                    seg.sack if win.flags[i ^ 1] & SACK_PERM else ack,
+                    (seq + seg.payload_len) & _MASK32,
+                    seg.window,
+                    seg.flags,
+                    self._liberal[profile],
+                    self._last[slot] >> 3,
+                )
+            else:
+                outcome = win.check(
+                    slot, d, _ACK, seg, old, self._liberal[profile], self._last[slot] >> 3
+                )
+            if outcome:
+                return self._window_failed(slot, d, _ACK, seg, now, outcome)
             self._last[slot] = _LAST_ACK_FROM[d]
-            self._last_end[slot] = end
-            ends, pkts = self._end[d], self._pkts[d]
-            if not pkts[slot] or 0 < (end - ends[slot]) & _MASK32 < _HALF:
-                ends[slot] = end
-            pkts[slot] += 1
-            self._bytes[d][slot] += length
-            self._ack[d][slot] = ack
-            new_flags = flags | MAXACK_SET[d]
-            if flags & SEEN_REPLY and old == State.ESTABLISHED:
+            self._pkts[d][slot] += 1
+            self._bytes[d][slot] += seg.payload_len
+            flags = self._flags[slot]
+            new_flags = flags | SEEN_REPLY if d else flags
+            if flags & SEEN_REPLY and old == _ESTABLISHED:
                 new_flags |= ASSURED
-            if d:
-                new_flags |= SEEN_REPLY
             if new_flags != flags:
                 self._flags[slot] = new_flags
             self._seen_at[slot] = now
-            timeout = self._timeouts[self._profile[slot]][old]
+            i &= ~1
+            if (
+                win.retrans[slot] >= MAX_RETRANS
+                or (win.flags[i] | win.flags[i | 1]) & DATA_UNACKNOWLEDGED
+                or not win.last_win[slot]
+                or not flags & SEEN_REPLY
+            ):
+                self._arm(slot, profile, old, _ACK, flags, now)
+                return IN_STATE
+            if self._timer[slot]:
+                self._timer[slot] = 0
+            timeout = self._timeouts[profile][old]
             deadline = None if timeout is None else now + timeout
             if deadline is not None and deadline >= self._deadlines[slot]:
                 self._deadlines[slot] = deadline  # later: Timers re-files it lazily
@@ -344,28 +404,39 @@ class FlowTable:
         self, slot: int, d: int, cls: int, old: int, new: int, seg: pk.Segment, now: float
     ) -> Decision:
         """nf_conntrack_tcp_packet() after the table lookup: its special cases in kernel order
-        (only where `_SPECIAL` says one may apply), then the in-window update."""
+        (only where `_SPECIAL` says one may apply), tcp_in_window(), then the in-window update.
+        `old` is NONE for a flow tcp_new() just opened."""
         flags = self._flags[slot]
+        checked = True
         if _SPECIAL[d][cls][old]:
             outcome = self._special(slot, d, cls, old, new, seg, now, flags)
             if isinstance(outcome, Decision):
                 return outcome
-            old, new, flags = outcome
-        elif self._acks_unsent(slot, d, seg, flags):  # RSTs are all special: their own rules
-            return self._invalid(slot, seg, now, _ACK_OVER_BOUND)
+            old, new, flags, checked = outcome
+            self._flags[slot] = flags
+        if checked:
+            profile = self._profile[slot]
+            outcome_ = self.win.check(
+                slot, d, cls, seg, self._state[slot], self._liberal[profile], self._last[slot] >> 3
+            )
+            if outcome_:
+                return self._window_failed(slot, d, cls, seg, now, outcome_)
         # in_window:
-        end = seg.end
         self._last[slot] = cls | d << 3
-        self._last_end[slot] = end
-        if new == _FIN_WAIT and old != new:
-            flags |= CLOSE_INIT[d]
-        self._track(slot, d, cls, seg, end)
         self._state[slot] = new
-        event = self._state_event(slot, now, old, new) if old != new else None
+        if new == _FIN_WAIT and old != new:
+            self.win.flags[(slot << 1) | d] |= CLOSE_INIT
+        self._pkts[d][slot] += 1
+        self._bytes[d][slot] += seg.payload_len
+        event: Event | None = None
+        if old == _NONE:
+            profile_name = self._profiles[self._profile[slot]].name
+            event = FlowNew(now, self._flow_id(slot), _STATE_NAME[new], profile_name)
+        elif old != new:
+            event = self._state_event(slot, now, old, new)
         if not flags & SEEN_REPLY:
             if cls == _RST:
                 # The only reply is a RST: the kernel deletes the entry at once.
-                self._flags[slot] = flags
                 gone = self._remove(slot, now, reason="reset before any reply")
                 return accept(Reason.RESET_BEFORE_REPLY, *((event, gone) if event else (gone,)))
             if cls == _SYN and old == _SYN_SENT:
@@ -373,11 +444,116 @@ class FlowTable:
                 return accept(Reason.SYN_RETRANSMIT, event) if event else _SYN_RETRANSMIT
         elif new == _ESTABLISHED and not flags & ASSURED and old in (_SYN_RECV, new):
             flags |= ASSURED
-        if d:
-            flags |= SEEN_REPLY
-        self._flags[slot] = flags
-        self._refresh(slot, _CLOSE if cls == _RST else new, now)
+        self._flags[slot] = flags | SEEN_REPLY if d else flags
+        self._seen_at[slot] = now
+        self._arm(slot, self._profile[slot], new, cls, flags, now)
+        if old == _NONE:
+            return accept(Reason.NEW_FLOW, *(() if event is None else (event,)))
         return accept(Reason.IN_STATE, event) if event else IN_STATE
+
+    # The kernel's RST rules (its `case TCP_CONNTRACK_CLOSE`), each outcome where it decides.
+    def _rst(  # noqa: PLR0911
+        self, slot: int, d: int, old: int, new: int, seg: pk.Segment, now: float, flags: int
+    ) -> Decision | tuple[int, int, int, bool]:
+        """A RST's checks before tcp_in_window(): as `_special`'s result."""
+        last = self._last[slot]
+        last_index, last_dir = last & 7, last >> 3
+        win = self.win
+        if old in CLOSING_STATES:
+            return old, new, flags, False  # tcp_can_early_drop(): the tuple may be reused
+        peer = (slot << 1) | (1 - d)
+        if win.flags[peer] & MAXACK_SET and last_index != _SYN:
+            # The RST's sequence against the peer's highest ACK.
+            seq = seg.seq
+            established = old == _ESTABLISHED and bool(flags & ASSURED)
+            if seq == 0 and not established:
+                return old, new, flags, True  # most likely the answer to a SYN let through
+            max_ack = win.maxack[peer]
+            if 0 < (max_ack - seq) & _MASK32 <= _HALF:
+                return self._invalid(slot, seg, now, "invalid RST (below the receiver's ACK)")
+            if not established or seq == max_ack:
+                return old, new, flags, True
+            if last_index == _ACK and last_dir == d and seq == win.last_end[slot]:
+                return old, new, flags, True  # a RST continuing a data train
+            new = old  # not exact: keep the state, allow a challenge ACK
+        answers_ignored = (flags & SEEN_REPLY and last_index == _SYN) or (
+            not flags & ASSURED and last_index == _ACK
+        )
+        if answers_ignored and seg.ack == win.last_end[slot]:
+            return old, new, flags, False  # a RST to a SYN or half-open ACK let through
+        if (
+            old == _SYN_SENT
+            and last_index == _ACK
+            and last_dir == REPLY
+            and seg.seq == win.last_ack[slot]
+        ):
+            return old, new, flags, False  # a RST answering a challenge ACK let through
+        return old, new, flags, True
+
+    def _arm(self, slot: int, profile: int, state: int, cls: int, flags: int, now: float) -> None:
+        """The timer nf_conntrack_tcp_packet() sets after an in-window packet of class `cls`
+        leaving the flow in `state`: the state's own, unless a cap applies (`flags`: the flow's
+        before this packet, as the kernel sets SEEN_REPLY only after it)."""
+        timeouts = self._timeouts[profile]
+        own = timeouts[state]
+        limit = _INF if own is None else own
+        retrans_cap, unack_cap = self._caps[profile]
+        win = self.win
+        i = slot << 1
+        timeout, timer = own, _OWN_TIMER
+        if win.retrans[slot] >= MAX_RETRANS and limit > retrans_cap:
+            timeout, timer = retrans_cap, _RETRANS_TIMER
+        elif cls == _RST:
+            timeout, timer = timeouts[_CLOSE], _CLOSE_TIMER
+        elif (win.flags[i] | win.flags[i | 1]) & DATA_UNACKNOWLEDGED and limit > unack_cap:
+            timeout, timer = unack_cap, _UNACK_TIMER
+        elif not win.last_win[slot] and limit > retrans_cap:
+            timeout, timer = retrans_cap, _RETRANS_TIMER  # a zero window
+        if (
+            not flags & SEEN_REPLY
+            and state == _ESTABLISHED
+            and (_INF if timeout is None else timeout) > unack_cap
+        ):
+            timeout, timer = unack_cap, _UNACK_TIMER  # picked up, no reply yet: not 5 days
+        self._timer[slot] = timer if timer != _CLOSE_TIMER or state != _CLOSE else _OWN_TIMER
+        self.timers.set(slot, None if timeout is None or timeout == _INF else now + timeout)
+
+    def _timer_value(self, slot: int, timer: int) -> float | None:
+        """The seconds of a cap (`timer` not _OWN_TIMER) under the flow's profile."""
+        profile = self._profile[slot]
+        if timer == _CLOSE_TIMER:
+            return self._timeouts[profile][_CLOSE]
+        return self._caps[profile][timer == _UNACK_TIMER]
+
+    def _window_failed(
+        self, slot: int, d: int, cls: int, seg: pk.Segment, now: float, outcome: int
+    ) -> Decision:
+        """tcp_in_window() said IGNORE (the packet passes, nothing changes) or INVALID."""
+        why = self.win.why
+        if outcome == IGNORE:
+            if d:
+                # nf_conntrack_in() marks SEEN_REPLY for every accepted reply, ignored or not.
+                self._flags[slot] |= SEEN_REPLY
+            return Decision(Verdict.ACCEPT, Reason.IGNORED, (), (), why)
+        self._handle_invalid(slot, d, cls, now)
+        return self._invalid(slot, seg, now, why)
+
+    def _handle_invalid(self, slot: int, d: int, cls: int, now: float) -> None:
+        """nf_tcp_handle_invalid(): an out-of-window FIN or RST answering the other side's FIN
+        or RST on an assured flow shortens its timer to `unacknowledged`, so a connection that
+        is gone but out of sync with conntrack does not linger; else it is remembered as the
+        last packet."""
+        if cls not in (_FIN, _RST) or not self._flags[slot] & ASSURED:
+            return
+        last = self._last[slot]
+        if last >> 3 != d and last & 7 in (_FIN, _RST):
+            left = self._deadlines[slot] - now
+            unack_cap = self._caps[self._profile[slot]][1]
+            if left >= _HANDLE_INVALID_MIN and left > unack_cap:
+                self._timer[slot] = _UNACK_TIMER
+                self.timers.set(slot, now + unack_cap)
+        else:
+            self._last[slot] = cls | d << 3
 
     # One branch per special case of nf_conntrack_tcp_packet(), in the kernel's order, on the
     # per-packet path: split up, it would cost a call per packet and read less like the source.
@@ -391,15 +567,18 @@ class FlowTable:
         seg: pk.Segment,
         now: float,
         flags: int,
-    ) -> Decision | tuple[int, int, int]:
-        """The kernel's special cases and window check: a Decision when one settles the packet,
-        else the (old, new, flags) to go on with."""
+    ) -> Decision | tuple[int, int, int, bool]:
+        """The kernel's special cases: a Decision when one settles the packet, else the
+        (old, new, flags) to go on with and whether tcp_in_window() is to judge the packet."""
         last = self._last[slot]
         last_index, last_dir = last & 7, last >> 3
+        win = self.win
         if new == _SYN_SENT and old >= _TIME_WAIT:
             # A SYN re-opening a closed connection: kill the entry and track the SYN afresh
             # (-NF_REPEAT) if either side closed it or this side last sent a RST; else ignore it.
-            if flags & (CLOSE_INIT[0] | CLOSE_INIT[1]) or (last_dir == d and last_index == _RST):
+            i = slot << 1
+            closed = (win.flags[i] | win.flags[i | 1]) & CLOSE_INIT
+            if closed or (last_dir == d and last_index == _RST):
                 gone = self._remove(slot, now, reason="reopened")
                 out = self._new_flow(seg, cls, now)
                 return accept(Reason.REOPENED, gone, *out.events)
@@ -409,31 +588,37 @@ class FlowTable:
                 cls == _SYNACK
                 and last_index == _SYN
                 and last_dir != d
-                and seg.ack == self._last_end[slot]
+                and seg.ack == win.last_end[slot]
             ):
                 # The SYN/ACK answers a SYN we ignored: client and server are in sync and we are
-                # not; resynchronise from the annotated SYN (old = SYN_SENT, new = SYN_RECV).
-                self._end[last_dir][slot] = self._last_end[slot]
-                self._isn[last_dir][slot] = (self._last_end[slot] - 1) & _MASK32
-                self._end[d][slot] = self._ack[d][slot] = 0
-                flags &= ~MAXACK_SET[d]
-                old = _SYN_SENT
-                new = _SYN_RECV
-            else:
-                self._last[slot] = cls | d << 3
-                self._last_end[slot] = seg.end
-                if d:
-                    # nf_conntrack_in() marks SEEN_REPLY for every accepted reply, ignored or not.
-                    flags |= SEEN_REPLY
-                if cls == _SYN and d == ORIGINAL:
-                    # An RFC 5961 challenge ACK may answer this SYN; in LAST_ACK it must not be
-                    # taken for the ACK of the last FIN.
-                    if old == _LAST_ACK:
-                        flags |= CHALLENGE_ACK_EXPECTED
-                    else:
-                        flags &= ~CHALLENGE_ACK_EXPECTED
-                self._flags[slot] = flags
-                return IGNORED  # accepted, no state change, timer not refreshed
+                # not; resynchronise from the annotated SYN.
+                flags &= ~CHALLENGE_ACK_EXPECTED
+                seen = (WINDOW_SCALE if flags & LAST_WINDOW_SCALE else 0) | (
+                    SACK_PERM if flags & LAST_SACK_PERM else 0
+                )
+                end, window = win.last_end[slot], win.last_win[slot]
+                win.resync((slot << 1) | last_dir, end, window, win.last_wscale[slot], seen)
+                return _SYN_SENT, _SYN_RECV, flags, True
+            self._last[slot] = cls | d << 3
+            win.last_seq[slot] = seg.seq
+            win.last_end[slot] = seg.end
+            win.last_win[slot] = seg.window
+            if cls == _SYN and d == ORIGINAL:
+                # Annotate the SYN's options for a resync. An RFC 5961 challenge ACK may answer
+                # it; in LAST_ACK it must not be taken for the ACK of the last FIN.
+                flags &= ~(SIMULTANEOUS_OPEN | CHALLENGE_ACK_EXPECTED | _LAST_OPTIONS)
+                win.last_wscale[slot] = max(seg.wscale, 0)
+                if seg.wscale >= 0:
+                    flags |= LAST_WINDOW_SCALE
+                if seg.sack_perm:
+                    flags |= LAST_SACK_PERM
+                if old == _LAST_ACK:
+                    flags |= CHALLENGE_ACK_EXPECTED
+            if old == _SYN_SENT and cls == _ACK and d == REPLY:
+                win.last_ack[slot] = seg.ack  # a possible challenge ACK answering the SYN
+            # nf_conntrack_in() marks SEEN_REPLY for every accepted reply, ignored or not.
+            self._flags[slot] = flags | SEEN_REPLY if d else flags
+            return IGNORED  # accepted, no state change, timer not refreshed
         if new == _INVALID:
             return self._invalid(slot, seg, now, f"invalid in {State(old).name}")
         if (
@@ -450,96 +635,9 @@ class FlowTable:
             flags |= SIMULTANEOUS_OPEN
         elif new == _SYN_RECV and d == REPLY and cls == _ACK and flags & SIMULTANEOUS_OPEN:
             new = _ESTABLISHED
-        elif new == _CLOSE and cls == _RST and old not in CLOSING_STATES:
-            verdict = self._check_rst(slot, d, old, seg, flags, last_index, last_dir)
-            if verdict is None:
-                return self._invalid(slot, seg, now, "invalid RST (below the receiver's ACK)")
-            if verdict is False:
-                new = old  # not exact: keep the state, allow a challenge ACK
-        if not self._skips_window(slot, d, cls, old, seg, flags, last_index, last_dir) and (
-            self._acks_unsent(slot, d, seg, flags)
-        ):
-            return self._invalid(slot, seg, now, _ACK_OVER_BOUND)
-        return old, new, flags
-
-    def _check_rst(
-        self,
-        slot: int,
-        d: int,
-        old: int,
-        seg: pk.Segment,
-        flags: int,
-        last_index: int,
-        last_dir: int,
-    ) -> bool | None:
-        """The kernel's RST checks outside the closing states: True = accept and close,
-        False = accept but keep the state (inexact seq), None = invalid."""
-        other = 1 - d
-        if not flags & MAXACK_SET[other] or last_index == _SYN:
-            return True
-        seq = seg.seq
-        established = old == State.ESTABLISHED and bool(flags & ASSURED)
-        if seq == 0 and not established:
-            return True  # most likely the answer to a SYN we let through
-        max_ack = self._ack[other][slot]
-        if _after(max_ack, seq):
-            return None
-        if not established or seq == max_ack:
-            return True
-        # A RST continuing a data train from the same side is exact enough.
-        return last_index == _ACK and last_dir == d and seq == self._last_end[slot]
-
-    def _skips_window(
-        self,
-        slot: int,
-        d: int,
-        cls: int,
-        old: int,
-        seg: pk.Segment,
-        flags: int,
-        last_index: int,
-        last_dir: int,
-    ) -> bool:
-        """The RSTs the kernel accepts without tcp_in_window() (`goto in_window`)."""
-        if cls != _RST:
-            return False
-        if old in CLOSING_STATES:
-            return True  # tcp_can_early_drop(): the tuple may be reused already
-        answers_ignored = (flags & SEEN_REPLY and last_index == _SYN) or (
-            not flags & ASSURED and last_index == _ACK
-        )
-        if answers_ignored and seg.ack == self._last_end[slot]:
-            return True  # a RST to a SYN or half-open ACK we let through
-        # A RST answering a challenge ACK let through in SYN_SENT.
-        return old == State.SYN_SENT and last_index == _ACK and last_dir == REPLY
-
-    def _acks_unsent(self, slot: int, d: int, seg: pk.Segment, flags: int) -> bool:
-        """tcp_in_window()'s upper bound on the ACK: a segment acknowledging more than the peer
-        has sent (its td_end, 0 while unseen) is INVALID. A RST|ACK with ack 0 (broken stacks)
-        counts as acknowledging everything. The rest of the window checks are not emulated."""
-        if not seg.flags & pk.TCP_ACK or flags & BE_LIBERAL:
-            return False
-        if seg.ack == 0 and seg.flags & pk.TCP_RST:
-            return False
-        return 0 < ((seg.ack - self._end[1 - d][slot]) & _MASK32) < _HALF
-
-    def _track(self, slot: int, d: int, cls: int, seg: pk.Segment, end: int) -> None:
-        """Sequence numbers an RST needs, and counters (`end`: the segment's sequence end)."""
-        if cls in (_SYN, _SYNACK):
-            self._isn[d][slot] = seg.seq
-            self._end[d][slot] = end
-        elif _after(end, self._end[d][slot]) or not self._pkts[d][slot]:
-            self._end[d][slot] = end
-        if seg.flags & pk.TCP_ACK:
-            self._ack[d][slot] = seg.ack
-            self._flags[slot] |= MAXACK_SET[d]
-        self._pkts[d][slot] += 1
-        self._bytes[d][slot] += seg.payload_len
-
-    def _refresh(self, slot: int, state: int, now: float) -> None:
-        timeout = self._timeouts[self._profile[slot]][state]
-        self._seen_at[slot] = now
-        self.timers.set(slot, None if timeout is None else now + timeout)
+        elif new == _CLOSE and cls == _RST:
+            return self._rst(slot, d, old, new, seg, now, flags)
+        return old, new, flags, True
 
     # ---------------------------------------------------------------- new flows, out-of-state
 
@@ -572,26 +670,27 @@ class FlowTable:
         *,
         sender_is_client: bool = True,
     ) -> Decision:
-        """tcp_new(): a SYN opens SYN_SENT; a picked-up ACK opens ESTABLISHED (loose)."""
+        """tcp_new(): a SYN opens SYN_SENT; a picked-up ACK opens ESTABLISHED (loose). Then
+        the packet goes through the state machine as the kernel's does (old state NONE)."""
         self._tombstones.pop(seg.key, None)
         if profile is None:
             profile = self._profile_index(seg, None)
         slot = self._alloc(seg.key)
-        new = State.SYN_SENT if cls == _SYN else State.ESTABLISHED
-        self._state[slot] = new
+        self._state[slot] = _NONE
         self._client_fwd[slot] = seg.forward == sender_is_client
         self._profile[slot] = profile
         self._created[slot] = now
         direction = ORIGINAL if sender_is_client else REPLY
-        end = seg.end
-        self._last[slot] = cls | direction << 3
-        self._last_end[slot] = end
-        if cls != _SYN:
-            self._flags[slot] = BE_LIBERAL
-        self._track(slot, direction, cls, seg, end)
-        self._refresh(slot, new, now)
-        event = FlowNew(now, self._flow_id(slot), new.name, self._profiles[profile].name)
-        return accept(Reason.NEW_FLOW, event)
+        self._last[slot] = _NO_CLASS | direction << 3
+        row = (slot << 1) | direction
+        if cls == _SYN:
+            self.win.open_syn(row, seg)
+            new = _SYN_SENT
+        else:
+            self.win.open_midstream(row, seg)
+            new = _ESTABLISHED
+        # tcp_in_window() always passes here: a SYN is within what it opened, a pickup liberal.
+        return self._transition(slot, direction, cls, _NONE, new, seg, now)
 
     def _invalid(self, slot: int, seg: pk.Segment, now: float, reason: str) -> Decision:
         """A packet the state table rejects on a live flow. It never resets the flow's
@@ -753,6 +852,8 @@ class FlowTable:
         if forced is not None:
             action, targets = forced.value, _RESET_TARGETS[forced]
         flow = self._flow_id(slot)
+        timer = self._timer[slot]
+        timeout = facts.timeout if timer == _OWN_TIMER else self._timer_value(slot, timer)
         events.append(
             FlowExpired(
                 now,
@@ -761,9 +862,10 @@ class FlowTable:
                 facts.phase,
                 action,
                 facts.rule,
-                None if forced else facts.timeout,
+                None if forced else timeout,
                 now - self._seen_at[slot],
                 forced is not None,
+                None if forced else _TIMER_NAMES[timer],
             )
         )
         if state != _CLOSE:  # after a RST there is no connection left to reset
@@ -795,13 +897,15 @@ class FlowTable:
         SYN_RECV request accepts on its exact seq).
         """
         x = 1 - y
+        win = self.win
+        row_x, row_y = slot << 1 | x, slot << 1 | y
         if self._pkts[x][slot]:
-            seq = self._end[x][slot]
-        elif self._flags[slot] & MAXACK_SET[y]:
-            seq = self._ack[y][slot]  # y's ACK is its rcv_nxt (a picked-up flow's silent side)
+            seq = win.end[row_x]
+        elif win.flags[row_y] & MAXACK_SET:
+            seq = win.maxack[row_y]  # y's ACK is its rcv_nxt (a picked-up flow's silent side)
         else:
             seq = 0
-        ack = self._end[y][slot] if self._pkts[y][slot] else None
+        ack = win.end[row_y] if self._pkts[y][slot] else None
         src, sport, dst, dport = self._endpoints_towards(slot, y)
         return pk.build_rst(src, sport, dst, dport, seq=seq, ack=ack), seq, ack
 
@@ -836,7 +940,8 @@ class FlowTable:
             self._keys[slot] = key
             for col in self._per_direction_columns():
                 col[slot] = 0
-            self._flags[slot] = 0
+            self._flags[slot] = self._timer[slot] = 0
+            self.win.clear(slot)
         else:
             slot = len(self._keys)
             self._keys.append(key)
@@ -844,6 +949,7 @@ class FlowTable:
                 col.append(0)
             for col in self._per_direction_columns():
                 col.append(0)
+            self.win.add()
         self._index[key] = slot
         return slot
 
@@ -854,13 +960,13 @@ class FlowTable:
             self._client_fwd,
             self._profile,
             self._last,
-            self._last_end,
+            self._timer,
             self._created,
             self._seen_at,
         )
 
     def _per_direction_columns(self) -> tuple[array[int], ...]:
-        return (*self._isn, *self._end, *self._ack, *self._pkts, *self._bytes)
+        return (*self._pkts, *self._bytes)
 
     def _free_slot(self, slot: int) -> None:
         key = self._keys[slot]

@@ -122,11 +122,15 @@ class FlowExpired(Event):
     timeout: float | None  # the policy timer that ran out (None when forced)
     idle: float  # seconds since the flow's last accepted packet
     forced: bool = False
+    # The Timeouts cap that replaced the state's own timer ("max_retrans", "unacknowledged",
+    # "close" for a RST that left the state as it was), or None.
+    capped_by: str | None = None
 
     kind: ClassVar[str] = "expire"
 
     def describe(self) -> str:
-        why = "forced" if self.forced else f"{self.phase} timer {self.timeout:g}s"
+        timer = self.phase if self.capped_by is None else f"{self.phase} ({self.capped_by})"
+        why = "forced" if self.forced else f"{timer} timer {self.timeout:g}s"
         return (
             f"expire   {self.flow} {self.state} after {self.idle:.3f}s idle ({why}): {self.action}"
         )

@@ -136,8 +136,8 @@ class Trace:
         length: int,
         seq: int | None,
         ack: int | None,
-        window: int,
-        options: bytes,
+        window: int = 0xFFFF,
+        options: bytes = b"",
     ) -> bytes:
         f = flags_of(flags)
         return pk.build_segment(

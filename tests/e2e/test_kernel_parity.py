@@ -328,6 +328,14 @@ SCENARIOS: dict[str, Script] = {
     "window scaling off: only the client offers it": window_scaling(7, None),
     "window scaling off: only the server offers it": window_scaling(None, 7),
     "simultaneous open with window scaling": window_scaling(7, 7, simultaneous=True),
+    # found by the hostile generator: the reply's SYN leaves its sender no window yet, so its RST
+    # one past its SYN overshoots (ignored), and 70,000 past it is INVALID; neither closes
+    "simultaneous open, the server's RST just beyond its SYN": script(
+        "client S", "server S", Move("server", "R", seq=Num("next", 1)), "server R"
+    ),
+    "simultaneous open, the server's RST far beyond its SYN": script(
+        "client S", "server S", Move("server", "R", seq=Num("next", 70_000)), "server R"
+    ),
     "SACK block raises the window edge": sack_blocks(permitted=True, right=400),
     "SACK block without SACK permitted": sack_blocks(permitted=False, right=400),
     "SACK block past what was sent": sack_blocks(permitted=True, right=500),

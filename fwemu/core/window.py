@@ -190,7 +190,7 @@ class TcpWindows:
 
     # tcp_in_window()'s second half line by line: its branches are the kernel's, in its order.
     # The flow table's fast path calls it directly for ACK-class segments.
-    def judge(  # noqa: PLR0912
+    def judge(  # noqa: PLR0912, PLR0915
         self,
         slot: int,
         i: int,
@@ -214,14 +214,19 @@ class TcpWindows:
         receiver_end = end_col[r]
         receiver_maxwin = maxwin_col[r]
         maxackwin = sender_maxwin if sender_maxwin > _MAXACKWINCONST else _MAXACKWINCONST
+        ahead = (end - sender_end) & _MASK  # how far the segment ends past the sender's end
+        acked = (sack - receiver_end) & _MASK  # how far it acknowledges past the receiver's
+        # The lower bounds, as after(end, td_end - receiver td_maxwin - 1) and after(sack, ...).
+        in_recv_win = not receiver_maxwin or 0 < (ahead + receiver_maxwin + 1) & _MASK <= _HALF
+        ack_ok = 0 < (acked + maxackwin + 1) & _MASK <= _HALF
         if 0 < (seq - sender_maxend) & _MASK <= _HALF:  # seq > td_maxend
             overshot = (end - sender_maxend + 1) & _MASK
             if (
                 receiver_maxwin
-                and 0 < (end - sender_end + receiver_maxwin + 1) & _MASK <= _HALF
-                and 0 < (sack - receiver_end + maxackwin + 1) & _MASK <= _HALF
+                and in_recv_win
+                and ack_ok
                 and overshot <= receiver_maxwin
-                and not 0 < (sack - receiver_end) & _MASK <= _HALF
+                and not 0 < acked <= _HALF
             ):
                 # TCPs that send more than the receive window allows: if the peer ACKs it,
                 # every later packet would fail the ACK bound, so take the end as sent.
@@ -231,15 +236,15 @@ class TcpWindows:
             return self._fail(
                 i, liberal, INVALID, "SEQ is over upper bound (over the window of the receiver)"
             )
-        if 0 < (sack - receiver_end) & _MASK <= _HALF:  # sack > td_end of the receiver
+        if 0 < acked <= _HALF:  # sack > td_end of the receiver
             return self._fail(
                 i, liberal, INVALID, "ACK is over upper bound (ACKed data not seen yet)"
             )
-        if receiver_maxwin and not 0 < (end - sender_end + receiver_maxwin + 1) & _MASK <= _HALF:
+        if not in_recv_win:
             return self._fail(
                 i, liberal, IGNORE, "SEQ is under lower bound (already ACKed data retransmitted)"
             )
-        if not 0 < (sack - receiver_end + maxackwin + 1) & _MASK <= _HALF:
+        if not ack_ok:
             return self._fail(
                 i, liberal, IGNORE, "ACK is under lower bound (possible overly delayed)"
             )
@@ -251,7 +256,7 @@ class TcpWindows:
         swin = (win + sack - ack) & _MASK
         if swin > sender_maxwin:
             maxwin_col[i] = swin
-        if 0 < (end - sender_end) & _MASK <= _HALF:
+        if 0 < ahead <= _HALF:
             end_col[i] = end
             flags_col[i] |= DATA_UNACKNOWLEDGED
         if flags & pk.TCP_ACK:

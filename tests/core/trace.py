@@ -54,9 +54,8 @@ def make_policy(
     on_established=ExpireAction.RESET_BOTH)."""
     timeouts = {k: v for k, v in kw.items() if not k.startswith("on_")}
     actions = {k[3:]: v for k, v in kw.items() if k.startswith("on_")}
-    on_expire = OnExpire(
-        **{f.name: actions.get(f.name, default_action) for f in dataclasses.fields(OnExpire)}
-    )  # type: ignore[arg-type]
+    phases = {f.name: actions.get(f.name, default_action) for f in dataclasses.fields(OnExpire)}
+    on_expire = OnExpire(**phases)  # type: ignore[arg-type]
     profile = Profile(
         "default",
         Timeouts(**timeouts),  # type: ignore[arg-type]

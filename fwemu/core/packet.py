@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -330,29 +330,35 @@ def _skip_ip6_extensions(data: bytes, next_header: int) -> int | Unparseable:
     return at
 
 
-def _syn_options(data: bytes, at: int, end: int) -> tuple[int, bool]:
-    """(window-scale shift or -1, SACK permitted) from a SYN's options in data[at:end].
+def _options(data: bytes, at: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(kind, offset, length) of each option in data[at:end] but NOP and end-of-list.
 
-    A malformed list ends the walk, as in Linux `tcp_options()`: the segment stays valid.
-    """
-    wscale, sack_perm = -1, False
+    A malformed list ends the walk, as in Linux `tcp_options()`/`tcp_sack()`: the segment stays
+    valid."""
     while at < end:
         kind = data[at]
         if kind == _OPT_END:
-            break
+            return
         if kind == _OPT_NOP:
             at += 1
             continue
         if at + 1 >= end:
-            break
+            return
         length = data[at + 1]
         if length < 2 or at + length > end:
-            break
+            return
+        yield kind, at, length
+        at += length
+
+
+def _syn_options(data: bytes, at: int, end: int) -> tuple[int, bool]:
+    """(window-scale shift or -1, SACK permitted) from a SYN's options in data[at:end]."""
+    wscale, sack_perm = -1, False
+    for kind, offset, length in _options(data, at, end):
         if kind == _OPT_WSCALE and length == 3:
-            wscale = min(data[at + 2], _MAX_WSCALE)
+            wscale = min(data[offset + 2], _MAX_WSCALE)
         elif kind == _OPT_SACK_PERM and length == 2:
             sack_perm = True
-        at += length
     return wscale, sack_perm
 
 
@@ -360,24 +366,12 @@ def _highest_sack(data: bytes, at: int, end: int, ack: int) -> int:
     """Linux `tcp_sack()`: the highest right edge (serial order) of the first well-formed SACK
     option's blocks, starting from `ack`; `ack` when there is none."""
     sack = ack
-    while at < end:
-        kind = data[at]
-        if kind == _OPT_END:
-            break
-        if kind == _OPT_NOP:
-            at += 1
-            continue
-        if at + 1 >= end:
-            break
-        length = data[at + 1]
-        if length < 2 or at + length > end:
-            break
+    for kind, offset, length in _options(data, at, end):
         if kind == _OPT_SACK and length >= 10 and not (length - 2) % 8:
-            for edge in _SACK_EDGES[(length - 2) >> 3](data, at + 2):
-                if 0 < ((edge - sack) & _SEQ_MASK) < 0x80000000:
+            for edge in _SACK_EDGES[(length - 2) >> 3](data, offset + 2):
+                if 0 < ((edge - sack) & _SEQ_MASK) <= 0x80000000:  # the kernel's after()
                     sack = edge
             break
-        at += length
     return sack
 
 

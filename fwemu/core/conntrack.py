@@ -269,6 +269,16 @@ class FlowTable:
             for p in self._profiles
         ]
         self._liberal = [not p.out_of_state.window_check for p in self._profiles]
+        # Per profile per State value: the timer while data is unacknowledged (the fast path's).
+        self._unacked: list[tuple[tuple[float | None, int], ...]] = [
+            tuple(
+                (unack, _UNACK_TIMER)
+                if (_INF if own is None else own) > unack
+                else (own, _OWN_TIMER)
+                for own in timeouts
+            )
+            for timeouts, (_, unack) in zip(self._timeouts, self._caps, strict=True)
+        ]
 
     def reload(self, policy: Policy) -> int:
         """Enforce `policy` from now on without losing a flow: each flow is matched against the
@@ -331,7 +341,8 @@ class FlowTable:
 
     # ---------------------------------------------------------------- packets
 
-    def packet(self, seg: pk.Segment, now: float) -> Decision:
+    # The fast path is inlined here, not split into calls: it runs for almost every packet.
+    def packet(self, seg: pk.Segment, now: float) -> Decision:  # noqa: PLR0912
         cls = _CLASS_OF[seg.flags]
         slot = self._index.get(seg.key)
         if slot is None:
@@ -379,18 +390,18 @@ class FlowTable:
             if new_flags != flags:
                 self._flags[slot] = new_flags
             self._seen_at[slot] = now
-            i &= ~1
-            if (
-                win.retrans[slot] >= MAX_RETRANS
-                or (win.flags[i] | win.flags[i | 1]) & DATA_UNACKNOWLEDGED
-                or not win.last_win[slot]
-                or not flags & SEEN_REPLY
-            ):
+            if not flags & SEEN_REPLY or win.retrans[slot] >= MAX_RETRANS or not win.last_win[slot]:
                 self._arm(slot, profile, old, _ACK, flags, now)
                 return IN_STATE
-            if self._timer[slot]:
-                self._timer[slot] = 0
-            timeout = self._timeouts[profile][old]
+            # The timer _arm() would set, for the two cases of bulk traffic: the state's own, or
+            # capped by `unacknowledged` while data is in flight.
+            i &= ~1
+            if (win.flags[i] | win.flags[i | 1]) & DATA_UNACKNOWLEDGED:
+                timeout, timer = self._unacked[profile][old]
+            else:
+                timeout, timer = self._timeouts[profile][old], _OWN_TIMER
+            if self._timer[slot] != timer:
+                self._timer[slot] = timer
             deadline = None if timeout is None else now + timeout
             if deadline is not None and deadline >= self._deadlines[slot]:
                 self._deadlines[slot] = deadline  # later: Timers re-files it lazily

@@ -156,7 +156,8 @@ class TcpWindows:
         flags = seg.flags
         seq = seg.seq
         ack = sack = seg.ack
-        end = seg.end
+        # The sequence end (seg.end, inlined): SYN and FIN count one each.
+        end = (seq + seg.payload_len + (flags & pk.TCP_SYN and 1) + (flags & pk.TCP_FIN)) & _MASK
         if self.flags[r] & SACK_PERM:
             sack = seg.sack
         syn = flags & pk.TCP_SYN

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -191,8 +191,7 @@ class NotTcp(Unparseable):
     protocol: int
 
 
-# One function on the per-packet path: the options branches inline, as the headers are.
-def parse(data: bytes) -> Segment | Unparseable:  # noqa: PLR0912
+def parse(data: bytes) -> Segment | Unparseable:
     """Parse an IP packet as queued, possibly truncated after its headers; never raises."""
     size = len(data)
     if size >= 40 and data[0] == 0x45:
@@ -223,16 +222,19 @@ def parse(data: bytes) -> Segment | Unparseable:  # noqa: PLR0912
     if header_len == _TCP_MIN_LEN:
         wscale, sack_perm, has_options, sack = -1, False, False, ack
     else:
-        options_at, options_end = tcp_at + _TCP_MIN_LEN, min(tcp_at + header_len, size)
-        if flags & TCP_SYN:
-            wscale, sack_perm = _syn_options(data, options_at, options_end)
-        else:
-            wscale, sack_perm = -1, False
+        options_at = tcp_at + _TCP_MIN_LEN
         has_options = True
-        if header_len == _TCP_TS_ONLY_LEN and data[options_at : options_at + 4] == _TS_ALIGNED:
-            sack = ack  # timestamps alone, on most packets: tcp_sack()'s own fast path
+        if (
+            header_len == _TCP_TS_ONLY_LEN
+            and not flags & TCP_SYN
+            and data[options_at : options_at + 4] == _TS_ALIGNED
+        ):
+            # Timestamps alone, on most packets: tcp_sack()'s own fast path.
+            wscale, sack_perm, sack = -1, False, ack
         else:
-            sack = _highest_sack(data, options_at, options_end, ack)
+            wscale, sack_perm, sack = _read_options(
+                data, options_at, min(tcp_at + header_len, size), ack, flags & TCP_SYN
+            )
     forward = src < dst or (src == dst and sport <= dport)
     key = (
         pack_key(src, dst, sport, dport, _PROTO_TCP)
@@ -330,49 +332,36 @@ def _skip_ip6_extensions(data: bytes, next_header: int) -> int | Unparseable:
     return at
 
 
-def _options(data: bytes, at: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """(kind, offset, length) of each option in data[at:end] but NOP and end-of-list.
-
-    A malformed list ends the walk, as in Linux `tcp_options()`/`tcp_sack()`: the segment stays
+def _read_options(data: bytes, at: int, end: int, ack: int, syn: int) -> tuple[int, bool, int]:
+    """(window-scale shift or -1, SACK permitted, highest SACK edge) from the options in
+    data[at:end], as Linux reads them: `tcp_options()` (a SYN's scale and SACK permission) and
+    `tcp_sack()` (the highest right edge, in serial order, of the first well-formed SACK
+    option's blocks, starting from `ack`). A malformed list ends the walk: the segment stays
     valid."""
+    wscale, sack_perm, sack, sacked = -1, False, ack, False
     while at < end:
         kind = data[at]
         if kind == _OPT_END:
-            return
+            break
         if kind == _OPT_NOP:
             at += 1
             continue
         if at + 1 >= end:
-            return
+            break
         length = data[at + 1]
         if length < 2 or at + length > end:
-            return
-        yield kind, at, length
-        at += length
-
-
-def _syn_options(data: bytes, at: int, end: int) -> tuple[int, bool]:
-    """(window-scale shift or -1, SACK permitted) from a SYN's options in data[at:end]."""
-    wscale, sack_perm = -1, False
-    for kind, offset, length in _options(data, at, end):
-        if kind == _OPT_WSCALE and length == 3:
-            wscale = min(data[offset + 2], _MAX_WSCALE)
-        elif kind == _OPT_SACK_PERM and length == 2:
-            sack_perm = True
-    return wscale, sack_perm
-
-
-def _highest_sack(data: bytes, at: int, end: int, ack: int) -> int:
-    """Linux `tcp_sack()`: the highest right edge (serial order) of the first well-formed SACK
-    option's blocks, starting from `ack`; `ack` when there is none."""
-    sack = ack
-    for kind, offset, length in _options(data, at, end):
-        if kind == _OPT_SACK and length >= 10 and not (length - 2) % 8:
-            for edge in _SACK_EDGES[(length - 2) >> 3](data, offset + 2):
+            break
+        if kind == _OPT_SACK and not sacked and length >= 10 and not (length - 2) % 8:
+            sacked = True
+            for edge in _SACK_EDGES[(length - 2) >> 3](data, at + 2):
                 if 0 < ((edge - sack) & _SEQ_MASK) <= 0x80000000:  # the kernel's after()
                     sack = edge
-            break
-    return sack
+        elif syn and kind == _OPT_WSCALE and length == 3:
+            wscale = min(data[at + 2], _MAX_WSCALE)
+        elif syn and kind == _OPT_SACK_PERM and length == 2:
+            sack_perm = True
+        at += length
+    return wscale, sack_perm, sack
 
 
 def endpoints(key: bytes) -> tuple[bytes, int, bytes, int]:

@@ -9,11 +9,29 @@ from collections.abc import Sequence
 from fwemu import __version__
 from fwemu.errors import FwemuError
 
-# Every module `fwemu/cli/<name>_cmd.py` is a subcommand: its `register(subparsers)` adds its
-# parser and sets `func(args) -> int`. `ORDER` (default 50) places it in `--help`.
+# Every module `fwemu/cli/<name>_cmd.py` is the subcommand <name>: its `register(subparsers)`
+# adds its parser and sets `func(args) -> int`. `ORDER` (default 50) places it in `--help`.
+# Only the command being run is imported: the others pull in pyroute2, the harness, rich and the
+# core, and an ops command must start in well under a second (tests/cli/test_startup.py).
+_SUFFIX = "_cmd"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_names() -> list[str]:
+    """The subcommands, found without importing them."""
+    import pkgutil
+
+    return [
+        info.name[: -len(_SUFFIX)]
+        for info in pkgutil.iter_modules(__path__)
+        if info.name.endswith(_SUFFIX)
+    ]
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for `argv`: with its one command's subparser when argv names one, with none for
+    a bare `--version`, else (help, a usage error) with all of them."""
+    import importlib
+
     parser = argparse.ArgumentParser(
         prog="fwemu",
         description=(
@@ -24,14 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fwemu {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    import importlib
-    import pkgutil
-
-    modules = [
-        importlib.import_module(f"{__name__}.{info.name}")
-        for info in pkgutil.iter_modules(__path__)
-        if info.name.endswith("_cmd")
-    ]
+    names = command_names()
+    words = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((word for word in words if not word.startswith("-")), None)
+    if chosen in names:
+        names = [chosen]
+    elif chosen is None and words == ["--version"]:
+        names = []
+    modules = [importlib.import_module(f"{__name__}.{name}{_SUFFIX}") for name in names]
     for module in sorted(modules, key=lambda m: (getattr(m, "ORDER", 50), m.__name__)):
         module.register(subparsers)
     return parser
@@ -39,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(argv).parse_args(argv)
         code: int = args.func(args)
     except FwemuError as err:
         # One problem: "fwemu: <message>". Several (a policy file's): one self-locating line each.

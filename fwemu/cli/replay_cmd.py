@@ -46,7 +46,7 @@ exit status: 0 when the capture was replayed (whatever it found), 2 when the cap
 cannot be read (a capture cut off mid-packet is replayed up to there, with a warning).
 """
 
-_PIPE_WIDTH = 120  # output width when stdout is not a terminal, as `fwemu check`
+_PIPE_WIDTH = 120  # output width when stdout is not a terminal (a timeline line fits)
 _LATE_SHOWN = 20  # later packets listed per flow in the readable report (all are in --json)
 
 

@@ -43,3 +43,23 @@ def number(
         return value
 
     return parse
+
+
+def duration(what: str, high: float) -> Callable[[str], float]:
+    """A parser for a duration as policies write them ("30s", "1m30s", "0"), at most `high`
+    seconds; "never" is refused."""
+    from fwemu.policy.duration import DurationError, format_duration, parse_duration
+
+    def parse(text: str) -> float:
+        try:
+            value = parse_duration(text)
+        except DurationError as err:
+            raise argparse.ArgumentTypeError(f"{what}: {err}") from None
+        if value is None or value > high:
+            limit = format_duration(high)
+            raise argparse.ArgumentTypeError(
+                f"{what} must be a duration up to {limit}, not {text!r}"
+            )
+        return value
+
+    return parse

@@ -1,4 +1,5 @@
-"""`fwemu expire`: expire flows of the running fwemu now, as if their timers ran out."""
+"""`fwemu expire`: expire flows of the running fwemu now, as if their timers ran out, or set
+their timers to run out later (`--in`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import json
 from collections import Counter
 from typing import Any
 
+from fwemu.cli.argtypes import duration
 from fwemu.ops import client, views
 from fwemu.ops.filters import EVERYTHING, FilterError, parse_flow, parse_selector
-from fwemu.ops.protocol import Request
+from fwemu.ops.protocol import MAX_IN, Request
 from fwemu.policy import ExpireAction
+from fwemu.policy.duration import format_duration
 
 ORDER = 25  # place in `fwemu --help`
 
@@ -23,12 +26,18 @@ out-of-state), with RSTs injected if the policy's on_expire says so for their ph
 --action says. It answers "what does my application do if the firewall kills this connection
 right now?".
 
+With --in DURATION the flows are not expired now: their timers are set to run out DURATION from
+now (as 'conntrack -U --timeout' does), and then the policy's on_expire applies. Each flow keeps
+that timer until its next packet, which arms the policy's timer again, so only a flow that
+stays idle expires at the set time: "what if this idle connection were 30 s from its timeout?".
+
 examples:
   fwemu expire '10.201.1.2:40000>10.201.2.2:5432'
   fwemu expire --match 'dport=5432' --action reset-client
   fwemu expire --all --action silent           a black hole for every connection
+  fwemu expire --match 'dport=5432' --in 30s   their timers run out in 30 s unless traffic comes
 
-Exit status: 0 when flows were expired, 1 when none matched, 2 on errors.
+Exit status: 0 when flows were expired (or re-timed), 1 when none matched, 2 on errors.
 """
 
 
@@ -45,10 +54,18 @@ def register(subparsers: Any) -> None:
     which.add_argument("flow", nargs="?", metavar="FLOW", help="one flow: CLIENT:PORT>SERVER:PORT")
     which.add_argument("--match", metavar="MATCH", help="every flow matching MATCH")
     which.add_argument("--all", action="store_true", help="every flow")
-    parser.add_argument(
+    when = parser.add_mutually_exclusive_group()
+    when.add_argument(
         "--action",
         choices=[a.value for a in ExpireAction],
         help="what to do instead of the policy's on_expire for each flow's phase",
+    )
+    when.add_argument(
+        "--in",
+        dest="seconds",
+        metavar="DURATION",
+        type=duration("--in", MAX_IN),
+        help="set the flows' timers to run out DURATION from now (e.g. 30s, 2m) instead",
     )
     parser.add_argument("--json", action="store_true", help="print the events as JSON lines")
     client.add_control_argument(parser)
@@ -65,21 +82,36 @@ def _run(args: argparse.Namespace) -> int:
         if selector == EVERYTHING:
             raise FilterError("--match needs at least one KEY=VALUE term (or use --all)")
     action = None if args.action is None else ExpireAction(args.action)
-    req = Request("expire", selector=selector, all=args.all, action=action)
+    req = Request("expire", selector=selector, all=args.all, action=action, seconds=args.seconds)
     summary: Counter[str] = Counter()
-    # Every worker of a run: each expires the matching flows it holds.
+    # Every worker of a run: each expires (or re-times) the matching flows it holds.
     for _, record in client.request_all(client.find_run(args.control), req):
         if "event" in record:
             event = record["event"]
             print(json.dumps(event) if args.json else views.event_line(event), flush=True)
+        elif "flow" in record:
+            flow = record["flow"]
+            print(json.dumps(flow) if args.json else _retimed_line(flow), flush=True)
         else:
-            summary.update({k: record.get(k, 0) for k in ("expired", "injected")})
+            summary.update({k: record.get(k, 0) for k in ("expired", "injected", "retimed")})
     if not args.json:
-        print(_summary(summary))
-    return 0 if summary["expired"] else 1
+        print(_summary(summary, args.seconds))
+    return 0 if summary["expired"] or summary["retimed"] else 1
 
 
-def _summary(summary: Counter[str]) -> str:
+def _retimed_line(flow: dict[str, Any]) -> str:
+    left = views.seconds(flow["expires_in"])
+    return f"retimed  {views.flow_name(flow)} {flow['state']}: expires in {left}"
+
+
+def _summary(summary: Counter[str], seconds: float | None) -> str:
+    if seconds is not None:
+        if not summary["retimed"]:
+            return "no flow matched: no timer set"
+        return (
+            f"set the timers of {summary['retimed']} flows to run out in "
+            f"{format_duration(seconds)}, unless a packet comes first"
+        )
     expired, injected = summary["expired"], summary["injected"]
     if not expired:
         return "no flow matched: nothing expired"

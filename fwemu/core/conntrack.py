@@ -80,9 +80,16 @@ CHALLENGE_ACK_EXPECTED = 1 << 3  # a SYN was let through in LAST_ACK (IP_CT_EXP_
 LAST_WINDOW_SCALE = 1 << 4  # the ignored SYN offered window scaling
 LAST_SACK_PERM = 1 << 5  # ... and SACK
 _LAST_OPTIONS = LAST_WINDOW_SCALE | LAST_SACK_PERM
-# Which timer a flow's deadline comes from (the `_timer` column; FlowExpired.capped_by).
-_OWN_TIMER, _RETRANS_TIMER, _UNACK_TIMER, _CLOSE_TIMER = range(4)
-_TIMER_NAMES: tuple[str | None, ...] = (None, "max_retrans", "unacknowledged", "close")
+# Which timer a flow's deadline comes from (the `_timer` column; FlowExpired.capped_by): the
+# state's own, a cap, or one an operator set (`fwemu expire --in`) until the flow's next packet.
+_OWN_TIMER, _RETRANS_TIMER, _UNACK_TIMER, _CLOSE_TIMER, _SET_TIMER = range(5)
+_TIMER_NAMES: tuple[str | None, ...] = (
+    None,
+    "max_retrans",
+    "unacknowledged",
+    "close",
+    "fwemu expire --in",
+)
 _HANDLE_INVALID_MIN = 120.0  # nf_tcp_handle_invalid(): a timer shorter than this is left alone
 _INF = math.inf
 
@@ -97,7 +104,6 @@ _ACK_KEEPS = tuple(
     s < State.INVALID and all(TRANSITIONS[d][_ACK][s] == s for d in (ORIGINAL, REPLY))
     for s in range(len(State))
 )
-_ACK_OVER_BOUND = "ACK above what the peer sent"
 # State values as plain ints: an enum attribute per comparison costs on every connection packet.
 (
     _NONE,
@@ -129,7 +135,8 @@ _INVALID, _IGNORE = int(State.INVALID), int(State.IGNORE)
 def _special(d: int, cls: int, old: int) -> bool:
     """Whether a packet of class `cls` from direction `d` in state `old` may meet one of the
     kernel's special cases (`FlowTable._special`); the rest take the table's state as is, after
-    the ACK's upper bound (RSTs all go through `_special` for their own window rules)."""
+    tcp_in_window() (RSTs all go through `_special` for their own rules). A flow tcp_new() just
+    opened (NONE) meets none: its first packet's new state is tcp_new()'s."""
     new = TRANSITIONS[d][cls][old]
     return old != _NONE and (
         cls == _RST
@@ -231,6 +238,7 @@ class FlowTable:
         self._created = array("d")
         self._seen_at = array("d")  # time of the last accepted packet that refreshed the timer
         self.win = TcpWindows()
+        self._set_seconds: dict[int, float] = {}  # per slot with an operator's timer: its seconds
         # Per direction (ORIGINAL, REPLY): packets and payload bytes in window.
         self._pkts = (array("Q"), array("Q"))
         self._bytes = (array("Q"), array("Q"))
@@ -535,6 +543,8 @@ class FlowTable:
     def _timer_value(self, slot: int, timer: int) -> float | None:
         """The seconds of a cap (`timer` not _OWN_TIMER) under the flow's profile."""
         profile = self._profile[slot]
+        if timer == _SET_TIMER:
+            return self._set_seconds.get(slot)
         if timer == _CLOSE_TIMER:
             return self._timeouts[profile][_CLOSE]
         return self._caps[profile][timer == _UNACK_TIMER]
@@ -852,6 +862,20 @@ class FlowTable:
     def keys(self) -> list[bytes]:
         return list(self._index)
 
+    def retime(self, keys: list[bytes], now: float, seconds: float) -> list[bytes]:
+        """Set the given flows' timers to run out `seconds` from now, as `conntrack -U
+        --timeout` does: until the flow's next packet, which arms its policy timer again. The
+        keys of the flows still tracked."""
+        done = []
+        for key in keys:
+            slot = self._index.get(key)
+            if slot is not None:
+                self._timer[slot] = _SET_TIMER
+                self._set_seconds[slot] = seconds
+                self.timers.set(slot, now + seconds)
+                done.append(key)
+        return done
+
     def _expire(
         self,
         slot: int,
@@ -988,6 +1012,7 @@ class FlowTable:
         del self._index[key]
         self._keys[slot] = None
         self._flow_ids.pop(slot, None)
+        self._set_seconds.pop(slot, None)
         self.timers.set(slot, None)
         self._free.append(slot)
 

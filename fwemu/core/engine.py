@@ -52,6 +52,11 @@ class Engine:
         inject, events = self.table.expire_now(keys, now, action)
         return Effects(tuple(inject), tuple(events))
 
+    def retime(self, keys: list[bytes], *, now: float, seconds: float) -> list[bytes]:
+        """Make these flows' timers run out `seconds` from now (until their next packet re-arms
+        the policy's); the keys of those still tracked."""
+        return self.table.retime(keys, now, seconds)
+
     def reload(self, policy: Policy) -> int:
         """Switch to `policy`, keeping every flow (see FlowTable.reload); the flow count."""
         self.policy = policy

@@ -117,7 +117,7 @@ class Commands:
         daemon = self._daemon
         engine = daemon.engine
         keys = engine.keys()
-        expired = resets = injected = 0
+        expired = resets = injected = retimed = 0
         for start in range(0, len(keys), EXPIRE_BATCH):
             now = Clock.now()
             batch = keys[start : start + EXPIRE_BATCH]
@@ -125,12 +125,21 @@ class Commands:
                 batch = [
                     key for key in batch if _selected(request.selector, engine.info(key, now=now))
                 ]
+            if request.seconds is not None:
+                for key in engine.retime(batch, now=now, seconds=request.seconds):
+                    if (info := engine.info(key, now=now)) is not None:
+                        retimed += 1
+                        yield {"flow": flow_record(info)}
+                continue
             effects = daemon.engine.expire(batch, now=now, action=request.action)
             injected += daemon.apply(effects.inject, effects.events)
             for event in effects.events:
                 expired += event.kind == "expire"
                 resets += event.kind == "reset"
                 yield {"event": daemon.reporter.record(event)}
+        if request.seconds is not None:
+            yield {"ok": True, "retimed": retimed, "in": request.seconds}
+            return
         yield {"ok": True, "expired": expired, "resets": resets, "injected": injected}
 
     def _reload(self, request: Request) -> dict[str, Any]:

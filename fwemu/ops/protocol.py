@@ -5,6 +5,7 @@ A request is one object with `cmd` and that command's fields (see `FIELDS`):
     {"cmd": "flows", "match": "dport=80"}
     {"cmd": "events", "match": "event=expire", "follow": true, "history": 100}
     {"cmd": "expire", "match": "dport=80", "action": "reset-both"}      (or "all": true)
+    {"cmd": "expire", "match": "dport=80", "in": 30}     (their timers run out in 30 s instead)
     {"cmd": "reload", "policy": "/etc/fwemu/fw.toml"}                  (or "preset", or neither)
     {"cmd": "status"}
 
@@ -45,13 +46,15 @@ MAX_HISTORY = 1_000_000
 # Digits in a JSON integer: no field takes more than MAX_HISTORY's (and Python converts at most
 # 4300, sys.get_int_max_str_digits, raising a bare ValueError beyond).
 MAX_DIGITS = 20
+# The longest timer `expire` may set: a year, far beyond any product's idle timer.
+MAX_IN = 365 * 86400.0
 
 # The fields each command takes (besides `cmd`).
 FIELDS: dict[str, frozenset[str]] = {
     "status": frozenset(),
     "flows": frozenset({"match"}),
     "events": frozenset({"match", "follow", "history"}),
-    "expire": frozenset({"match", "all", "action"}),
+    "expire": frozenset({"match", "all", "action", "in"}),
     "reload": frozenset({"policy", "preset"}),
 }
 
@@ -70,6 +73,7 @@ class Request:
     action: ExpireAction | None = None
     policy: str | None = None  # an absolute path: the daemon's working directory is not ours
     preset: str | None = None
+    seconds: float | None = None  # expire: re-time the flows to run out then, not expire them
 
     def encode(self) -> bytes:
         """The request line, with only the fields its command takes."""
@@ -81,6 +85,7 @@ class Request:
             "action": None if self.action is None else self.action.value,
             "policy": self.policy,
             "preset": self.preset,
+            "in": self.seconds,
         }
         fields = {k: v for k, v in values.items() if k in FIELDS[self.command] and v is not None}
         return encode({"cmd": self.command, **fields})
@@ -122,6 +127,7 @@ def parse_request(line: bytes) -> Request:
             action=_action(_typed(data, "action", str, None)),
             policy=_typed(data, "policy", str, None),
             preset=_typed(data, "preset", str, None),
+            seconds=_seconds(data.get("in")),
         )
     except FilterError as err:
         raise ProtocolError(str(err)) from None
@@ -144,6 +150,15 @@ def _typed(data: dict[str, Any], key: str, kind: type, default: Any) -> Any:
     return value
 
 
+def _seconds(value: Any) -> float | None:
+    """`in`: seconds, a JSON number (not a bool) in 0..MAX_IN."""
+    if value is None:
+        return None
+    if type(value) not in (int, float) or not 0 <= value <= MAX_IN:
+        raise ProtocolError(f"field 'in' must be seconds, 0 to {MAX_IN:.0f}, not {value!r}")
+    return float(value)
+
+
 def _action(value: str | None) -> ExpireAction | None:
     if value is None:
         return None
@@ -159,6 +174,11 @@ def _check(request: Request) -> None:
         raise ProtocolError(f"history must be 0..{MAX_HISTORY}, not {request.history}")
     if request.command == "expire" and request.all == (request.selector != EVERYTHING):
         raise ProtocolError("expire needs a match or all, not both or neither")
+    if request.seconds is not None and request.action is not None:
+        raise ProtocolError(
+            "expire takes 'in' or 'action', not both: when a timer set with 'in' runs out, the "
+            "policy's on_expire applies"
+        )
     if request.policy is not None and request.preset is not None:
         raise ProtocolError("reload takes a policy or a preset, not both")
     if request.policy is not None and not _is_path(request.policy):

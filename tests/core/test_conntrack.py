@@ -390,3 +390,26 @@ def test_adopt_tracks_a_mid_stream_flow_with_the_given_client() -> None:
     fx = t.advance(11.0)
     # The server sent up to 5010; nothing is known of the client's own sequence.
     assert fx.inject == (t.rst_to_client(seq=5010, ack=None), t.rst_to_server(seq=0, ack=5010))
+
+
+def test_retime_sets_a_flow_s_timer_until_its_next_packet() -> None:
+    t = Trace(make_policy(established=3600.0, on_established=RESET_BOTH))
+    t.handshake(at=0.0)
+    t.client("PA", 10, at=1.0)
+    t.server("A", at=1.0)
+    (key,) = t.engine.keys()
+    assert t.engine.retime([key, b"gone"], now=2.0, seconds=5.0) == [key]
+    assert t.deadline(now=2.0) == 7.0
+    (expired, *resets) = t.advance(7.0).events
+    assert isinstance(expired, FlowExpired)
+    assert (expired.timeout, expired.capped_by, expired.forced) == (5.0, "fwemu expire --in", False)
+    assert [type(r) for r in resets] == [ResetSent, ResetSent]  # the policy's on_expire
+
+
+def test_a_packet_after_retime_arms_the_policy_timer_again() -> None:
+    t = Trace(make_policy(established=3600.0))
+    t.handshake(at=0.0)
+    (key,) = t.engine.keys()
+    t.engine.retime([key], now=1.0, seconds=5.0)
+    t.client("A", at=2.0)
+    assert t.deadline(now=2.0) == 2.0 + 3600.0

@@ -54,6 +54,7 @@ FIELD_VALUES = {
     # Absolute paths of nothing, a directory, or odd names: never a file that reads forever.
     "policy": st.sampled_from(["/nonexistent/fw.toml", "/", "fw.toml"]) | TEXT.map("/x/".__add__),
     "preset": st.sampled_from(["linux", "nope"]) | TEXT,
+    "in": st.sampled_from([0, 0.5, 30, -1, 4e7]) | st.floats() | st.integers(),
 }
 
 

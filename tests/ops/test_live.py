@@ -198,6 +198,24 @@ def test_expire_all(live: tuple[Firewall, Path], fwemu: Cli, conns: list[Conn]) 
     assert flows_json(fwemu, control) == []
 
 
+def test_expire_in_sets_an_idle_flow_s_timer(
+    live: tuple[Firewall, Path], fwemu: Cli, conns: list[Conn]
+) -> None:
+    fw, control = live
+    conns.append(conn := Conn(fw, 8171))
+    name = f"{fw.client_address()}:{conn.sport}>{fw.server_address()}:8171"
+    asked = time.monotonic()
+    result = fwemu("expire", "--control", str(control), name, "--in", "1s")
+    assert result.code == 0, result.err
+    assert f"retimed  {name.replace('>', ' > ')} ESTABLISHED: expires in" in result.out
+    assert "set the timers of 1 flows to run out in 1s, unless a packet comes first" in result.out
+    assert 0 < the_flow(fwemu, control, conn)["expires_in"] <= 1.0  # Linux's would be 5 days
+    event = fw.wait_for_event("expire", timeout=5, dport=8171, capped_by="fwemu expire --in")
+    assert (event["timeout"], event["forced"]) == (1.0, False)
+    assert time.monotonic() - asked >= 1.0
+    assert flows_json(fwemu, control, "--match", "dport=8171") == []
+
+
 def test_events_follow_receives_a_live_event(
     live: tuple[Firewall, Path], conns: list[Conn]
 ) -> None:

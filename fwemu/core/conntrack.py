@@ -270,19 +270,14 @@ class FlowTable:
         ]
         # The timer caps per profile (max_retrans, unacknowledged; inf = none).
         self._caps: list[tuple[float, float]] = [
-            tuple(
-                _INF if t is None else t
-                for t in (p.timeouts.max_retrans, p.timeouts.unacknowledged)
-            )  # type: ignore[misc]
+            (_seconds(p.timeouts.max_retrans), _seconds(p.timeouts.unacknowledged))
             for p in self._profiles
         ]
         self._liberal = [not p.out_of_state.window_check for p in self._profiles]
         # Per profile per State value: the timer while data is unacknowledged (the fast path's).
         self._unacked: list[tuple[tuple[float | None, int], ...]] = [
             tuple(
-                (unack, _UNACK_TIMER)
-                if (_INF if own is None else own) > unack
-                else (own, _OWN_TIMER)
+                (unack, _UNACK_TIMER) if _seconds(own) > unack else (own, _OWN_TIMER)
                 for own in timeouts
             )
             for timeouts, (_, unack) in zip(self._timeouts, self._caps, strict=True)
@@ -497,7 +492,8 @@ class FlowTable:
             new = old  # not exact: keep the state, allow a challenge ACK
         # A RST to a SYN or half-open ACK let through. The SYN must be the other side's: this
         # machine's 6.18 kernel does not skip the window check for a RST from the SYN's sender
-        # (tests/e2e/test_kernel_parity.py, "RST from the side of the last SYN").
+        # (tests/e2e/test_kernel_parity.py, "simultaneous open, the server's RST just beyond
+        # its SYN").
         answers_ignored = (flags & SEEN_REPLY and last_index == _SYN and last_dir != d) or (
             not flags & ASSURED and last_index == _ACK
         )
@@ -518,7 +514,7 @@ class FlowTable:
         before this packet, as the kernel sets SEEN_REPLY only after it)."""
         timeouts = self._timeouts[profile]
         own = timeouts[state]
-        limit = _INF if own is None else own
+        limit = _seconds(own)
         retrans_cap, unack_cap = self._caps[profile]
         win = self.win
         i = slot << 1
@@ -531,11 +527,7 @@ class FlowTable:
             timeout, timer = unack_cap, _UNACK_TIMER
         elif not win.last_win[slot] and limit > retrans_cap:
             timeout, timer = retrans_cap, _RETRANS_TIMER  # a zero window
-        if (
-            not flags & SEEN_REPLY
-            and state == _ESTABLISHED
-            and (_INF if timeout is None else timeout) > unack_cap
-        ):
+        if not flags & SEEN_REPLY and state == _ESTABLISHED and _seconds(timeout) > unack_cap:
             timeout, timer = unack_cap, _UNACK_TIMER  # picked up, no reply yet: not 5 days
         self._timer[slot] = timer if timer != _CLOSE_TIMER or state != _CLOSE else _OWN_TIMER
         self.timers.set(slot, None if timeout is None or timeout == _INF else now + timeout)
@@ -1085,6 +1077,11 @@ def _address(packed: bytes) -> IPAddress:
             _ADDRESS.clear()  # bounded, as _ADDRESS_TEXT
         address = _ADDRESS[packed] = ipaddress.ip_address(packed)
     return address
+
+
+def _seconds(timeout: float | None) -> float:
+    """A timer for comparisons: None (never) is infinitely long."""
+    return _INF if timeout is None else timeout
 
 
 def _source(seg: pk.Segment) -> bytes:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+from enum import StrEnum
 from typing import Any
 
 from rich import box
@@ -25,7 +27,7 @@ from fwemu.policy import (
     format_duration,
     resolve_policy,
 )
-from fwemu.policy.model import STATE_TIMEOUTS, TIMEOUT_CAPS
+from fwemu.policy.model import LIMIT_NAMES, STATE_TIMEOUTS, TIMEOUT_CAPS, Limits
 
 ORDER = 40  # place in `fwemu --help`
 
@@ -100,6 +102,16 @@ def policy_to_dict(policy: Policy) -> dict[str, Any]:
             "per_source": policy.answer_rate.per_source,
             "total": policy.answer_rate.total,
         },
+        "limits": _limits_to_dict(policy.limits),
+    }
+
+
+def _limits_to_dict(limits: Limits) -> dict[str, Any]:
+    """Every key of a [limits] table, None for "no limit"."""
+    return {
+        key: value.value if isinstance(value, StrEnum) else value
+        for key in (f.name for f in dataclasses.fields(limits))
+        for value in (getattr(limits, key),)
     }
 
 
@@ -126,6 +138,7 @@ def _profile_to_dict(profile: Profile, match: Match | None) -> dict[str, Any]:
             "window_check": oos.window_check,
             "remember": oos.remember,
         },
+        "limits": _limits_to_dict(profile.limits),
     }
 
 
@@ -162,6 +175,12 @@ def _print_policy(console: Console, policy: Policy) -> None:
     for profile, match in _profiles(policy):
         _add_profile(table, profile, match)
     console.print(table)
+    for whose, limits in (
+        ("every flow", policy.limits),
+        *((f"rule {r.name}'s flows", r.profile.limits) for r in policy.rules),
+    ):
+        if limits.counted:
+            console.print(f"limits on {whose}: {limits_text(limits)}", soft_wrap=True)
     rate = policy.answer_rate
     console.print(
         f"out-of-state answers (event, RST): at most {rate.per_source}/s from one source, "
@@ -222,3 +241,25 @@ def _out_of_state_text(oos: OutOfState) -> str:
     parts.append("pickup" if oos.pickup else "no pickup")
     parts.append(f"window check {'on' if oos.window_check else 'off'}")
     return ", ".join(parts)
+
+
+def limits_text(limits: Limits) -> str:
+    """A [limits] table in one line: each limit set, with its action."""
+    parts = []
+    for key in LIMIT_NAMES:
+        value = getattr(limits, key)
+        if value is not None:
+            parts.append(f"{key} {value:,}")
+    actions = []
+    if limits.max_flows or limits.per_client or limits.per_server:
+        early = ", early drop" if limits.early_drop else ""
+        actions.append(f"full: {limits.on_full.value}{early}")
+    if limits.embryonic or limits.per_client_embryonic:
+        actions.append(f"handshakes: {limits.on_embryonic.value}")
+    if limits.ports_per_client or limits.ports_per_destination:
+        reuse = format_duration(limits.port_reuse)
+        actions.append(
+            f"ports ({limits.nat_pool.value} pool, reused after {reuse}): "
+            f"{limits.on_exhausted.value}"
+        )
+    return f"{', '.join(parts)} ({'; '.join(actions)})"

@@ -16,8 +16,9 @@ ORDER = 24  # place in `fwemu --help`
 
 _EPILOG = f"""\
 Each event is one JSON object per line, exactly as 'fwemu run --events' writes it: ts (epoch
-seconds), event (new, state, expire, reset, out_of_state, out_of_state_summary, delete), flow
-(src, sport, dst, dport: client first), state, phase, action, rule, and the event's own fields.
+seconds), event (new, state, expire, reset, out_of_state, out_of_state_summary, delete, limit,
+limit_summary), flow (src, sport, dst, dport: client first), state, phase, action, rule, and the
+event's own fields.
 
 FILTER is space-separated KEY=VALUE terms, all of which must hold; a term's comma-separated
 values are alternatives. Keys: {", ".join(EVENT_KEYS)}.

@@ -12,7 +12,6 @@ kernel's window checks (`tcp_in_window()`, fwemu.core.window). Kernel version ma
 
 from __future__ import annotations
 
-import ipaddress
 import math
 from array import array
 from collections import deque
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
 from fwemu.core import packet as pk
+from fwemu.core.addresses import address, flow_id
 from fwemu.core.decision import IGNORED, IN_STATE, Decision, Reason, Verdict, accept
 from fwemu.core.events import (
     Event,
@@ -27,10 +27,12 @@ from fwemu.core.events import (
     FlowExpired,
     FlowId,
     FlowNew,
+    LimitRefused,
     OutOfState,
     ResetSent,
     StateChanged,
 )
+from fwemu.core.limits import LimitBook, Refusal
 from fwemu.core.ratelimit import OutOfStateLimiter
 from fwemu.core.states import (
     CLOSING_STATES,
@@ -55,7 +57,7 @@ from fwemu.core.window import (
     WINDOW_SCALE,
     TcpWindows,
 )
-from fwemu.policy.model import ExpireAction, OutOfStateAction, Policy, Profile
+from fwemu.policy.model import ExpireAction, LimitAction, OutOfStateAction, Policy, Profile
 
 _SYN, _SYNACK, _FIN, _ACK, _RST = (
     PacketClass.SYN,
@@ -224,7 +226,7 @@ class FlowTable:
     """Tracks flows; `packet()` per accepted-or-not packet, `expire_due()` when timers run out."""
 
     def __init__(self, policy: Policy) -> None:
-        self.limiter = OutOfStateLimiter(0, 0, _key_flow_id)
+        self.limiter = OutOfStateLimiter(0, 0, flow_id)
         self._use(policy)
         self._index: dict[bytes, int] = {}
         self._keys: list[bytes | None] = []
@@ -255,6 +257,8 @@ class FlowTable:
         self.limiter.per_source = policy.answer_rate.per_source
         self.limiter.total = policy.answer_rate.total
         self._profiles: list[Profile] = list(policy.profiles)
+        self.book = LimitBook(policy)
+        self._early_drop = any(scope.buckets for scope in self.book.scopes)
         # Timeout per profile per State value (None = never), looked up on every packet.
         self._timeouts: list[tuple[float | None, ...]] = [
             tuple(
@@ -290,12 +294,19 @@ class FlowTable:
         (expired) flows keep their rule by name, else fall back to the default. Returns the
         number of live flows re-timed."""
         old_names = [p.name for p in self._profiles]
+        old_book = self.book
         self._use(policy)
+        self.book.carry(old_book)
         by_name = {p.name: i for i, p in enumerate(self._profiles)}
         default = len(self._profiles) - 1
         for key, slot in self._index.items():
-            profile = self._match(key, bool(self._client_fwd[slot]))
+            forward = bool(self._client_fwd[slot])
+            profile = self._match(key, forward)
             self._profile[slot] = profile
+            if self.book.active:
+                self.book.opened(slot, key, forward, profile, self._state[slot] in _EMBRYONIC)
+                if self._flags[slot] & ASSURED:
+                    self.book.assured(slot)
             # The timer the last packet would have set under the new policy.
             self._arm(
                 slot,
@@ -392,6 +403,8 @@ class FlowTable:
                 new_flags |= ASSURED
             if new_flags != flags:
                 self._flags[slot] = new_flags
+                if new_flags & ASSURED and self._early_drop:
+                    self.book.assured(slot)
             self._seen_at[slot] = now
             if not flags & SEEN_REPLY or win.retrans[slot] >= MAX_RETRANS or not win.last_win[slot]:
                 self._arm(slot, profile, old, _ACK, flags, now)
@@ -458,6 +471,7 @@ class FlowTable:
                 return accept(Reason.SYN_RETRANSMIT, event) if event else _SYN_RETRANSMIT
         elif new == _ESTABLISHED and not flags & ASSURED and old in (_SYN_RECV, new):
             flags |= ASSURED
+            self.book.assured(slot)
         self._flags[slot] = flags | SEEN_REPLY if d else flags
         self._seen_at[slot] = now
         self._arm(slot, self._profile[slot], new, cls, flags, now)
@@ -597,7 +611,8 @@ class FlowTable:
             if closed or (last_dir == d and last_index == _RST):
                 gone = self._remove(slot, now, reason="reopened")
                 out = self._new_flow(seg, cls, now)
-                return accept(Reason.REOPENED, gone, *out.events)
+                reason = Reason.REOPENED if out.accepted else out.reason
+                return out._replace(reason=reason, events=(gone, *out.events))
             new = _IGNORE
         if new == _IGNORE:
             if (
@@ -688,13 +703,24 @@ class FlowTable:
     ) -> Decision:
         """tcp_new(): a SYN opens SYN_SENT; a picked-up ACK opens ESTABLISHED (loose). Then
         the packet goes through the state machine as the kernel's does (old state NONE)."""
-        self._tombstones.pop(seg.key, None)
         if profile is None:
             profile = self._profile_index(seg, None)
+        forward = seg.forward == sender_is_client
+        evicted: tuple[Event, ...] = ()
+        if self.book.active:
+            verdict = self.book.admit(seg.key, forward, profile, cls == _SYN, now)
+            if isinstance(verdict, Refusal):
+                return self._refused(seg, profile, verdict, now)
+            if verdict:
+                reason = "early drop: the table is full"
+                evicted = tuple(self._remove(victim, now, reason) for victim in verdict)
+        self._tombstones.pop(seg.key, None)
         slot = self._alloc(seg.key)
         self._state[slot] = _NONE
-        self._client_fwd[slot] = seg.forward == sender_is_client
+        self._client_fwd[slot] = forward
         self._profile[slot] = profile
+        if self.book.active:
+            self.book.opened(slot, seg.key, forward, profile, cls == _SYN)
         self._created[slot] = now
         direction = ORIGINAL if sender_is_client else REPLY
         self._last[slot] = _NO_CLASS | direction << 3
@@ -706,7 +732,42 @@ class FlowTable:
             self.win.open_midstream(row, seg)
             new = _ESTABLISHED
         # tcp_in_window() always passes here: a SYN is within what it opened, a pickup liberal.
-        return self._transition(slot, direction, cls, _NONE, new, seg, now)
+        out = self._transition(slot, direction, cls, _NONE, new, seg, now)
+        return out._replace(events=(*evicted, *out.events)) if evicted else out
+
+    def _refused(self, seg: pk.Segment, profile: int, refusal: Refusal, now: float) -> Decision:
+        """A new flow a limit refuses: dropped, and for `reset` answered with a RST (as an
+        out-of-state answer: within the policy's answer rate)."""
+        rule = self._profiles[profile].name
+        reset = refusal.action == LimitAction.RESET
+        source = _source(seg)
+        if limit := self.limiter.admit(source, now):
+            action = refusal.action.value
+            self.limiter.hold(
+                source, limit, seg.key, seg.forward, action, rule, reset, refusal.limit
+            )
+            return _REFUSED_PAST_RATE
+        flow = flow_id(seg.key, seg.forward)
+        events: list[Event] = [
+            LimitRefused(
+                now,
+                flow,
+                refusal.limit,
+                refusal.value,
+                refusal.current,
+                refusal.counted,
+                refusal.limits,
+                refusal.action.value,
+                rule,
+            )
+        ]
+        inject: tuple[bytes, ...] = ()
+        if reset:
+            rst = pk.build_reply_rst(seg)
+            inject = (rst.packet,)
+            events.append(ResetSent(now, flow, "client", rst.seq, rst.ack, "NONE", "limit", rule))
+        detail = f"{refusal.limit} {refusal.value} reached by {refusal.counted}"
+        return Decision(Verdict.DROP, Reason.LIMIT, inject, tuple(events), detail)
 
     def _invalid(self, slot: int, seg: pk.Segment, now: float, reason: str) -> Decision:
         """A packet the state table rejects on a live flow. It never resets the flow's
@@ -740,13 +801,13 @@ class FlowTable:
         if tomb is None:
             side: str | None = None
             profile = self._profile_index(seg, None)
-            flow = _key_flow_id(seg.key, seg.forward)  # as the packet travelled
+            flow = flow_id(seg.key, seg.forward)  # as the packet travelled
             from_client: bool | None = None
         else:
             from_client = seg.forward == tomb.client_forward
             side = "client" if from_client else "server"
             profile = tomb.profile
-            flow = _key_flow_id(seg.key, tomb.client_forward)
+            flow = flow_id(seg.key, tomb.client_forward)
             reason = f"{reason} (expired)"
         action = self._profiles[profile].out_of_state.for_side(from_client)
         source = _source(seg)
@@ -810,7 +871,7 @@ class FlowTable:
         client being the key's first endpoint or not as given (each tried in turn), else of the
         default profile."""
         addr_a, port_a, addr_b, port_b = pk.endpoints(key)
-        a, b = _address(addr_a), _address(addr_b)
+        a, b = address(addr_a), address(addr_b)
         for forward in client_forward:
             src, sport, dst, dport = (a, port_a, b, port_b) if forward else (b, port_b, a, port_a)
             for i, rule in enumerate(self.policy.rules):
@@ -915,7 +976,7 @@ class FlowTable:
             profile,
             now + facts.remember,
         )
-        self._free_slot(slot)
+        self._free_slot(slot, now)
 
     def _reset_towards(self, slot: int, y: int) -> tuple[bytes, int, int | None]:
         """A RST that endpoint `y` accepts in its likely state (docs/tcp-rst-and-nfqueue.md §2.5).
@@ -998,7 +1059,7 @@ class FlowTable:
     def _per_direction_columns(self) -> tuple[array[int], ...]:
         return (*self._pkts, *self._bytes)
 
-    def _free_slot(self, slot: int) -> None:
+    def _free_slot(self, slot: int, now: float) -> None:
         key = self._keys[slot]
         assert key is not None
         del self._index[key]
@@ -1007,6 +1068,8 @@ class FlowTable:
         self._set_seconds.pop(slot, None)
         self.timers.set(slot, None)
         self._free.append(slot)
+        if self.book.active:
+            self.book.closed(slot, now)
 
     def _remove(self, slot: int, now: float, reason: str) -> Event:
         """Drop a flow the kernel would delete outright (not a timer expiry: no tombstone)."""
@@ -1018,10 +1081,13 @@ class FlowTable:
             reason=reason,
             rule=self._profiles[self._profile[slot]].name,
         )
-        self._free_slot(slot)
+        self._free_slot(slot, now)
         return event
 
     def _state_event(self, slot: int, now: float, old: int, new: int) -> Event:
+        """A state change's event (and its news for the limits: a handshake is over)."""
+        if new not in _EMBRYONIC and self.book.active:
+            self.book.established(slot)
         return StateChanged(
             now,
             self._flow_id(slot),
@@ -1038,7 +1104,7 @@ class FlowTable:
                 self._flow_ids.clear()  # bounded: long-lived flows just format again
             key = self._keys[slot]
             assert key is not None
-            flow = self._flow_ids[slot] = _key_flow_id(key, bool(self._client_fwd[slot]))
+            flow = self._flow_ids[slot] = flow_id(key, bool(self._client_fwd[slot]))
         return flow
 
 
@@ -1048,35 +1114,6 @@ _RESET_TARGETS: dict[ExpireAction, tuple[int, ...]] = {
     ExpireAction.RESET_SERVER: (REPLY,),
     ExpireAction.RESET_BOTH: (ORIGINAL, REPLY),
 }
-
-
-_ADDRESS_TEXT: dict[bytes, str] = {}  # formatting via ipaddress costs ~1 µs; events need it often
-
-
-def _ntop(addr: bytes) -> str:
-    text = _ADDRESS_TEXT.get(addr)
-    if text is None:
-        if len(_ADDRESS_TEXT) >= 4096:
-            _ADDRESS_TEXT.clear()  # bounded; a busy network just formats again
-        text = _ADDRESS_TEXT[addr] = (
-            f"{addr[0]}.{addr[1]}.{addr[2]}.{addr[3]}"
-            if len(addr) == 4
-            else str(ipaddress.ip_address(addr))
-        )
-    return text
-
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-_ADDRESS: dict[bytes, IPAddress] = {}  # rule matching needs one per flow, reload 100k at once
-
-
-def _address(packed: bytes) -> IPAddress:
-    address = _ADDRESS.get(packed)
-    if address is None:
-        if len(_ADDRESS) >= 4096:
-            _ADDRESS.clear()  # bounded, as _ADDRESS_TEXT
-        address = _ADDRESS[packed] = ipaddress.ip_address(packed)
-    return address
 
 
 def _seconds(timeout: float | None) -> float:
@@ -1092,21 +1129,13 @@ def _source(seg: pk.Segment) -> bytes:
 
 
 _SYN_RETRANSMIT: Final = accept(Reason.SYN_RETRANSMIT)
+_REFUSED_PAST_RATE: Final = Decision(
+    Verdict.DROP, Reason.PAST_ANSWER_RATE, detail="refused by a limit"
+)
+_EMBRYONIC = (_SYN_SENT, _SYN_RECV, _SYN_SENT2)  # the states a limit counts as handshakes
 # The whole answer to an out-of-state packet past the policy's answer rate: the verdict alone.
 _PAST_RATE: Final = {
     OutOfStateAction.ACCEPT: accept(Reason.PAST_ANSWER_RATE),
     OutOfStateAction.DROP: Decision(Verdict.DROP, Reason.PAST_ANSWER_RATE),
     OutOfStateAction.RESET: Decision(Verdict.DROP, Reason.PAST_ANSWER_RATE),
 }
-
-
-def _key_flow_id(key: bytes, client_forward: bool) -> FlowId:
-    # pk.endpoints(), inlined: every event needs one.
-    size = 4 if len(key) == pk.KEY4_LEN else 16
-    ports = size + size
-    a, b = _ntop(key[:size]), _ntop(key[size:ports])
-    port_a = key[ports] << 8 | key[ports + 1]
-    port_b = key[ports + 2] << 8 | key[ports + 3]
-    if client_forward:
-        return FlowId(a, port_a, b, port_b)
-    return FlowId(b, port_b, a, port_a)

@@ -26,6 +26,7 @@ class Reason(StrEnum):
     SYN_RETRANSMIT = "SYN retransmit (timer not renewed)"
     REOPENED = "reopened"
     RESET_BEFORE_REPLY = "reset before any reply"
+    LIMIT = "refused by a limit"  # a new flow over one of the policy's [limits]
     OUT_OF_STATE = "out-of-state"
     PAST_ANSWER_RATE = "out-of-state, past the answer rate"
     NOT_TCP = "not TCP"

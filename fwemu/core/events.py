@@ -204,3 +204,50 @@ class OutOfStateSummary(Event):
             f"oos      {self.packets} more out-of-state packets from {self.source} in the last "
             f"second: {self.action}{withheld} (past {self.rate}/s {limit}, e.g. {self.flow})"
         )
+
+
+@dataclass(slots=True)
+class LimitRefused(Event):
+    """A new flow a limit refused (fwemu/core/limits.py): no flow opened, and its packet got
+    `action`: dropped, or (reset) dropped and answered with a RST."""
+
+    limit: str  # the Limits key: "max_flows", "per_client", "ports_per_destination", ...
+    value: int  # its value
+    count: int  # the count that reached it
+    counted: str  # whose count: "table", "client 10.0.0.1", "client 10.0.0.1 to 10.0.0.2:80"
+    limits: str  # whose [limits]: "policy" or "rule NAME"
+    action: str  # LimitAction value
+    rule: str  # the flow's rule
+
+    kind: ClassVar[str] = "limit"
+
+    def describe(self) -> str:
+        return (
+            f"limit    {self.flow} refused: {self.limit} = {self.value} reached by "
+            f"{self.counted} ({self.limits}): {self.action}"
+        )
+
+
+@dataclass(slots=True)
+class LimitSummary(Event):
+    """New flows from `source` a limit refused past the policy's answer rate in one second
+    (ending at `ts`): each got `action`, but no event of its own and no RST. `flow` is the
+    first one's."""
+
+    source: str
+    packets: int
+    resets_withheld: int
+    limit: str  # the Limits key that refused them
+    action: str
+    rule: str
+    past: str  # "per_source" or "total": the answer rate it was over
+    rate: int  # that rate, packets a second
+
+    kind: ClassVar[str] = "limit_summary"
+
+    def describe(self) -> str:
+        withheld = f", {self.resets_withheld} RSTs withheld" if self.resets_withheld else ""
+        return (
+            f"limit    {self.packets} more new flows from {self.source} refused by {self.limit} "
+            f"in the last second: {self.action}{withheld} (past {self.rate}/s, e.g. {self.flow})"
+        )

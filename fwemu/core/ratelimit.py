@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fwemu.core.events import FlowId, OutOfStateSummary
+from fwemu.core.events import Event, FlowId, LimitSummary, OutOfStateSummary
 
 WINDOW = 1.0  # seconds: the rates are per second
 
@@ -26,10 +26,13 @@ WINDOW = 1.0  # seconds: the rates are per second
 class _Held:
     """What one source's packets past the rate had, in the current window."""
 
-    __slots__ = ("action", "flow", "limit", "packets", "resets", "rule")
+    __slots__ = ("action", "flow", "limit", "packets", "refused_by", "resets", "rule")
 
-    def __init__(self, flow: FlowId, action: str, rule: str, limit: str) -> None:
+    def __init__(
+        self, flow: FlowId, action: str, rule: str, limit: str, refused_by: str | None
+    ) -> None:
         self.flow, self.action, self.rule, self.limit = flow, action, rule, limit
+        self.refused_by = refused_by
         self.packets = 0
         self.resets = 0
 
@@ -59,8 +62,8 @@ class OutOfStateLimiter:
         self._window_end = float("-inf")
         self._counts: dict[bytes, int] = {}
         self._total = 0
-        self._held: dict[bytes, _Held] = {}
-        self._ready: list[OutOfStateSummary] = []
+        self._held: dict[tuple[bytes, str | None], _Held] = {}
+        self._ready: list[Event] = []
 
     def admit(self, source: bytes, now: float) -> str | None:
         """None if this packet gets a full answer, else the limit it is over ("per_source" or
@@ -85,12 +88,15 @@ class OutOfStateLimiter:
         action: str,
         rule: str,
         reset: bool,
+        refused_by: str | None = None,
     ) -> None:
         """Count a packet `admit` refused: its flow key and direction (the window's first is
-        kept, to name the source), its verdict's `action`, and whether a RST was withheld."""
-        held = self._held.get(source)
+        kept, to name the source), its verdict's `action`, whether a RST was withheld, and the
+        connection limit that refused its new flow, if that is what it was answered for."""
+        held = self._held.get((source, refused_by))
         if held is None:
-            held = self._held[source] = _Held(self._flow_of(key, forward), action, rule, limit)
+            flow = self._flow_of(key, forward)
+            held = self._held[source, refused_by] = _Held(flow, action, rule, limit, refused_by)
         held.packets += 1
         held.resets += reset
 
@@ -100,7 +106,7 @@ class OutOfStateLimiter:
             return self._ready[0].ts
         return self._window_end if self._held else None
 
-    def flush(self, now: float) -> list[OutOfStateSummary]:
+    def flush(self, now: float) -> list[Event]:
         """The summaries of the windows closed by `now`."""
         if self._held and now >= self._window_end:
             self._close(now)
@@ -110,20 +116,37 @@ class OutOfStateLimiter:
     def _close(self, now: float) -> None:
         """End the current window (summing up what it held) and open the next at `now`."""
         end = self._window_end
-        self._ready += [
-            OutOfStateSummary(
-                end,
-                h.flow,
-                source=h.flow.src,
-                packets=h.packets,
-                resets_withheld=h.resets,
-                action=h.action,
-                rule=h.rule,
-                limit=h.limit,
-                rate=self.per_source if h.limit == "per_source" else self.total,
-            )
-            for h in self._held.values()
-        ]
+        for h in self._held.values():
+            rate = self.per_source if h.limit == "per_source" else self.total
+            if h.refused_by is None:
+                self._ready.append(
+                    OutOfStateSummary(
+                        end,
+                        h.flow,
+                        h.flow.src,
+                        h.packets,
+                        h.resets,
+                        h.action,
+                        h.rule,
+                        h.limit,
+                        rate,
+                    )
+                )
+            else:
+                self._ready.append(
+                    LimitSummary(
+                        end,
+                        h.flow,
+                        h.flow.src,
+                        h.packets,
+                        h.resets,
+                        h.refused_by,
+                        h.action,
+                        h.rule,
+                        h.limit,
+                        rate,
+                    )
+                )
         self._held.clear()
         self._counts.clear()
         self._total = 0

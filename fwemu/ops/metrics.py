@@ -25,6 +25,8 @@ from fwemu.core.events import (
     FlowDeleted,
     FlowExpired,
     FlowNew,
+    LimitRefused,
+    LimitSummary,
     OutOfState,
     OutOfStateSummary,
     StateChanged,
@@ -32,6 +34,7 @@ from fwemu.core.events import (
 from fwemu.errors import FwemuError
 from fwemu.ops.filters import TRACKED_STATES
 from fwemu.policy import ExpireAction, OutOfStateAction, Phase
+from fwemu.policy.model import LIMIT_NAMES
 
 # One packet in this many is timed: perf_counter_ns twice plus Histogram.observe cost ~1.2 us,
 # about a third of an in-state packet's time in the engine; sampled, ~0.1 us per packet.
@@ -135,6 +138,12 @@ class Metrics:
             ["action"],
             registry=self.registry,
         )
+        self.refusals = Counter(
+            "fwemu_limit_refusals",
+            "New flows refused by a connection limit of the policy, by limit",
+            ["limit"],
+            registry=self.registry,
+        )
         self.reloads = Counter(
             "fwemu_policy_reloads",
             "Policy reloads (SIGHUP or 'fwemu reload'), by result",
@@ -152,6 +161,8 @@ class Metrics:
                 self.expiries.labels(phase.value, action.value)
         for oos in OutOfStateAction:
             self.out_of_state.labels(oos.value)
+        for limit in LIMIT_NAMES:
+            self.refusals.labels(limit)
         for result in ("ok", "rejected"):
             self.reloads.labels(result)
         self.registry.register(_Snapshot(self))
@@ -164,6 +175,10 @@ class Metrics:
             self.out_of_state.labels(event.action).inc()
         elif isinstance(event, OutOfStateSummary):  # past the answer rate, summed up
             self.out_of_state.labels(event.action).inc(event.packets)
+        elif isinstance(event, LimitRefused):
+            self.refusals.labels(event.limit).inc()
+        elif isinstance(event, LimitSummary):
+            self.refusals.labels(event.limit).inc(event.packets)
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP server (daemon threads); the port it listens on."""

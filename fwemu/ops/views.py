@@ -111,6 +111,14 @@ def event_line(record: dict[str, Any]) -> str:
             f"{record['packets']} more from {record['source']} past the answer rate: "
             f"{record['action']}"
         ),
+        "limit": lambda: (
+            f"refused: {record['limit']} {record['value']} reached by {record['counted']}: "
+            f"{record['action']}"
+        ),
+        "limit_summary": lambda: (
+            f"{record['packets']} more refused by {record['limit']} past the answer rate: "
+            f"{record['action']}"
+        ),
     }.get(kind, lambda: "")()
     who = FlowId(flow["src"], flow["sport"], flow["dst"], flow["dport"])
     return f"{stamp} {kind:<12} {who} {details}".rstrip()

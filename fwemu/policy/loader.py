@@ -16,11 +16,15 @@ from typing import Any
 
 from fwemu.policy.duration import brief, shorten, type_name
 from fwemu.policy.model import (
+    LIMIT_NAMES,
     PHASE_STATES,
     AnswerRate,
     ExpireAction,
     IPNetwork,
+    LimitAction,
+    Limits,
     Match,
+    NatPool,
     OnExpire,
     OutOfState,
     OutOfStateAction,
@@ -127,8 +131,8 @@ def _port(number: int | str) -> int:
 
 # --- the schema -----------------------------------------------------------------------------
 
-_TOP_LEVEL = ("policy", "timeouts", "on_expire", "out_of_state", "rule")
-_RULE_KEYS = ("name", "match", "timeouts", "on_expire", "out_of_state")
+_TOP_LEVEL = ("policy", "timeouts", "on_expire", "out_of_state", "limits", "rule")
+_RULE_KEYS = ("name", "match", "timeouts", "on_expire", "out_of_state", "limits")
 _META: Mapping[str, Converter] = {"name": as_name, "description": as_line, "sources": as_lines}
 _TIMEOUTS: Mapping[str, Converter] = dict.fromkeys((*_SHORTCUTS, *_STATES), as_duration)
 _ON_EXPIRE: Mapping[str, Converter] = dict.fromkeys(("default", *Phase), _expire_action)
@@ -168,6 +172,42 @@ def _rate(value: Any) -> int:
     return value
 
 
+_MAX_COUNT = 100_000_000  # flows: far beyond any product's table
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        fail(f"expected a whole number of flows, got {type_name(value)}")
+    if value == 0:
+        fail("0 would refuse every flow", "leave the key out for no limit, as an ASA's 0 means")
+    if not 1 <= value <= _MAX_COUNT:
+        fail(f"{brief(value)} is out of range 1-{_MAX_COUNT} (flows)")
+    return value
+
+
+_limit_action = choice_of(LimitAction, "action")
+_LIMITS: Mapping[str, Converter] = {
+    **dict.fromkeys(LIMIT_NAMES, _count),
+    "on_full": _limit_action,
+    "on_embryonic": _limit_action,
+    "on_exhausted": _limit_action,
+    "early_drop": as_flag,
+    "port_reuse": as_finite_duration,
+    "nat_pool": choice_of(NatPool, "NAT pool"),
+}
+
+
+# Keys that qualify a limit, and the limits they need.
+_NEEDS: Mapping[str, tuple[str, ...]] = {
+    "early_drop": ("max_flows",),
+    "on_full": ("max_flows", "per_client", "per_server"),
+    "on_embryonic": ("embryonic", "per_client_embryonic"),
+    **dict.fromkeys(
+        ("on_exhausted", "port_reuse", "nat_pool"), ("ports_per_client", "ports_per_destination")
+    ),
+}
+
+
 _MATCH: Mapping[str, Converter] = {
     "src": one_or_many(_network),
     "dst": one_or_many(_network),
@@ -192,7 +232,17 @@ def _policy(document: dict[str, Any], reader: Reader, default_name: str) -> Poli
         sources=meta.get("sources", ()),
         origin=reader.origin,
         answer_rate=AnswerRate(**{_ANSWER_RATE[key]: v for key, v in converted.items()}),
+        limits=_limits(document, (), reader),
     )
+
+
+def _limits(tables: Mapping[str, Any], path: KeyPath, reader: Reader) -> Limits:
+    table = reader.section(tables, "limits", path)
+    limits = reader.read(table, (*path, "limits"), _LIMITS)
+    for key, needs in _NEEDS.items():
+        if key in limits and not any(name in limits for name in needs):
+            reader.problem((*path, "limits", key), f"no effect without {' or '.join(needs)}")
+    return Limits(**limits)
 
 
 def _profile(
@@ -245,7 +295,9 @@ def _rules(value: Any, default: Profile, reader: Reader) -> tuple[Rule, ...]:
         if "match" not in table:
             reader.problem(path, "missing 'match'", "use match = {} to match every flow")
         match = reader.read(reader.section(table, "match", path), (*path, "match"), _MATCH)
-        rules.append(Rule(Match(**match), _profile(name, table, path, default, reader)))
+        profile = _profile(name, table, path, default, reader)
+        limits = _limits(table, path, reader)
+        rules.append(Rule(Match(**match), dataclasses.replace(profile, limits=limits)))
     return tuple(rules)
 
 

@@ -149,6 +149,64 @@ class AnswerRate:
     total: int = 1000  # from all: Linux's icmp_msgs_per_sec and old tcp_challenge_ack_limit
 
 
+class LimitAction(StrEnum):
+    """What a new connection over a limit gets (fwemu/core/limits.py)."""
+
+    DROP = "drop"  # its SYN is dropped: connect() hangs, and a retransmitted SYN may get in
+    RESET = "reset"  # a RST answers its SYN: connect() fails with ECONNREFUSED
+
+
+class NatPool(StrEnum):
+    """Whose ports a NAT's `ports_per_client` and `ports_per_destination` count."""
+
+    CLIENT = "client"  # each client address has its own ports (a VM's allocation)
+    SHARED = "shared"  # every client shares one public address's ports
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """How many flows may exist at once (None = no limit). The policy's [limits] count all its
+    flows; a rule's count the flows of that rule, in addition: they are never merged.
+
+    `on_full` is the action of the table's limits (max_flows, per_client, per_server),
+    `on_embryonic` of the handshake limits, `on_exhausted` of the NAT port pools.
+    """
+
+    max_flows: int | None = None  # the table size (Linux nf_conntrack_max, ASA conn-max)
+    on_full: LimitAction = LimitAction.DROP
+    early_drop: bool = False  # make room by evicting a flow not yet assured (Linux)
+    per_client: int | None = None  # flows per client address (ASA per-client-max)
+    per_server: int | None = None  # flows per server address and port
+    embryonic: int | None = None  # handshakes not yet complete (ASA embryonic-conn-max)
+    per_client_embryonic: int | None = None  # ... per client address
+    on_embryonic: LimitAction = LimitAction.DROP
+    ports_per_client: int | None = None  # a pool's ports in use at once, all destinations
+    ports_per_destination: int | None = None  # ... to one server address and port
+    port_reuse: float = 0.0  # seconds a port stays in use after its flow is gone
+    nat_pool: NatPool = NatPool.CLIENT
+    on_exhausted: LimitAction = LimitAction.DROP
+
+    @property
+    def counted(self) -> bool:
+        """Whether any limit is set (else nothing is counted for these flows)."""
+        return any(getattr(self, name) is not None for name in LIMIT_NAMES)
+
+    def scaled(self, speed: float) -> Limits:
+        return dataclasses.replace(self, port_reuse=self.port_reuse / speed)
+
+
+# The Limits fields that are limits (counts), in the order they are checked.
+LIMIT_NAMES: tuple[str, ...] = (
+    "max_flows",
+    "per_client",
+    "per_server",
+    "embryonic",
+    "per_client_embryonic",
+    "ports_per_client",
+    "ports_per_destination",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class PortRange:
     low: int
@@ -205,10 +263,14 @@ class Profile:
     timeouts: Timeouts
     on_expire: OnExpire
     out_of_state: OutOfState
+    limits: Limits = Limits()  # a rule's own; none for the default (Policy.limits covers all)
 
     def scaled(self, speed: float) -> Profile:
         return dataclasses.replace(
-            self, timeouts=self.timeouts.scaled(speed), out_of_state=self.out_of_state.scaled(speed)
+            self,
+            timeouts=self.timeouts.scaled(speed),
+            out_of_state=self.out_of_state.scaled(speed),
+            limits=self.limits.scaled(speed),
         )
 
 
@@ -233,6 +295,7 @@ class Policy:
     sources: tuple[str, ...] = ()
     origin: str = "<policy>"  # the file (or preset) it came from, for messages
     answer_rate: AnswerRate = AnswerRate()
+    limits: Limits = Limits()  # over all flows
 
     @property
     def profiles(self) -> tuple[Profile, ...]:
@@ -258,6 +321,7 @@ class Policy:
             return self
         return dataclasses.replace(
             self,
+            limits=self.limits.scaled(speed),
             default=self.default.scaled(speed),
             rules=tuple(
                 dataclasses.replace(r, profile=r.profile.scaled(speed)) for r in self.rules

@@ -37,6 +37,7 @@ match = { dst = "10.0.2.0/24", dst_port = [5432, "6000-6010"] }
 timeouts = { established = "5m", unacknowledged = "never" }
 on_expire = { default = "reset-client" }
 out_of_state = { pickup = true, window_check = false }
+limits = { per_client = 64, ports_per_destination = 50000, port_reuse = "2m", on_exhausted = "reset" }
 """
 
 
@@ -85,6 +86,10 @@ def test_table_names_the_values(good: str, capsys: pytest.CaptureFixture[str]) -
         out, "out of state", "remember 5m", "drop, from client: reset, no pickup, window check on"
     )
     assert out.index("postgres") < out.index("default")
+    assert (
+        "limits on rule postgres's flows: per_client 64, ports_per_destination 50,000 "
+        "(full: drop; ports (client pool, reused after 2m): reset)"
+    ) in out
 
 
 def test_names_print_as_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -140,7 +145,23 @@ def test_json(good: str, capsys: pytest.CaptureFixture[str]) -> None:
             "window_check": False,
             "remember": 300,
         },
+        "limits": {
+            "max_flows": None,
+            "on_full": "drop",
+            "early_drop": False,
+            "per_client": 64,
+            "per_server": None,
+            "embryonic": None,
+            "per_client_embryonic": None,
+            "on_embryonic": "drop",
+            "ports_per_client": None,
+            "ports_per_destination": 50000,
+            "port_reuse": 120,
+            "nat_pool": "client",
+            "on_exhausted": "reset",
+        },
     }
+    assert policy["limits"]["max_flows"] is None  # the policy's own: none set
     assert default["name"] == "default"
     assert default["match"] is None
     assert default["timeouts"]["established"] == 3600

@@ -27,7 +27,7 @@ from fwemu.policy import (
     format_duration,
     resolve_policy,
 )
-from fwemu.policy.model import LIMIT_NAMES, STATE_TIMEOUTS, TIMEOUT_CAPS, Limits
+from fwemu.policy.model import LIFETIME, LIMIT_NAMES, STATE_TIMEOUTS, TIMEOUT_CAPS, Limits
 
 ORDER = 40  # place in `fwemu --help`
 
@@ -127,9 +127,13 @@ def _profile_to_dict(profile: Profile, match: Match | None) -> dict[str, Any]:
         "match": None if match is None else _match_fields(match),
         # The state timers, then the caps on them, as [timeouts] names them.
         "timeouts": {
-            key: getattr(profile.timeouts, key) for key in (*STATE_TIMEOUTS, *TIMEOUT_CAPS)
+            key: getattr(profile.timeouts, key)
+            for key in (*STATE_TIMEOUTS, *TIMEOUT_CAPS, LIFETIME)
         },
-        "on_expire": {phase.value: profile.on_expire.for_phase(phase).value for phase in Phase},
+        "on_expire": {key: getattr(profile.on_expire, key).value for key in (*Phase, LIFETIME)},
+        "dcd": None
+        if profile.dcd is None
+        else {"interval": profile.dcd.interval, "retries": profile.dcd.retries},
         "out_of_state": {
             "action": oos.action.value,
             "from_client": oos.for_side(True).value,
@@ -206,6 +210,13 @@ def _add_profile(table: Table, profile: Profile, match: Match | None) -> None:
         seconds = getattr(profile.timeouts, cap)
         limit = "no cap" if seconds is None else f"at most {format_duration(seconds)}"
         table.add_row(labels.pop(0) if labels else "", cap, limit, "")
+    lifetime = profile.timeouts.lifetime
+    if lifetime is not None:
+        action = profile.on_expire.lifetime.value
+        table.add_row(labels.pop(0) if labels else "", LIFETIME, format_duration(lifetime), action)
+    if (dcd := profile.dcd) is not None:
+        probes = f"probe every {format_duration(dcd.interval)}, {dcd.retries} times"
+        table.add_row(labels.pop(0) if labels else "", "dcd", probes, "then the established action")
     table.add_row(
         Text("\n").join(labels),
         "out of state",

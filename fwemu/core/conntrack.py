@@ -20,6 +20,7 @@ from typing import Any, Final, NamedTuple
 
 from fwemu.core import packet as pk
 from fwemu.core.addresses import address, flow_id
+from fwemu.core.dcd import Probes, probe
 from fwemu.core.decision import IGNORED, IN_STATE, Decision, Reason, Verdict, accept
 from fwemu.core.events import (
     Event,
@@ -29,6 +30,7 @@ from fwemu.core.events import (
     FlowNew,
     LimitRefused,
     OutOfState,
+    ProbeSent,
     ResetSent,
     StateChanged,
 )
@@ -81,6 +83,7 @@ SIMULTANEOUS_OPEN = 1 << 2  # IP_CT_TCP_SIMULTANEOUS_OPEN
 CHALLENGE_ACK_EXPECTED = 1 << 3  # a SYN was let through in LAST_ACK (IP_CT_EXP_CHALLENGE_ACK)
 LAST_WINDOW_SCALE = 1 << 4  # the ignored SYN offered window scaling
 LAST_SACK_PERM = 1 << 5  # ... and SACK
+PROBING = 1 << 6  # dead connection detection is probing the flow (off the fast path)
 _LAST_OPTIONS = LAST_WINDOW_SCALE | LAST_SACK_PERM
 # Which timer a flow's deadline comes from (the `_timer` column; FlowExpired.capped_by): the
 # state's own, a cap, or one an operator set (`fwemu expire --in`) until the flow's next packet.
@@ -92,6 +95,7 @@ _TIMER_NAMES: tuple[str | None, ...] = (
     "close",
     "fwemu expire --in",
 )
+_LIFETIME_CAUSE, _DCD_CAUSE = "lifetime", "dcd"  # FlowExpired.capped_by of those expiries
 _HANDLE_INVALID_MIN = 120.0  # nf_tcp_handle_invalid(): a timer shorter than this is left alone
 _INF = math.inf
 
@@ -246,6 +250,8 @@ class FlowTable:
         self._bytes = (array("Q"), array("Q"))
         self.timers = Timers()
         self._deadlines = self.timers.deadlines
+        self.lifetimes = Timers()  # each flow's absolute lifetime, if its profile has one
+        self.probes = Probes()
         self._tombstones: dict[bytes, _Buried] = {}
         # FlowId per slot of recent flows: a connection's ~6 events share one.
         self._flow_ids: dict[int, FlowId] = {}
@@ -278,6 +284,8 @@ class FlowTable:
             for p in self._profiles
         ]
         self._liberal = [not p.out_of_state.window_check for p in self._profiles]
+        self._lifetime = [p.timeouts.lifetime for p in self._profiles]
+        self._dcd = [p.dcd for p in self._profiles]
         # Per profile per State value: the timer while data is unacknowledged (the fast path's).
         self._unacked: list[tuple[tuple[float | None, int], ...]] = [
             tuple(
@@ -303,6 +311,8 @@ class FlowTable:
             forward = bool(self._client_fwd[slot])
             profile = self._match(key, forward)
             self._profile[slot] = profile
+            lifetime = self._lifetime[profile]
+            self.lifetimes.set(slot, None if lifetime is None else self._created[slot] + lifetime)
             if self.book.active:
                 self.book.opened(slot, key, forward, profile, self._state[slot] in _EMBRYONIC)
                 if self._flags[slot] & ASSURED:
@@ -365,7 +375,8 @@ class FlowTable:
             return self._invalid(slot, seg, now, "invalid TCP flags")
         d = ORIGINAL if seg.forward == self._client_fwd[slot] else REPLY
         old = self._state[slot]
-        if cls == _ACK and _ACK_KEEPS[old]:
+        flags = self._flags[slot]
+        if cls == _ACK and _ACK_KEEPS[old] and not flags & PROBING:
             # Fast path: an ACK or data segment in a state it keeps, the vast majority of
             # packets: _transition() for this case, inlined (no special case applies).
             profile = self._profile[slot]
@@ -397,7 +408,6 @@ class FlowTable:
             self._last[slot] = _LAST_ACK_FROM[d]
             self._pkts[d][slot] += 1
             self._bytes[d][slot] += seg.payload_len
-            flags = self._flags[slot]
             new_flags = flags | SEEN_REPLY if d else flags
             if flags & SEEN_REPLY and old == _ESTABLISHED:
                 new_flags |= ASSURED
@@ -427,7 +437,8 @@ class FlowTable:
         new = TRANSITIONS[d][cls][old]
         return self._transition(slot, d, cls, old, new, seg, now)
 
-    def _transition(
+    # nf_conntrack_tcp_packet()'s tail, in its order: one branch per case it distinguishes.
+    def _transition(  # noqa: PLR0912
         self, slot: int, d: int, cls: int, old: int, new: int, seg: pk.Segment, now: float
     ) -> Decision:
         """nf_conntrack_tcp_packet() after the table lookup: its special cases in kernel order
@@ -474,7 +485,8 @@ class FlowTable:
             self.book.assured(slot)
         self._flags[slot] = flags | SEEN_REPLY if d else flags
         self._seen_at[slot] = now
-        self._arm(slot, self._profile[slot], new, cls, flags, now)
+        if not flags & PROBING or self._answered(slot, d, new):
+            self._arm(slot, self._profile[slot], new, cls, flags, now)
         if old == _NONE:
             return accept(Reason.NEW_FLOW, *(() if event is None else (event,)))
         return accept(Reason.IN_STATE, event) if event else IN_STATE
@@ -721,6 +733,8 @@ class FlowTable:
         self._profile[slot] = profile
         if self.book.active:
             self.book.opened(slot, seg.key, forward, profile, cls == _SYN)
+        if (lifetime := self._lifetime[profile]) is not None:
+            self.lifetimes.set(slot, now + lifetime)
         self._created[slot] = now
         direction = ORIGINAL if sender_is_client else REPLY
         self._last[slot] = _NO_CLASS | direction << 3
@@ -886,7 +900,10 @@ class FlowTable:
         inject: list[bytes] = []
         events: list[Event] = []
         for slot in self.timers.pop_due(now, limit):
-            self._expire(slot, now, None, inject, events)
+            if self._dcd[self._profile[slot]] is None or not self._probe(slot, now, inject, events):
+                self._expire(slot, now, None, inject, events)
+        for slot in self.lifetimes.pop_due(now, limit):
+            self._expire(slot, now, None, inject, events, _LIFETIME_CAUSE)
         self._forget_tombstones(now)
         if self.limiter.deadline is not None:
             events += self.limiter.flush(now)
@@ -894,10 +911,16 @@ class FlowTable:
 
     def next_deadline(self) -> float | None:
         """When `expire_due` next has work: a timer, or the answer limiter's summaries."""
-        due, held = self.timers.next_deadline(), self.limiter.deadline
-        if held is None:
-            return due
-        return held if due is None or held < due else due
+        deadlines = [
+            d
+            for d in (
+                self.timers.next_deadline(),
+                self.lifetimes.next_deadline(),
+                self.limiter.deadline,
+            )
+            if d is not None
+        ]
+        return min(deadlines) if deadlines else None
 
     def expire_now(
         self, keys: list[bytes], now: float, action: ExpireAction | None = None
@@ -929,6 +952,41 @@ class FlowTable:
                 done.append(key)
         return done
 
+    def _probe(self, slot: int, now: float, inject: list[bytes], events: list[Event]) -> bool:
+        """Dead connection detection when an idle timer runs out: probe both ends and wait for
+        their answers, unless the flow is exempt (not ESTABLISHED, a timer set by `fwemu
+        expire --in`, an end whose sequence is unknown) or the retries are spent. Whether the
+        flow lives on."""
+        dcd = self._dcd[self._profile[slot]]
+        assert dcd is not None
+        if (
+            self._state[slot] != _ESTABLISHED
+            or self._timer[slot] == _SET_TIMER
+            or not (self._pkts[0][slot] and self._pkts[1][slot])
+            or self.probes.sent(slot) >= dcd.retries
+        ):
+            return False
+        sent = self.probes.send(slot)
+        self._flags[slot] |= PROBING
+        win = self.win
+        for y in (ORIGINAL, REPLY):
+            src, sport, dst, dport = self._endpoints_towards(slot, y)
+            seq, ack = win.end[slot << 1 | (1 - y)], win.end[slot << 1 | y]
+            inject.append(probe(src, sport, dst, dport, seq=seq, ack=ack))
+        rule = self._profiles[self._profile[slot]].name
+        events.append(ProbeSent(now, self._flow_id(slot), "ESTABLISHED", sent, dcd.retries, rule))
+        self.timers.set(slot, now + dcd.interval)
+        return True
+
+    def _answered(self, slot: int, d: int, state: int) -> bool:
+        """A packet from `d` of a flow DCD probes: whether the probing is over (both ends
+        answered, or the flow left ESTABLISHED), so its idle timer restarts."""
+        if state == _ESTABLISHED and not self.probes.answer(slot, d):
+            return False
+        self.probes.stop(slot)
+        self._flags[slot] &= ~PROBING
+        return True
+
     def _expire(
         self,
         slot: int,
@@ -936,15 +994,26 @@ class FlowTable:
         forced: ExpireAction | None,
         inject: list[bytes],
         events: list[Event],
+        cause: str | None = None,
     ) -> None:
+        """Expire the flow with its policy's action, or `forced`; `cause` is _LIFETIME_CAUSE
+        when its lifetime ran out."""
         state, profile = self._state[slot], self._profile[slot]
         facts = self._expiry[profile][state]
         action, targets = facts.action, facts.targets
+        timer = self._timer[slot]
+        timeout = facts.timeout if timer == _OWN_TIMER else self._timer_value(slot, timer)
+        capped_by = _TIMER_NAMES[timer]
+        silent = None
+        if cause == _LIFETIME_CAUSE:
+            forced = self._profiles[profile].on_expire.lifetime
+            timeout, capped_by = self._lifetime[profile], cause
+        elif self._flags[slot] & PROBING:
+            timeout, capped_by, silent = facts.timeout, _DCD_CAUSE, self.probes.silent(slot)
         if forced is not None:
             action, targets = forced.value, _RESET_TARGETS[forced]
         flow = self._flow_id(slot)
-        timer = self._timer[slot]
-        timeout = facts.timeout if timer == _OWN_TIMER else self._timer_value(slot, timer)
+        by_hand = forced is not None and cause is None
         events.append(
             FlowExpired(
                 now,
@@ -953,10 +1022,11 @@ class FlowTable:
                 facts.phase,
                 action,
                 facts.rule,
-                None if forced else timeout,
+                None if by_hand else timeout,
                 now - self._seen_at[slot],
-                forced is not None,
-                None if forced else _TIMER_NAMES[timer],
+                by_hand,
+                None if by_hand else capped_by,
+                silent,
             )
         )
         if state != _CLOSE:  # after a RST there is no connection left to reset
@@ -1067,6 +1137,9 @@ class FlowTable:
         self._flow_ids.pop(slot, None)
         self._set_seconds.pop(slot, None)
         self.timers.set(slot, None)
+        self.lifetimes.set(slot, None)
+        if self._flags[slot] & PROBING:
+            self.probes.stop(slot)
         self._free.append(slot)
         if self.book.active:
             self.book.closed(slot, now)

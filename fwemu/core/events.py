@@ -123,14 +123,18 @@ class FlowExpired(Event):
     idle: float  # seconds since the flow's last accepted packet
     forced: bool = False
     # The Timeouts cap that replaced the state's own timer ("max_retrans", "unacknowledged",
-    # "close" for a RST that left the state as it was), or None.
+    # "close" for a RST that left the state as it was), "lifetime" (its absolute lifetime ran
+    # out), "dcd" (an end did not answer dead connection detection's probes), or None.
     capped_by: str | None = None
+    silent: str | None = None  # for "dcd": the end that never answered, or "both"
 
     kind: ClassVar[str] = "expire"
 
     def describe(self) -> str:
         timer = self.phase if self.capped_by is None else f"{self.phase} ({self.capped_by})"
         why = "forced" if self.forced else f"{timer} timer {self.timeout:g}s"
+        if self.silent:
+            why += f", {self.silent} silent"
         return (
             f"expire   {self.flow} {self.state} after {self.idle:.3f}s idle ({why}): {self.action}"
         )
@@ -153,6 +157,22 @@ class ResetSent(Event):
         ack = "" if self.ack is None else f" ack {self.ack}"
         why = f"{self.cause}, {self.state}"
         return f"reset    {self.flow} RST to {self.to} seq {self.seq}{ack} ({why})"
+
+
+@dataclass(slots=True)
+class ProbeSent(Event):
+    """Dead connection detection probed both ends of an idle flow (round `round` of
+    `retries`), as the Cisco ASA does before it expires one (fwemu/core/dcd.py)."""
+
+    state: str
+    round: int
+    retries: int
+    rule: str
+
+    kind: ClassVar[str] = "probe"
+
+    def describe(self) -> str:
+        return f"probe    {self.flow} {self.state} idle: probes {self.round} of {self.retries} sent"
 
 
 @dataclass(slots=True)

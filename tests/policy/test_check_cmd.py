@@ -34,10 +34,20 @@ remember = "5m"
 [[rule]]
 name = "postgres"
 match = { dst = "10.0.2.0/24", dst_port = [5432, "6000-6010"] }
-timeouts = { established = "5m", unacknowledged = "never" }
-on_expire = { default = "reset-client" }
+on_expire = { default = "reset-client", lifetime = "reset-both" }
 out_of_state = { pickup = true, window_check = false }
-limits = { per_client = 64, ports_per_destination = 50000, port_reuse = "2m", on_exhausted = "reset" }
+
+[rule.limits]
+per_client = 64
+ports_per_destination = 50000
+port_reuse = "2m"
+on_exhausted = "reset"
+
+[rule.timeouts]
+established = "5m"
+unacknowledged = "never"
+lifetime = "4h"
+dcd = { interval = "10s", retries = 3 }
 """
 
 
@@ -75,6 +85,8 @@ def test_table_names_the_values(good: str, capsys: pytest.CaptureFixture[str]) -
     assert row(out, "dst_port 5432, 6000-6010", "half_closed", "fin_wait 10m, close_wait 1m")
     assert row(out, "max_retrans", "at most 2m")
     assert row(out, "unacknowledged", "no cap")
+    assert row(out, "lifetime", "4h", "reset-both")
+    assert row(out, "dcd", "probe every 10s, 3 times", "then the established action")
     assert row(
         out, "out of state", "remember 5m", "drop, from client: reset, pickup, window check off"
     )
@@ -132,11 +144,14 @@ def test_json(good: str, capsys: pytest.CaptureFixture[str]) -> None:
             "close": 10,
             "max_retrans": 120,
             "unacknowledged": None,
+            "lifetime": 14400,
         },
         "on_expire": dict.fromkeys(
             ("embryonic", "established", "half_closed", "closing", "time_wait", "close"),
             "reset-client",
-        ),
+        )
+        | {"lifetime": "reset-both"},
+        "dcd": {"interval": 10, "retries": 3},
         "out_of_state": {
             "action": "drop",
             "from_client": "reset",

@@ -28,6 +28,7 @@ from fwemu.policy import (
     loads_policy,
     preset_names,
 )
+from fwemu.policy.model import Dcd
 from fwemu.policy.reading import KeyScanner
 
 ASA = """\
@@ -150,7 +151,20 @@ def test_on_expire_default_fills_unnamed_phases() -> None:
         closing=ExpireAction.RESET_BOTH,
         time_wait=ExpireAction.RESET_BOTH,
         close=ExpireAction.SILENT,
+        lifetime=ExpireAction.RESET_BOTH,  # an expiry too, though not a phase
     )
+
+
+def test_lifetime_and_dcd() -> None:
+    policy = loads_policy(
+        '[timeouts]\nlifetime = "4h"\ndcd = { retries = 2 }\n'
+        '[[rule]]\nname = "db"\nmatch = {}\ntimeouts = { dcd = false }\n'
+    )
+    assert policy.default.timeouts.lifetime == 14400
+    assert policy.default.dcd == Dcd(15.0, 2)  # the ASA's interval
+    assert policy.rules[0].profile.dcd is None
+    assert policy.rules[0].profile.timeouts.lifetime == 14400  # inherited, as timers are
+    assert policy.scaled(10).default.dcd == Dcd(1.5, 2)
 
 
 def test_out_of_state() -> None:

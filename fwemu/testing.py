@@ -419,12 +419,14 @@ def inline_firewall(
     speed: float = 1.0,
     name: str | None = None,
     index: int | None = None,
+    clients: int = 1,
     extra_args: Sequence[str] = (),
 ) -> Iterator[Firewall]:
     """A lab with `fwemu run` inline in its fw namespace, for the duration of a `with` block.
 
     `policy` is a preset name (default "linux") or a policy file; `toml` is policy text instead.
-    The lab is named "fwemu-<pid>-<n>" unless `name` is given. fwemu runs as a child process
+    The lab is named "fwemu-<pid>-<n>" unless `name` is given; its client namespace has
+    `clients` addresses of each family (`plan.client.pairs`). fwemu runs as a child process
     with its events file and control socket (unless `extra_args` names one) in a
     temporary directory; the block starts once fwemu is running. On exit, even on an exception,
     fwemu gets SIGTERM (SIGKILL if it hangs) and the lab is removed. A clean exit of the block
@@ -433,7 +435,7 @@ def inline_firewall(
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fwemu-testing-")))
         policy_args = _policy_args(policy, toml, workdir)
-        plan = stack.enter_context(lab(*_lab_identity(name, index)))
+        plan = stack.enter_context(lab(*_lab_identity(name, index), clients))
         events_file = workdir / "events.jsonl"
         given = [Path(v) for k, v in itertools.pairwise(extra_args) if k == "--control"]
         control_args = [] if given else ["--control", str(workdir / "control.sock")]

@@ -401,9 +401,12 @@ def _kill_processes_in(namespace: str) -> None:
 
 
 @contextmanager
-def lab(name: str = DEFAULT_NAME, index: int = DEFAULT_INDEX) -> Iterator[LabPlan]:
-    """Lab `name` for the duration of a `with` block; it is removed on exit, even on error."""
-    plan = LabPlan.create(name, index)
+def lab(
+    name: str = DEFAULT_NAME, index: int = DEFAULT_INDEX, clients: int = 1
+) -> Iterator[LabPlan]:
+    """Lab `name` (with `clients` client addresses) for the duration of a `with` block; it is
+    removed on exit, even on error."""
+    plan = LabPlan.create(name, index, clients)
     up(plan)
     try:
         yield plan
@@ -464,6 +467,14 @@ def _configure_here(plan: LabPlan, namespace: str) -> None:
                     index = ipr.link_lookup(ifname=end.ifname)[0]
                     ipr.addr("add", index=index, address=end.ipv4, prefixlen=end.prefixlen4)
                     ipr.addr("add", index=index, address=end.ipv6, prefixlen=end.prefixlen6)
+                    for ipv4, ipv6 in end.aliases:
+                        # A later IPv4 address of the subnet is secondary and the kernel
+                        # never picks it as a source; a later IPv6 one it would, unless it is
+                        # deprecated (RFC 6724 rule 3): so only a socket bound to one uses it.
+                        ipr.addr("add", index=index, address=ipv4, prefixlen=end.prefixlen4)
+                        ipr.addr(
+                            "add", index=index, address=ipv6, prefixlen=end.prefixlen6, preferred=0
+                        )
                     ipr.link("set", index=index, state="up")
         for route in plan.routes:
             if route.namespace == namespace:

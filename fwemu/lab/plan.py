@@ -7,6 +7,11 @@ two veth pairs, with no link to the root namespace:
   eth0 10.N.1.2/24  <->  cli0 10.N.1.1/24   srv0 10.N.2.1/24  <->  eth0 10.N.2.2/24
        fd00:N:1::2/64         fd00:N:1::1/64     fd00:N:2::1/64         fd00:N:2::2/64
 
+A lab of C clients (1..MAX_CLIENTS, default 1) gives the client's eth0 C address pairs,
+10.N.1.2 .. 10.N.1.(C+1) and fd00:N:1::2 .. fd00:N:1::(C+1), so one namespace can play several
+client hosts (a per-client limit shown against one while another is unaffected). A socket that
+binds to none of them gets the first, in both families.
+
 Client and server route everything via NAME-fw, which forwards IPv4 and IPv6; fwemu runs
 there. Loopback is up everywhere and IPv6 duplicate address detection is off, so the lab is
 usable as soon as it is up. The index only helps a person tell labs apart by their addresses:
@@ -28,6 +33,8 @@ DEFAULT_NAME = "fwemu"
 DEFAULT_INDEX = 201
 # The index is the second octet of 10.N.x.x, and 0/255 read as network/broadcast-ish: keep 1..250.
 MIN_INDEX, MAX_INDEX = 1, 250
+# Client addresses are hosts 2.. of 10.N.1.0/24, whose .1 is fw's and .255 the broadcast.
+MAX_CLIENTS = 253
 
 # A namespace name is a file name under /run/netns: at most NAME_MAX = 255 bytes (limits.h).
 _NAME_MAX = 255
@@ -49,11 +56,22 @@ class Endpoint:
     ipv6: str
     prefixlen4: int = 24
     prefixlen6: int = 64
+    aliases: tuple[tuple[str, str], ...] = ()  # further (IPv4, IPv6) pairs: the extra clients
 
     @property
-    def addresses(self) -> tuple[str, str]:
-        """Both addresses in CIDR form, v4 first: the form `ip addr` and `fwemu lab list` show."""
-        return (f"{self.ipv4}/{self.prefixlen4}", f"{self.ipv6}/{self.prefixlen6}")
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        """Every (IPv4, IPv6) pair on the interface, the main one first."""
+        return ((self.ipv4, self.ipv6), *self.aliases)
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Every address in CIDR form, each pair v4 first: the form `ip addr` and `fwemu lab
+        list` show."""
+        return tuple(
+            address
+            for ipv4, ipv6 in self.pairs
+            for address in (f"{ipv4}/{self.prefixlen4}", f"{ipv6}/{self.prefixlen6}")
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,26 +133,33 @@ class LabPlan:
     server: Endpoint
 
     @classmethod
-    def create(cls, name: str = DEFAULT_NAME, index: int = DEFAULT_INDEX) -> LabPlan:
+    def create(
+        cls, name: str = DEFAULT_NAME, index: int = DEFAULT_INDEX, clients: int = 1
+    ) -> LabPlan:
         validate_name(name)
         if not MIN_INDEX <= index <= MAX_INDEX:
             raise LabError(
                 f"lab index {index} is out of range: use {MIN_INDEX}..{MAX_INDEX} "
                 "(it becomes the N in 10.N.1.0/24 and fd00:N:1::/64)"
             )
-
-        def endpoint(side: Side, ifname: str, subnet: int, host: int) -> Endpoint:
-            return Endpoint(
-                namespace=namespace_name(name, side),
-                ifname=ifname,
-                ipv4=f"10.{index}.{subnet}.{host}",
-                ipv6=f"fd00:{index}:{subnet}::{host}",
+        if not 1 <= clients <= MAX_CLIENTS:
+            raise LabError(
+                f"{clients} clients is out of range: use 1..{MAX_CLIENTS} "
+                "(hosts 2.. of 10.N.1.0/24)"
             )
+
+        def pair(subnet: int, host: int) -> tuple[str, str]:
+            return (f"10.{index}.{subnet}.{host}", f"fd00:{index}:{subnet}::{host}")
+
+        def endpoint(side: Side, ifname: str, subnet: int, host: int, hosts: int = 1) -> Endpoint:
+            """`hosts` address pairs from `host` on, the first the main one."""
+            (ipv4, ipv6), *aliases = (pair(subnet, h) for h in range(host, host + hosts))
+            return Endpoint(namespace_name(name, side), ifname, ipv4, ipv6, aliases=tuple(aliases))
 
         return cls(
             name=name,
             index=index,
-            client=endpoint("client", "eth0", 1, 2),
+            client=endpoint("client", "eth0", 1, 2, hosts=clients),
             fw_client_side=endpoint("fw", "cli0", 1, 1),
             fw_server_side=endpoint("fw", "srv0", 2, 1),
             server=endpoint("server", "eth0", 2, 2),

@@ -7,17 +7,21 @@ one `file:line: key: problem (hint)` line per mistake.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from fwemu.errors import FwemuError
+from fwemu.lab.plan import MAX_CLIENTS
 from fwemu.policy import Policy, PolicyError, load_policy, load_preset, loads_policy
 from fwemu.policy.duration import brief, type_name
 from fwemu.policy.model import STATE_TIMEOUTS
 from fwemu.policy.reading import (
     Converter,
+    Invalid,
     KeyPath,
     ProblemsError,
     Reader,
@@ -32,16 +36,19 @@ from fwemu.policy.reading import (
     read_toml,
 )
 from fwemu.scenario.model import (
+    COUNTED,
     EVENT_FIELDS,
     EVENT_KINDS,
     FLOW_FIELDS,
     SIDES,
     Action,
     EventPattern,
+    Expected,
     Outcome,
     Scenario,
     Side,
     Step,
+    show_counts,
 )
 
 DEFAULT_PORT = 8080
@@ -55,6 +62,10 @@ _MAX_PORT = 65535
 # Filler a send step makes at load time, and a recv step's buffer: far beyond what a scenario
 # needs to keep a connection busy, well short of exhausting memory.
 MAX_BYTES = 1 << 24
+# Connections one step opens at once: enough to exhaust a NAT's pool (GCP Cloud NAT's 64 ports
+# per VM, Azure's 1,024 by default take one step or two), few enough for a process's descriptors
+# and for the SYNs of one step to leave within milliseconds.
+MAX_COUNT = 1000
 # Event fields hold ports, counts and timers: 64 bits holds them all, and a value past that
 # (a hex literal of thousands of digits) could not even be printed in a report.
 _MAX_FIELD = 1 << 64
@@ -118,11 +129,16 @@ def _count(value: Any) -> int:
     return value
 
 
-def _size(value: Any) -> int:
-    size = _count(value)
-    if size > MAX_BYTES:
-        fail(f"must be at most {MAX_BYTES}, not {brief(size)}")
-    return size
+def _up_to(limit: int) -> Converter:
+    """A whole number from 1 to `limit`."""
+
+    def convert(value: Any) -> int:
+        number = _count(value)
+        if number > limit:
+            fail(f"must be at most {limit}, not {brief(number)}")
+        return number
+
+    return convert
 
 
 def _port(value: Any) -> int:
@@ -168,7 +184,47 @@ def _data(value: Any) -> bytes:
     return as_text(value).encode()
 
 
+_RANGE = re.compile(r"([0-9]{1,9})\.\.([0-9]{1,9})")  # within what int() converts
+_COUNTS_EXAMPLE = "like expect = { ok = 64, timeout = 36 }"
+
+
+def _expectation(value: Any) -> Outcome | Expected:
+    """An outcome, or a count step's table of outcome = connections (a number or "60..64")."""
+    if not isinstance(value, dict):
+        return Outcome(_outcome(value))
+    if not value:
+        fail("no counts", _COUNTS_EXAMPLE)
+    expected: dict[Outcome, tuple[int, int]] = {}
+    issues = []
+    for key, number in value.items():
+        try:
+            expected[Outcome(_counted(key))] = _tally(number)
+        except Invalid as bad:
+            issues += [dataclasses.replace(i, at=(key, *i.at)) for i in bad.issues]
+    if issues:
+        raise Invalid(*issues)
+    return expected
+
+
+def _tally(value: Any) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        low = high = value
+    elif isinstance(value, str) and (found := _RANGE.fullmatch(value)):
+        low, high = int(found[1]), int(found[2])
+        if low > high:
+            fail(f"empty range {brief(value)}", f'write it low first: "{high}..{low}"')
+    else:
+        fail(
+            f"expected a number of connections or a range, got {brief(value)}",
+            'like ok = 64 or ok = "60..64"',
+        )
+    if high > MAX_COUNT:
+        fail(f"must be at most {MAX_COUNT}, not {brief(value)}")
+    return (low, high)
+
+
 _outcome = choice_of([o.value for o in Outcome], "outcome")
+_counted = choice_of([o.value for o in COUNTED], "outcome")
 _action = choice_of([a.value for a in Action], "action")
 _event_kind = choice_of(EVENT_KINDS, "event")
 
@@ -180,6 +236,7 @@ _SCENARIO: Mapping[str, Converter] = {
     "speed": _positive,
     "port": _port,
     "ipv6": as_flag,
+    "clients": _up_to(MAX_CLIENTS),
     "timeout": as_finite_duration,
     "tolerance": _seconds,
 }
@@ -188,13 +245,16 @@ _TIMING: Mapping[str, Converter] = {"after": as_finite_duration, "within": as_fi
 _EVENT: Mapping[str, Converter] = {"event": _event_kind, **_FIELDS, **_TIMING}
 _STEP: Mapping[str, Converter] = {
     "do": _action,
-    "expect": _outcome,
+    "expect": _expectation,
     **_TIMING,
     "timeout": as_finite_duration,
     "for": as_finite_duration,
     "data": _data,
-    "bytes": _size,
+    "bytes": _up_to(MAX_BYTES),
     "keepalive": as_finite_duration,
+    "count": _up_to(MAX_COUNT),
+    "source": _count,
+    "all": as_flag,
     "command": _command,
     "background": as_flag,
     **_EVENT,
@@ -203,15 +263,15 @@ _COMMON = ("do", "expect", "after", "within")
 # The keys each action takes besides _COMMON; (required ones first in the message).
 _ACTION_KEYS: Mapping[Action, tuple[str, ...]] = {
     Action.LISTEN: (),
-    Action.ACCEPT: ("timeout",),
-    Action.CONNECT: ("timeout", "keepalive"),
+    Action.ACCEPT: ("timeout", "count"),
+    Action.CONNECT: ("timeout", "keepalive", "count", "source"),
     Action.SEND: ("data", "bytes"),
     Action.RECV: ("bytes", "timeout"),
     Action.SLEEP: ("for",),
     Action.IDLE: ("for",),
     Action.HALF_CLOSE: (),
-    Action.CLOSE: (),
-    Action.ABORT: (),
+    Action.CLOSE: ("all",),
+    Action.ABORT: ("all",),
     Action.RUN: ("command", "background", "timeout"),
     Action.WAIT: ("event", *_FIELDS, "timeout"),
 }
@@ -236,7 +296,8 @@ def _scenario(document: dict[str, Any], reader: Reader, base: Path) -> Scenario 
     reader.known_keys(document, (), _TOP_LEVEL)
     meta = reader.read(reader.section(document, "scenario", ()), ("scenario",), _SCENARIO)
     policy = _policy(meta, reader, base)
-    steps = {side: _steps(document.get(side), side, reader) for side in SIDES}
+    clients = meta.get("clients", 1)
+    steps = {side: _steps(document.get(side), side, reader, clients) for side in SIDES}
     if not any(side in document for side in SIDES):
         reader.problem((), "no steps", "add [[client]] and [[server]] steps")
     events = _events(document.get("event"), "event", reader, timed=True)
@@ -253,6 +314,7 @@ def _scenario(document: dict[str, Any], reader: Reader, base: Path) -> Scenario 
         speed=meta.get("speed", 1.0),
         port=meta.get("port", DEFAULT_PORT),
         ipv6=meta.get("ipv6", False),
+        clients=clients,
         timeout=meta.get("timeout", _default_timeout(policy[0])),
         tolerance=meta.get("tolerance", DEFAULT_TOLERANCE),
         client=steps["client"],
@@ -306,7 +368,7 @@ def _array(value: Any, key: str, reader: Reader) -> list[dict[str, Any]]:
     return value
 
 
-def _steps(value: Any, side: Side, reader: Reader) -> tuple[Step, ...]:
+def _steps(value: Any, side: Side, reader: Reader, clients: int) -> tuple[Step, ...]:
     steps = []
     for index, table in enumerate(_array(value, side, reader)):
         path: KeyPath = (side, index)
@@ -316,14 +378,18 @@ def _steps(value: Any, side: Side, reader: Reader) -> tuple[Step, ...]:
         if "do" not in values:
             continue
         action = Action(values["do"])
-        if not _fits(action, side, table, values, path, reader):
+        if not (
+            _fits(action, side, table, values, path, reader)
+            and _counts_fit(values, path, reader, clients)
+        ):
             continue
+        counts = _expected(values)
         steps.append(
             Step(
                 side=side,
                 number=index + 1,
                 action=action,
-                expect=Outcome(values.get("expect", Outcome.OK)),
+                expect=Outcome.OK if counts else values.get("expect", Outcome.OK),
                 after=values.get("after"),
                 within=values.get("within"),
                 timeout=values.get("timeout"),
@@ -331,6 +397,10 @@ def _steps(value: Any, side: Side, reader: Reader) -> tuple[Step, ...]:
                 data=_payload(values) if action is Action.SEND else None,
                 size=values.get("bytes") if action is Action.RECV else None,
                 keepalive=values.get("keepalive"),
+                count=values.get("count"),
+                counts=counts,
+                source=values.get("source"),
+                every=values.get("all", False),
                 command=values.get("command"),
                 background=values.get("background", False),
                 wait_for=_pattern(values, reader, path) if action is Action.WAIT else None,
@@ -344,6 +414,54 @@ def _payload(values: Mapping[str, Any]) -> bytes:
     """What a send step sends: its `data`, or `bytes` filler bytes."""
     data: bytes = values["data"] if "data" in values else b"x" * values["bytes"]
     return data
+
+
+def _expected(values: Mapping[str, Any]) -> Expected | None:
+    """What a count step expects of its connections: its table of counts, or all of them the
+    one outcome it names; None for a step without `count`."""
+    count: int | None = values.get("count")
+    if count is None:
+        return None
+    expect = values.get("expect", Outcome.OK)
+    return expect if isinstance(expect, Mapping) else {expect: (count, count)}
+
+
+def _counts_fit(values: Mapping[str, Any], path: KeyPath, reader: Reader, clients: int) -> bool:
+    """Whether the step's `source`, `count` and counts fit together (each misfit a problem)."""
+    fits = True
+    source = values.get("source", 1)
+    if source > clients:
+        reader.problem(
+            (*path, "source"),
+            f"there is no client {brief(source)}: the scenario has clients = {clients}",
+            f"set clients = {brief(source)} in [scenario]" if source <= MAX_CLIENTS else None,
+        )
+        fits = False
+    expect, count = values.get("expect", Outcome.OK), values.get("count")
+    if count is None:
+        if isinstance(expect, Mapping):
+            reader.problem((*path, "expect"), "a table of counts needs count", "count = 100")
+            return False
+        return fits
+    if expect not in COUNTED and not isinstance(expect, Mapping):
+        reader.problem(
+            (*path, "expect"),
+            f"a connection of a count step cannot end in {expect}",
+            f"expect {', '.join(COUNTED)}, or a table of counts",
+        )
+        return False
+    expected = _expected(values)
+    assert expected is not None  # it has a count
+    low, high = (sum(ends) for ends in zip(*expected.values(), strict=True))
+    if not low <= count <= high:
+        makes = f"{low}" if low == high else f"{low}..{high}"
+        reader.problem(
+            (*path, "expect"),
+            f"{show_counts(expected)} makes {makes} connections, not count = {count}",
+            "an outcome not named must have none",
+        )
+        fits = False
+    return fits
 
 
 def _fits(

@@ -47,6 +47,30 @@ class Action(StrEnum):
     WAIT = "wait"
 
 
+# What each of a count step's connections can come to (`expect = { ok = 64, timeout = 36 }`).
+COUNTED: tuple[Outcome, ...] = (
+    Outcome.OK,
+    Outcome.REFUSED,
+    Outcome.TIMEOUT,
+    Outcome.RESET,
+    Outcome.ERROR,
+)
+# A count step's expectation: the range (inclusive) of connections each outcome may have; an
+# outcome it does not name must have none.
+Expected = Mapping[Outcome, tuple[int, int]]
+
+
+def show_counts(counts: Mapping[Outcome, int] | Expected) -> str:
+    """e.g. "ok 64, timeout 36" or "ok 60..64, timeout 36..40", in COUNTED's order, 0s left out."""
+    shown = []
+    for outcome in COUNTED:
+        value = counts.get(outcome, 0)
+        low, high = value if isinstance(value, tuple) else (value, value)
+        if high:
+            shown.append(f"{outcome} {low}" if low == high else f"{outcome} {low}..{high}")
+    return ", ".join(shown)
+
+
 # The fields of fwemu's JSON events a scenario may match on (top-level, then the flow's).
 EVENT_FIELDS = ("state", "old_state", "phase", "action", "rule", "to", "side", "cause", "reason")
 FLOW_FIELDS = ("src", "sport", "dst", "dport")
@@ -78,7 +102,11 @@ class EventPattern:
 @dataclass(frozen=True, slots=True)
 class Step:
     """One thing an endpoint does. `number` counts from 1 within its side; `expect` is the
-    outcome it must observe, `after`/`within` bound when (seconds since the step began)."""
+    outcome it must observe, `after`/`within` bound when (seconds since the step began).
+
+    A step with a `count` (connect, accept) makes that many connections at once and `counts` is
+    what it expects of them; its own `expect` stays ok.
+    """
 
     side: Side
     number: int
@@ -91,14 +119,23 @@ class Step:
     data: bytes | None = None  # send
     size: int | None = None  # recv: how many bytes in all
     keepalive: float | None = None  # connect: TCP keepalive idle time and probe interval
+    count: int | None = None  # connect, accept: how many connections at once
+    counts: Expected | None = None  # ... and how many of them each outcome may have
+    source: int | None = None  # connect: which client address (1-based) it binds to
+    every: bool = False  # close, abort: every connection of the side (`all = true`)
     command: tuple[str, ...] | str | None = None  # run: argv, or a shell command line
     background: bool = False  # run: start it and go on; it is stopped when the scenario ends
     wait_for: EventPattern | None = None  # wait
     line: int | None = None
 
+    @property
+    def label(self) -> str:
+        """e.g. "recv", "connect x100"."""
+        return self.action if self.count is None else f"{self.action} x{self.count}"
+
     def describe(self) -> str:
-        """e.g. "client step 4 (recv)"."""
-        return f"{self.side} step {self.number} ({self.action})"
+        """e.g. "client step 4 (recv)", "client step 2 (connect x100)"."""
+        return f"{self.side} step {self.number} ({self.label})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +151,7 @@ class Scenario:
     speed: float
     port: int
     ipv6: bool
+    clients: int  # the client namespace's addresses of each family (a step's `source`)
     timeout: float
     tolerance: float
     client: tuple[Step, ...]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from fwemu.policy import format_duration
+from fwemu.scenario.model import show_counts
 from fwemu.scenario.runner import ScenarioResult, StepResult, format_time
 
 _INDENT = "    "
@@ -54,13 +55,15 @@ def timeline(result: ScenarioResult) -> list[str]:
 def _step_line(result: StepResult) -> str:
     step = result.step
     where = f"line {step.line}: " if step.line is not None else ""
-    wanted = f"expect {step.expect}"
+    wanted = f"expect {step.expect if step.counts is None else show_counts(step.counts)}"
     if result.outcome is None:
-        return f"{step.side} {step.number:>2} {step.action:<10} {wanted}: not run  ({where[:-2]})"
+        return f"{step.side} {step.number:>2} {step.label:<10} {wanted}: not run  ({where[:-2]})"
     mark = "ok " if result.problem is None else "BAD"
     seen = f"{result.outcome} ({result.detail})" if result.detail != result.outcome else ""
+    if result.counts is not None:  # a count step: how many connections ended how
+        seen = result.detail
     return (
-        f"{mark} {step.side} {step.number:>2} {step.action:<10} at {format_time(result.began)}: "
+        f"{mark} {step.side} {step.number:>2} {step.label:<10} at {format_time(result.began)}: "
         f"{seen or result.outcome} after {format_time(result.took)}"
         + ("" if result.problem is None else f"  <- {result.problem}")
         + (f"  ({where[:-2]})" if where else "")

@@ -4,16 +4,23 @@ steps in a thread, then checks what they observed and what fwemu did against the
 The server's leading `listen` steps run before either side starts, so a client's first connect
 finds the port open. A side stops at its first step that does not go as expected (the steps
 after it would mean little); the other side runs on.
+
+A step with a `count` opens (or accepts) that many connections at once and counts how each
+ended; those that connected stay open until a close or abort step, or the end.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import resource
+import select
 import socket
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import ExitStack
@@ -22,7 +29,7 @@ from functools import partial
 from typing import Any
 
 from fwemu.errors import FwemuError
-from fwemu.scenario.model import SIDES, Action, Outcome, Scenario, Side, Step
+from fwemu.scenario.model import SIDES, Action, Expected, Outcome, Scenario, Side, Step, show_counts
 from fwemu.scenario.peer import Peer, abort, hostport
 from fwemu.scenario.timeline import Entry, Notebook, fwemu_entries, merged
 from fwemu.testing import EventTimeout, Firewall, inline_firewall
@@ -33,6 +40,10 @@ SETTLE = 0.2
 # How long (wall clock) past its steps' own limits a side may take before the run gives up on it.
 _SIDE_GRACE = 30.0
 _CASE = 0  # one scenario per notebook: the timeline's case number
+# A listen step's backlog: the kernel completes a count step's handshakes into the accept queue
+# without the scenario accepting them. Linux caps it at net.core.somaxconn, 4096 by default
+# since 5.4 (listen(2)), beyond MAX_COUNT connections of a step.
+BACKLOG = 4096
 
 # A Peer's word for what it saw -> the scenario's outcome; anything else is an error.
 _OUTCOMES: Mapping[str, Outcome] = {
@@ -47,6 +58,19 @@ _OUTCOMES: Mapping[str, Outcome] = {
     "EPIPE": Outcome.RESET,  # Linux's errno for a RST received in CLOSE_WAIT (see peer.py)
     "ECONNREFUSED": Outcome.REFUSED,
     "timeout": Outcome.TIMEOUT,
+    "ETIMEDOUT": Outcome.TIMEOUT,  # the kernel gave up retransmitting (a count step's connect)
+}
+# What a close, abort or half-close step notes it did, to one connection and to several.
+_CLOSES: Mapping[Action, tuple[str, str]] = {
+    Action.HALF_CLOSE: (
+        "shutdown(SHUT_WR): sent its FIN, still reading",
+        "shutdown(SHUT_WR) x{}: sent their FINs, still reading",
+    ),
+    Action.CLOSE: ("close(): sent its FIN", "close() x{}: sent their FINs"),
+    Action.ABORT: (
+        "abort: close() with SO_LINGER 0 (sends a RST)",
+        "abort x{}: close() with SO_LINGER 0 (sends RSTs)",
+    ),
 }
 
 
@@ -61,6 +85,7 @@ class StepResult:
     began: float = 0.0
     took: float = 0.0
     problem: str | None = None
+    counts: Mapping[Outcome, int] | None = None  # a count step's: how many connections ended how
 
     @property
     def ran(self) -> bool:
@@ -88,12 +113,15 @@ def run_scenario(scenario: Scenario, *, lab: str | None = None) -> ScenarioResul
     """Play `scenario` in a lab of its own (named `lab`, else a unique name), removed after."""
     began = time.monotonic()
     play: _Play | None = None
+    if any(step.count for side in SIDES for step in scenario.steps(side)):
+        _more_descriptors()
     try:
         with inline_firewall(
             scenario.policy_ref,
             toml=scenario.policy_toml,
             speed=scenario.speed,
             name=lab,
+            clients=scenario.clients,
         ) as fw:
             play = _Play(scenario, fw)
             play.run()
@@ -137,19 +165,28 @@ def run_scenarios(
 
 
 class _Endpoint:
-    """One side's state while its steps run: its current connection, listener and children."""
+    """One side's state while its steps run: its listener, the connections it holds, and the
+    latest connect or accept step with the connections it made (those that use a connection use
+    these)."""
 
     def __init__(self, play: _Play, side: Side) -> None:
         self.play = play
         self.side = side
-        self.peer: Peer | None = None
+        self.latest: tuple[Step, list[Peer]] | None = None
+        self.held: list[Peer] = []
         self.listener: socket.socket | None = None
         self.note = partial(play.notebook.note, _CASE, side)
 
-    def adopt(self, sock: socket.socket) -> Peer:
+    def adopt(self, step: Step, sock: socket.socket) -> Peer:
+        peer = self.hold(sock)
+        self.latest = (step, [peer])
+        return peer
+
+    def hold(self, sock: socket.socket) -> Peer:
         self.play.cleanup.callback(abort, sock)
-        self.peer = Peer(sock, self.note)
-        return self.peer
+        peer = Peer(sock, self.note)
+        self.held.append(peer)
+        return peer
 
 
 class _Play:
@@ -209,8 +246,13 @@ class _Play:
         """Run `steps` in order until one goes wrong; True if all went as expected."""
         for step in steps:
             began = time.monotonic()
+            counts: Counter[Outcome] | None = None
             try:
-                word, detail = self._do(step)
+                if step.count is None:
+                    word, detail = self._do(step)
+                else:
+                    counts = self._many(step)
+                    word, detail = "ok", show_counts(counts)
             except OSError as err:  # e.g. the port is taken: the step's outcome, not a crash
                 word, detail = "error", str(err)
             took = (time.monotonic() - began) * self.scenario.speed
@@ -221,7 +263,8 @@ class _Play:
                 detail or word,
                 (began - self.began) * self.scenario.speed,
                 took,
-                _judge(self.scenario, step, outcome, detail or word, took),
+                _judge(self.scenario, step, outcome, detail or word, took, counts),
+                counts,
             )
             self.results[step.side].append(result)
             if result.problem is not None:
@@ -240,7 +283,7 @@ class _Play:
                 self.cleanup.callback(abort, listener)
                 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 listener.bind(self.address)
-                listener.listen()
+                listener.listen(BACKLOG)
                 end.listener = listener
                 end.note(f"listening on {hostport(self.address)}")
                 return "ok", ""
@@ -253,13 +296,13 @@ class _Play:
                 except TimeoutError:
                     end.note(f"accept: no connection within {timeout:g}s")
                     return "timeout", ""
-                end.adopt(conn)
+                end.adopt(step, conn)
                 end.note(f"accepted {hostport(peer_address)}")
                 return "ok", ""
             case Action.CONNECT:
-                peer = end.adopt(self.fw.client_socket(self.family))
-                if step.keepalive is not None:
-                    end.note(_keepalive(peer.sock, real(step.keepalive)))
+                peer = end.adopt(step, self.fw.client_socket(self.family))
+                if said := self._prepare(step, peer.sock):
+                    end.note(said)
                 return peer.connect(self.address, timeout), ""
             case Action.SLEEP:
                 assert step.duration is not None  # the loader requires it
@@ -270,9 +313,41 @@ class _Play:
                 return self._run(step, timeout)
             case Action.WAIT:
                 return self._wait(step, timeout)
-        if end.peer is None:
+        return self._on_connections(step, end, timeout)
+
+    def _on_connections(self, step: Step, end: _Endpoint, timeout: float) -> tuple[str, str]:
+        """A step on what the latest connect or accept step made; with `all`, on every
+        connection the side still holds open."""
+        if end.latest is None:
             return "error", f"no connection to {step.action}: connect or accept first"
-        return self._on_connection(step, end.peer, timeout)
+        made, peers = end.latest
+        if step.every:
+            peers = [peer for peer in end.held if peer.sock.fileno() != -1]
+        if step.action in _CLOSES:
+            return _close(step.action, peers, end.note)
+        if made.count is not None:
+            return "error", f"{step.action} takes one connection, not {made.describe()}'s"
+        return self._on_connection(step, peers[0], timeout)
+
+    def _prepare(self, step: Step, sock: socket.socket) -> str | None:
+        """What a connect step does to its socket before it connects: bind it to the step's
+        `source`, turn on keepalive (what it notes of that)."""
+        source = self._source(step)
+        if source is not None:
+            # The port is chosen at connect(), as for an unbound socket, not at bind(), which
+            # would give each socket a port of its own across all destinations (ip(7)).
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((source, 0))
+        if step.keepalive is None:
+            return None
+        return _keepalive(sock, self.scenario.real(step.keepalive))
+
+    def _source(self, step: Step) -> str | None:
+        """The client address a connect step binds to, None for the kernel's choice."""
+        if step.source is None:
+            return None
+        ipv4, ipv6 = self.fw.plan.client.pairs[step.source - 1]
+        return ipv6 if self.scenario.ipv6 else ipv4
 
     def _on_connection(self, step: Step, peer: Peer, timeout: float) -> tuple[str, str]:
         match step.action:
@@ -285,15 +360,85 @@ class _Play:
                 assert step.duration is not None
                 peer.note(f"idle for {format_time(step.duration)}, watching the socket")
                 return peer.quiet(threading.Event(), self.scenario.real(step.duration)), ""
-            case Action.HALF_CLOSE:
-                return _call(peer, "shutdown(SHUT_WR): sent its FIN, still reading", shut=True)
-            case Action.CLOSE:
-                return _call(peer, "close(): sent its FIN", shut=False)
-            case Action.ABORT:
-                abort(peer.sock)
-                peer.note("abort: close() with SO_LINGER 0 (sends a RST)")
-                return "ok", ""
         raise AssertionError(step.action)  # every action is handled above or in _do
+
+    def _many(self, step: Step) -> Counter[Outcome]:
+        """A count step: its connections made at once, counted by how each ended."""
+        assert step.count is not None
+        end = self.endpoints[step.side]
+        timeout = self.scenario.real(_timeout(self.scenario, step))
+        if step.action is Action.CONNECT:
+            counts = self._connect_many(step, step.count, timeout)
+        elif end.listener is None:
+            counts = Counter({Outcome.ERROR: step.count})
+            end.note("accept: no listening socket: add a listen step first")
+        else:
+            counts = self._accept_many(step, end.listener, step.count, timeout)
+        end.note(f"{step.action} x{step.count}: {show_counts(counts)}")
+        return counts
+
+    def _connect_many(self, step: Step, count: int, timeout: float) -> Counter[Outcome]:
+        """`count` non-blocking connects, all started before any is waited for; those still
+        connecting after `timeout` count as timeouts. Only those that connected stay open."""
+        end = self.endpoints[step.side]
+        socks = self.fw.call("client", partial(_sockets, self.family, count))
+        for sock in socks:
+            self.cleanup.callback(abort, sock)
+        ended: dict[socket.socket, Outcome] = {}
+        poller = select.poll()
+        pending: dict[int, socket.socket] = {}
+        started = time.monotonic()
+        said = None  # the same for every socket
+        for sock in socks:
+            said = self._prepare(step, sock)
+            sock.setblocking(False)
+            code = sock.connect_ex(self.address)
+            if code in (0, errno.EINPROGRESS):
+                pending[sock.fileno()] = sock
+                poller.register(sock, select.POLLOUT)
+            else:
+                ended[sock] = _errno_outcome(code)
+        source = self._source(step)
+        end.note(
+            f"connect() x{count} to {hostport(self.address)}"
+            + ("" if source is None else f" from {source}")
+            + f": all started within {(time.monotonic() - started) * 1000:.1f} ms"
+        )
+        if said is not None:
+            end.note(said)
+        deadline = started + timeout
+        while pending and (left := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(math.ceil(left * 1000)):
+                sock = pending.pop(fd)
+                poller.unregister(fd)
+                ended[sock] = _errno_outcome(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+        ended.update(dict.fromkeys(pending.values(), Outcome.TIMEOUT))
+        held: list[Peer] = []
+        for sock, outcome in ended.items():
+            if outcome is Outcome.OK:
+                sock.setblocking(True)
+                held.append(end.hold(sock))
+            else:
+                abort(sock)  # no SYN retransmission of a timed-out connect runs into later steps
+        end.latest = (step, held)
+        return Counter(ended.values())
+
+    def _accept_many(
+        self, step: Step, listener: socket.socket, count: int, timeout: float
+    ) -> Counter[Outcome]:
+        """Up to `count` connections accepted within `timeout`; the rest count as timeouts."""
+        end = self.endpoints[step.side]
+        held: list[Peer] = []
+        deadline = time.monotonic() + timeout
+        while len(held) < count and (left := deadline - time.monotonic()) > 0:
+            listener.settimeout(left)
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                break
+            held.append(end.hold(conn))
+        end.latest = (step, held)
+        return +Counter({Outcome.OK: len(held), Outcome.TIMEOUT: count - len(held)})  # no 0s
 
     def _run(self, step: Step, timeout: float) -> tuple[str, str]:
         assert step.command is not None  # the loader requires it
@@ -383,17 +528,38 @@ def _timeout(scenario: Scenario, step: Step) -> float:
 
 
 def _judge(
-    scenario: Scenario, step: Step, outcome: Outcome, detail: str, took: float
+    scenario: Scenario,
+    step: Step,
+    outcome: Outcome,
+    detail: str,
+    took: float,
+    counts: Mapping[Outcome, int] | None = None,
 ) -> str | None:
     """Why the step did not go as expected, or None if it did."""
-    if outcome is not step.expect:
+    if step.counts is not None and counts is not None:
+        if not _counted_as(step.counts, counts):
+            return (
+                f"expected {show_counts(step.counts)}, got {show_counts(counts)} "
+                f"after {format_time(took)}"
+            )
+    elif outcome is not step.expect:
         said = "" if detail == outcome else f" ({detail})"
-        return f"expected {step.expect}, got {outcome}{said} after {format_time(took)}"
+        wanted = step.expect if step.counts is None else show_counts(step.counts)
+        return f"expected {wanted}, got {outcome}{said} after {format_time(took)}"
     if not _in_window(took, step.after, step.within, scenario.tolerance * scenario.speed):
         return (
             f"{outcome} came after {format_time(took)}, expected{_window(step.after, step.within)}"
         )
     return None
+
+
+def _counted_as(expected: Expected, counts: Mapping[Outcome, int]) -> bool:
+    """Whether every outcome's count is in its expected range (0 for one not named)."""
+    return all(
+        low <= counts.get(outcome, 0) <= high
+        for outcome in {*expected, *counts}
+        for low, high in [expected.get(outcome, (0, 0))]
+    )
 
 
 def _in_window(t: float, after: float | None, within: float | None, slack: float) -> bool:
@@ -416,16 +582,38 @@ def format_time(seconds: float) -> str:
     return f"{minutes}m{rest:.1f}s" if minutes else f"{rest:.1f}s"
 
 
-def _call(peer: Peer, said: str, *, shut: bool) -> tuple[str, str]:
-    try:
-        if shut:
-            peer.sock.shutdown(socket.SHUT_WR)
-        else:
-            peer.sock.close()
-    except OSError as err:
-        return peer.failed("shutdown" if shut else "close", err, 0), ""
-    peer.note(said)
+def _close(action: Action, peers: Sequence[Peer], note: Callable[[str], None]) -> tuple[str, str]:
+    """Half-close, close or abort each of `peers`: noted once, the first failure's word."""
+    for peer in peers:
+        try:
+            if action is Action.HALF_CLOSE:
+                peer.sock.shutdown(socket.SHUT_WR)
+            elif action is Action.CLOSE:
+                peer.sock.close()
+            else:
+                abort(peer.sock)
+        except OSError as err:
+            return peer.failed("shutdown" if action is Action.HALF_CLOSE else "close", err, 0), ""
+    one, several = _CLOSES[action]
+    note(one if len(peers) == 1 else several.format(len(peers)))
     return "ok", ""
+
+
+def _sockets(family: int, count: int) -> list[socket.socket]:
+    return [socket.socket(family, socket.SOCK_STREAM) for _ in range(count)]
+
+
+def _errno_outcome(code: int) -> Outcome:
+    """A connect's SO_ERROR as a count step counts it (0: connected)."""
+    return _OUTCOMES.get(errno.errorcode.get(code, "") if code else "ok", Outcome.ERROR)
+
+
+def _more_descriptors() -> None:
+    """Raise this process's soft limit on open files to its hard limit (as Go's runtime does
+    since 1.19): count steps hold up to MAX_COUNT sockets each, past the usual soft 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _keepalive(sock: socket.socket, seconds: float) -> str:

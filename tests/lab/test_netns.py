@@ -126,6 +126,30 @@ def test_socket_in_makes_sockets_that_live_in_the_namespace(
     assert os.readlink("/proc/thread-self/ns/net") == own_ns
 
 
+@pytest.mark.parametrize("version", [4, 6])
+def test_extra_client_addresses_reach_the_server(lab_name: Callable[[], str], version: int) -> None:
+    plan = LabPlan.create(lab_name(), index=12, clients=3)
+    up(plan)
+    up(plan)  # complete as planned: left alone
+    family = socket.AF_INET if version == 4 else socket.AF_INET6
+    server = plan.server.ipv4 if version == 4 else plan.server.ipv6
+    with socket_in(plan.server.namespace, family) as listener:
+        listener.bind((server, 0))
+        listener.listen()
+        listener.settimeout(5)
+        # Each address when bound to; the first when not (the kernel's choice).
+        sources = [pair[version // 6] for pair in plan.client.pairs]
+        for source in [*sources, None]:
+            with socket_in(plan.client.namespace, family) as client:
+                client.settimeout(5)
+                if source is not None:
+                    client.bind((source, 0))
+                client.connect(listener.getsockname())
+                accepted, peer = listener.accept()
+                accepted.close()
+                assert peer[0] == source or sources[0]
+
+
 def test_socket_in_an_unknown_namespace_is_a_lab_error() -> None:
     with pytest.raises(LabError, match="fwemu-no-such-ns does not exist"):
         socket_in("fwemu-no-such-ns", socket.AF_INET6)

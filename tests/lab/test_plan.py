@@ -70,3 +70,25 @@ def test_longest_name_is_accepted() -> None:
 def test_index_out_of_range_is_refused(index: int) -> None:
     with pytest.raises(LabError, match=f"index {index} is out of range"):
         LabPlan.create("lab1", index=index)
+
+
+def test_extra_clients_are_further_addresses_on_the_clients_interface() -> None:
+    client = LabPlan.create("lab1", index=7, clients=3).client
+    assert client.pairs == (
+        ("10.7.1.2", "fd00:7:1::2"),
+        ("10.7.1.3", "fd00:7:1::3"),
+        ("10.7.1.4", "fd00:7:1::4"),
+    )
+    assert (client.ipv4, client.ipv6) == ("10.7.1.2", "fd00:7:1::2")
+    assert client.addresses[2:4] == ("10.7.1.3/24", "fd00:7:1::3/64")
+    assert LabPlan.create("lab1", index=7).client.pairs == (("10.7.1.2", "fd00:7:1::2"),)
+    assert LabPlan.create("lab1", clients=253).client.pairs[-1] == (
+        "10.201.1.254",
+        "fd00:201:1::254",
+    )
+
+
+@pytest.mark.parametrize("clients", [0, 254])
+def test_clients_out_of_range_are_refused(clients: int) -> None:
+    with pytest.raises(LabError, match=f"{clients} clients is out of range: use 1..253"):
+        LabPlan.create("lab1", clients=clients)

@@ -114,7 +114,8 @@ event = "expired"
         "(did you mean 'aws-nlb'?); presets: " + _presets(),
         "s.toml:3: scenario.sped: unknown key (did you mean 'speed'?)",
         "s.toml:6: server[1].do: unknown action 'lisen' (did you mean 'listen'?)",
-        "s.toml:10: client[1].for: connect does not take 'for' (it takes timeout, keepalive)",
+        "s.toml:10: client[1].for: connect does not take 'for' "
+        "(it takes timeout, keepalive, count, source)",
         's.toml:11: client[2]: send needs either data or bytes (data = "GET /" or bytes = 100)',
         "s.toml:15: client[3].expect: unknown outcome 'reseted' (did you mean 'reset'?)",
         "s.toml:17: client[4].do: only the server can listen",
@@ -199,6 +200,17 @@ BIG = "1" + "0" * 36 + "..."
             id="control-character-in-name",
         ),
         pytest.param(
+            f'[[client]]\ndo = "connect"\ncount = 2\nexpect = {{ ok = {HUGE:#x} }}\n',
+            f"s.toml:4: client[1].expect.ok: must be at most 1000, not 0x1{'0' * 34}...",
+            id="count-too-large-to-print",
+        ),
+        pytest.param(
+            f'[[client]]\ndo = "connect"\ncount = 2\nexpect = {{ ok = "1..{"9" * 5000}" }}\n',
+            "s.toml:4: client[1].expect.ok: expected a number of connections or a range, got "
+            "'1..999999999999999999999999999999999... (like ok = 64 or ok = \"60..64\")",
+            id="range-too-long-for-int",
+        ),
+        pytest.param(
             f'[scenario]\npolicy = "fw\\u0000.toml"\n{STEPS}',
             "s.toml:2: scenario.policy: non-printable character U+0000 in 'fw\\x00.toml' "
             "(use one line of printable text)",
@@ -208,3 +220,134 @@ BIG = "1" + "0" * 36 + "..."
 )
 def test_hostile_values_are_problems(text: str, message: str) -> None:
     assert problems(text) == [message]
+
+
+# --- count steps: many connections at once (issue 13) ----------------------------------------
+
+COUNTS = """\
+[scenario]
+clients = 2
+
+[[server]]
+do = "listen"
+[[server]]
+do = "accept"
+count = 64
+
+[[client]]
+do = "connect"
+count = 100
+source = 2
+expect = { ok = 64, timeout = "30..36" }
+[[client]]
+do = "connect"
+count = 5
+expect = "refused"
+[[client]]
+do = "connect"
+source = 1
+[[client]]
+do = "close"
+all = true
+"""
+
+
+def test_count_steps() -> None:
+    scenario = loads_scenario(COUNTS, "s.toml")
+    assert scenario.clients == 2
+    pool, refused, plain, close = scenario.client
+    assert (pool.count, pool.source, pool.expect, pool.line) == (100, 2, Outcome.OK, 10)
+    assert pool.counts == {Outcome.OK: (64, 64), Outcome.TIMEOUT: (30, 36)}
+    assert pool.describe() == "client step 1 (connect x100)"
+    assert refused.counts == {Outcome.REFUSED: (5, 5)}
+    assert (plain.count, plain.counts, plain.source) == (None, None, 1)
+    assert plain.describe() == "client step 3 (connect)"
+    assert close.every
+    # Without an expectation every connection must connect.
+    assert scenario.server[1].counts == {Outcome.OK: (64, 64)}
+    assert loads_scenario(MINIMAL, "s.toml").clients == 1
+
+
+def test_broken_count_steps_are_located() -> None:
+    text = """\
+[scenario]
+clients = 2
+[[client]]
+do = "connect"
+count = 1001
+[[client]]
+do = "connect"
+count = 10
+expect = { ok = 6, timeout = 3 }
+[[client]]
+do = "connect"
+count = 10
+expect = { okay = 10, reset = "5..1", refused = -1 }
+[[client]]
+do = "connect"
+expect = { ok = 1 }
+[[client]]
+do = "connect"
+count = 3
+source = 3
+expect = "eof"
+[[client]]
+do = "send"
+count = 2
+data = "x"
+[[client]]
+do = "close"
+all = "yes"
+[[client]]
+do = "connect"
+count = 10
+expect = { ok = "1..4", timeout = "2..5" }
+[[client]]
+do = "connect"
+count = 2
+expect = {}
+"""
+    assert problems(text) == [
+        "s.toml:5: client[1].count: must be at most 1000, not 1001",
+        "s.toml:9: client[2].expect: ok 6, timeout 3 makes 9 connections, not count = 10 "
+        "(an outcome not named must have none)",
+        "s.toml:13: client[3].expect.okay: unknown outcome 'okay' (did you mean 'ok'?)",
+        "s.toml:13: client[3].expect.reset: empty range '5..1' (write it low first: \"1..5\")",
+        "s.toml:13: client[3].expect.refused: expected a number of connections or a range, "
+        'got -1 (like ok = 64 or ok = "60..64")',
+        "s.toml:16: client[4].expect: a table of counts needs count (count = 100)",
+        "s.toml:20: client[5].source: there is no client 3: the scenario has clients = 2 "
+        "(set clients = 3 in [scenario])",
+        "s.toml:21: client[5].expect: a connection of a count step cannot end in eof "
+        "(expect ok, refused, timeout, reset, error, or a table of counts)",
+        "s.toml:24: client[6].count: send does not take 'count' (it takes data, bytes)",
+        "s.toml:28: client[7].all: expected true or false, got a string",
+        "s.toml:32: client[8].expect: ok 1..4, timeout 2..5 makes 3..9 connections, not "
+        "count = 10 (an outcome not named must have none)",
+        "s.toml:36: client[9].expect: no counts (like expect = { ok = 64, timeout = 36 })",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[scenario]\nclients = 254\n", "s.toml:2: scenario.clients: must be at most 253, not 254"),
+        ("[scenario]\nclients = 0\n", "s.toml:2: scenario.clients: must be at least 1, not 0"),
+        (
+            '[[client]]\ndo = "connect"\nsource = 2\n',
+            "s.toml:3: client[1].source: there is no client 2: the scenario has clients = 1 "
+            "(set clients = 2 in [scenario])",
+        ),
+        (
+            '[[server]]\ndo = "listen"\ncount = 2\n',
+            "s.toml:3: server[1].count: listen does not take 'count' "
+            "(it takes nothing but do, expect, after, within)",
+        ),
+        (
+            '[[server]]\ndo = "accept"\nsource = 2\n',
+            "s.toml:3: server[1].source: accept does not take 'source' (it takes timeout, count)",
+        ),
+    ],
+)
+def test_clients_and_sources(text: str, message: str) -> None:
+    assert problems(text + STEPS) == [message]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+import pytest
+
 from fwemu.scenario.junit import junit_xml
 from fwemu.scenario.loader import loads_scenario
-from fwemu.scenario.model import Outcome
+from fwemu.scenario.model import Outcome, show_counts
 from fwemu.scenario.report import details, headline, totals
-from fwemu.scenario.runner import ScenarioResult, StepResult
+from fwemu.scenario.runner import ScenarioResult, StepResult, _judge
 from fwemu.scenario.timeline import Entry
 
 from .test_loader import MINIMAL
@@ -100,3 +102,39 @@ def test_junit_counts_failures_and_errors_and_carries_the_report() -> None:
     assert "5m50.0s  fwemu   expire ESTABLISHED" in (failure.text or "")
     error = errored.find("error")
     assert error is not None and error.get("message") == "no lab"
+
+
+POOL = loads_scenario(
+    '[[client]]\ndo = "connect"\ncount = 100\nexpect = { ok = "60..64", timeout = "36..40" }\n',
+    "pool.toml",
+)
+
+
+@pytest.mark.parametrize(
+    "counts",
+    [{Outcome.OK: 64, Outcome.TIMEOUT: 36}, {Outcome.OK: 60, Outcome.TIMEOUT: 40}],
+)
+def test_a_count_step_passes_on_counts_in_range(counts: dict[Outcome, int]) -> None:
+    (step,) = POOL.client
+    assert _judge(POOL, step, Outcome.OK, show_counts(counts), 1.0, counts) is None
+
+
+@pytest.mark.parametrize(
+    ("counts", "got"),
+    [
+        ({Outcome.OK: 65, Outcome.TIMEOUT: 35}, "ok 65, timeout 35"),
+        ({Outcome.OK: 60, Outcome.TIMEOUT: 36, Outcome.REFUSED: 4}, "ok 60, refused 4, timeout 36"),
+    ],
+)
+def test_a_count_step_fails_showing_its_counts_in_one_line(
+    counts: dict[Outcome, int], got: str
+) -> None:
+    (step,) = POOL.client
+    problem = _judge(POOL, step, Outcome.OK, show_counts(counts), 1.0, counts)
+    assert problem == f"expected ok 60..64, timeout 36..40, got {got} after 1.0s"
+    seen = StepResult(step, Outcome.OK, show_counts(counts), 0.5, 1.0, problem, counts)
+    lines = details(ScenarioResult(POOL, (seen,), (f"{step.describe()}: {problem}",), (), 0, 2))
+    assert lines[0] == f"  client step 1 (connect x100): {problem}"
+    assert lines[2] == (
+        f"    BAD client  1 connect x100 at 0.5s: {got} after 1.0s  <- {problem}  (line 1)"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from typing import Any
 
 from fwemu.ops import client, views
@@ -22,6 +23,9 @@ examples:
   fwemu flows --state established,time_wait
   fwemu flows --match 'dst=10.0.2.0/24 dport=5432'
   fwemu flows --json | jq '.[] | select(.expires_in < 10)'
+  fwemu flows --summary                         counts per state, and per limit of [limits]:
+                                                the table's, or the busiest clients and
+                                                destinations, against the limit
 
 With 'fwemu run --workers N', the flows of every worker are listed together; in --json each
 flow's "queue" says which worker holds it.
@@ -45,6 +49,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--state", metavar="S[,S]", help="only flows in these states")
     parser.add_argument("--match", metavar="MATCH", default="", help="only flows matching MATCH")
     parser.add_argument("--json", action="store_true", help="print a JSON list of flows")
+    parser.add_argument(
+        "--summary",
+        action="store_true",
+        help="counts only: flows per state, and the policy's limits against their counts",
+    )
     client.add_control_argument(parser)
     parser.set_defaults(func=_run)
 
@@ -55,6 +64,8 @@ def _run(args: argparse.Namespace) -> int:
     targets = client.find_run(args.control)
     records = client.request_all(targets, req)
     flows = views.by_deadline(r["flow"] for _, r in records if "flow" in r)
+    if args.summary:
+        return _summary(flows, targets, args.json)
     if args.json:
         print(json.dumps(flows, indent=2))
         return 0
@@ -64,4 +75,29 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     console.print(views.flows_table(flows))
     console.print(f"{len(flows)} flows: {views.state_counts(flows)}")
+    return 0
+
+
+# Clients, servers or pools shown per limit in the summary.
+_BUSIEST = 5
+
+
+def _summary(flows: list[dict[str, Any]], targets: tuple[client.Target, ...], as_json: bool) -> int:
+    """Flows per state, and each worker's limits against their counts (with --workers, each
+    worker counts the flows of its own queue)."""
+    limits = [
+        usage
+        for _, status in client.request_all(targets, Request("status"))
+        for usage in status.get("limits", [])
+    ]
+    states = dict(Counter(flow["state"] for flow in flows))
+    if as_json:
+        print(json.dumps({"flows": len(flows), "states": states, "limits": limits}, indent=2))
+        return 0
+    console = views.stdout_console()
+    console.print(f"{len(flows)} flows: {views.state_counts(flows)}")
+    if limits:
+        console.print(views.limits_table(limits, _BUSIEST))
+    else:
+        console.print("no limits in the policy")
     return 0

@@ -754,6 +754,7 @@ class FlowTable:
         out-of-state answer: within the policy's answer rate)."""
         rule = self._profiles[profile].name
         reset = refusal.action == LimitAction.RESET
+        self.book.refused(refusal)
         source = _source(seg)
         if limit := self.limiter.admit(source, now):
             action = refusal.action.value

@@ -10,6 +10,7 @@ from __future__ import annotations
 from fwemu.core import packet as pk
 from fwemu.core.conntrack import FlowInfo, FlowTable
 from fwemu.core.decision import NO_EFFECTS, Decision, Effects, Reason, Verdict
+from fwemu.core.limits import Usage
 from fwemu.policy.model import ExpireAction, Policy
 
 __all__ = ["Decision", "Effects", "Engine", "Verdict"]
@@ -72,6 +73,10 @@ class Engine:
     def info(self, key: bytes, *, now: float) -> FlowInfo | None:
         """One flow's snapshot, or None if it is gone (since `keys()` was taken)."""
         return self.table.info(key, now)
+
+    def limits(self, *, now: float) -> list[Usage]:
+        """Each [limits] table of the policy against its counts (none: no limits set)."""
+        return self.table.book.usage(now)
 
     def __len__(self) -> int:
         return len(self.table)

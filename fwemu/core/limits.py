@@ -15,13 +15,15 @@ nf_conntrack_buckets = nf_conntrack_max) and keeps only the unassured flows per 
 
 from __future__ import annotations
 
+import heapq
 import zlib
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Callable
 from typing import NamedTuple
 
 from fwemu.core import packet as pk
 from fwemu.core.addresses import ntop
-from fwemu.policy.model import LimitAction, Limits, NatPool, Policy
+from fwemu.policy.model import LIMIT_NAMES, LimitAction, Limits, NatPool, Policy
 
 EVICTION_RANGE = 8  # NF_CT_EVICTION_RANGE: buckets early_drop() walks
 POLICY_SCOPE = "policy"  # the name of the policy-wide scope, in events
@@ -37,6 +39,16 @@ class Refusal(NamedTuple):
     counted: str  # whose count: "table", "client 10.0.0.1", "the shared pool to 10.0.0.2:80"
     action: LimitAction
     limits: str  # whose [limits]: POLICY_SCOPE or "rule NAME"
+
+
+class Usage(NamedTuple):
+    """One [limits] table against its counts, for people (`fwemu flows --summary`, `top`)."""
+
+    limits: str  # POLICY_SCOPE or "rule NAME"
+    values: dict[str, int]  # each limit set, by its Limits key
+    # Per limit: ("table", n) for a whole-table count, else the busiest (who, n), most first.
+    counts: dict[str, list[tuple[str, int]]]
+    refused: dict[str, int]  # new flows refused so far, per limit
 
 
 class _Flow(NamedTuple):
@@ -74,6 +86,7 @@ class _Scope:
         "limits",
         "name",
         "pools",
+        "refused",
         "servers",
         "unassured",
     )
@@ -91,6 +104,31 @@ class _Scope:
         self.held: deque[tuple[float, bytes, bytes]] = deque()  # (until, pool, destination)
         self.buckets = limits.max_flows if limits.early_drop and limits.max_flows else 0
         self.unassured: dict[int, set[int]] = {}  # bucket -> slots not yet assured
+        self.refused: Counter[str] = Counter()  # per limit
+
+    def usage(self, now: float, busiest: int) -> Usage:
+        self.release(now)
+        limits = self.limits
+        shared = limits.nat_pool == NatPool.SHARED
+        per: dict[str, tuple[dict[bytes, int], Callable[[bytes], str]]] = {
+            "per_client": (self.clients, ntop),
+            "per_server": (self.servers, _hostport),
+            "per_client_embryonic": (self.client_embryonic, ntop),
+            "ports_per_client": (self.pools, lambda pool: "shared pool" if shared else ntop(pool)),
+            "ports_per_destination": (self.destinations, lambda key: _destination(key, shared)),
+        }
+        values = {k: v for k in LIMIT_NAMES if (v := getattr(limits, k)) is not None}
+        counts: dict[str, list[tuple[str, int]]] = {}
+        for key in values:
+            if key == "max_flows":
+                counts[key] = [("table", self.flows)]
+            elif key == "embryonic":
+                counts[key] = [("table", self.embryonic)]
+            else:
+                found, name = per[key]
+                top = heapq.nlargest(busiest, found.items(), key=lambda item: item[1])
+                counts[key] = [(name(who), n) for who, n in top]
+        return Usage(self.name, values, counts, dict(self.refused))
 
     def pool(self, client: bytes) -> bytes:
         return client if self.limits.nat_pool == NatPool.CLIENT else b""
@@ -188,6 +226,16 @@ class LimitBook:
             if value is not None and count >= value:
                 return _refuse(scope, limit, value, count, client, server)
         return None
+
+    def refused(self, refusal: Refusal) -> None:
+        """Count a refusal (for `usage`)."""
+        for scope in self.scopes:
+            if scope.name == refusal.limits:
+                scope.refused[refusal.limit] += 1
+
+    def usage(self, now: float, busiest: int = 5) -> list[Usage]:
+        """Each scope's limits against its counts (the `busiest` clients, servers, pools)."""
+        return [scope.usage(now, busiest) for scope in self.scopes]
 
     def _early_drop(self, scope: _Scope, key: bytes, forward: bool) -> list[int]:
         """early_drop(): the unassured flows of the first bucket that has any, walking
@@ -304,6 +352,13 @@ def _ends(key: bytes, forward: bool) -> tuple[bytes, bytes]:
 def _bucket(key: bytes, forward: bool, buckets: int) -> int:
     """The hash bucket of one of the flow's tuples (the kernel's is seeded at random)."""
     return zlib.crc32(key, 1 + forward) % buckets
+
+
+def _destination(key: bytes, shared: bool) -> str:
+    """A pool-and-destination key for people: "10.0.1.2 to 10.0.2.2:80"."""
+    server = key[-6:] if len(key) in (6, 10) else key[-18:]
+    pool = "shared pool" if shared else ntop(key[: len(key) - len(server)])
+    return f"{pool} to {_hostport(server)}"
 
 
 def _hostport(packed: bytes) -> str:

@@ -84,6 +84,7 @@ class Commands:
             "origin": policy.origin,
             "flows": len(daemon.engine),
             **daemon.counters.as_dict(),
+            "limits": [usage._asdict() for usage in daemon.engine.limits(now=Clock.now())],
         }
 
     def _flows(self, selector: Selector) -> Iterator[dict[str, Any]]:

@@ -124,6 +124,33 @@ def event_line(record: dict[str, Any]) -> str:
     return f"{stamp} {kind:<12} {who} {details}".rstrip()
 
 
+def limits_table(usages: Sequence[dict[str, Any]], busiest: int) -> Table:
+    """Each limit set against its count: the table's, or its `busiest` clients, servers or
+    pools (most first), and the new flows it refused."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for header in ("LIMITS", "LIMIT", "COUNT"):
+        table.add_column(header, no_wrap=True)
+    for header in ("OF", "REFUSED"):
+        table.add_column(header, justify="right", no_wrap=True)
+    for usage in usages:
+        owner = usage["limits"]
+        refused = usage["refused"]
+        for limit, value in usage["values"].items():
+            counts = usage["counts"][limit][:busiest] or [("", 0)]
+            for index, (who, count) in enumerate(counts):
+                first = index == 0
+                shown = f"{count:,}" if who == "table" else f"{who}: {count:,}" if who else "0"
+                table.add_row(
+                    Text(owner if first else ""),
+                    Text(limit if first else ""),
+                    Text(shown),
+                    f"{value:,}" if first else "",
+                    f"{refused.get(limit, 0):,}" if first else "",
+                )
+            owner = ""
+    return table
+
+
 # The counters of `status` that add up over the workers of a run.
 SUMMED = ("packets", "accepted", "dropped", "resets", "errors", "bypassed", "flows")
 
@@ -164,10 +191,14 @@ def top_view(
             f"\nBYPASSED {bypassed} packets: the queue overflowed, timers cannot be trusted",
             style="bold red",
         )
+    parts: list[RenderableType] = [header, state_counts(flows)]
+    if usages := status.get("limits"):
+        parts.append(limits_table(usages, busiest=1))
+        rows -= 2 + sum(len(u["values"]) for u in usages)  # its head, rule and a row per limit
     ordered = by_deadline(flows)
     shown = ordered[: max(rows, 0)]
     more = len(ordered) - len(shown)
-    parts: list[RenderableType] = [header, state_counts(flows), flows_table(shown)]
+    parts.append(flows_table(shown))
     if more:
         parts.append(Text(f"... and {more} more flows (fwemu flows lists them all)"))
     parts.append(Text("recent events", style="bold"))

@@ -230,6 +230,8 @@ def _summary_lines(s: Summary, report: ReplayReport) -> list[Text]:
             Text(f"        {s.out_of_order:,} packets out of time order (replayed in file order)")
         )
     lines.append(Text.assemble(("policy  ", "bold"), f"{s.policy} ({s.policy_origin})"))
+    if s.refusals:
+        lines.append(Text(f"        {_count(s.refusals, 'new flow')} refused by a limit"))
     affected = [f for f in report.flows if f.affected]
     states = Counter(info.state for info in report.alive)
     alive = ", ".join(f"{n:,} {state}" for state, n in states.most_common()) or "none"
@@ -249,6 +251,9 @@ def _headline(flow: FlowReport) -> str:
         if expired.action == "silent":
             return "forgotten silently (black hole)"
         return f"expired and reset ({expired.action})"
+    if flow.refused:
+        first = flow.refused[0]
+        return f"refused by a limit ({first.limit} {first.value:,}): {first.action}"
     if flow.gone_at is not None:
         return "late packets after it ended"
     if flow.opened is None:
@@ -300,6 +305,12 @@ def _print_flow(console: Console, flow: FlowReport, s: Summary, *, timeline: boo
     if flow.gone_at is not None:
         console.print(
             f"  its {flow.gone_phase} timer had run out at {at(flow.gone_at)}", soft_wrap=True
+        )
+    for refusal in flow.refused[:_LATE_SHOWN]:
+        console.print(
+            f"  refused {at(refusal.ts)}: {refusal.limit} = {refusal.value:,} reached by "
+            f"{refusal.counted} ({refusal.limits}): {refusal.action}",
+            soft_wrap=True,
         )
     for r in flow.resets:
         ack = "" if r.ack is None else f" ack {r.ack}"

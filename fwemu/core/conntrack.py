@@ -1203,9 +1203,8 @@ def _source(seg: pk.Segment) -> bytes:
 
 
 _SYN_RETRANSMIT: Final = accept(Reason.SYN_RETRANSMIT)
-_REFUSED_PAST_RATE: Final = Decision(
-    Verdict.DROP, Reason.PAST_ANSWER_RATE, detail="refused by a limit"
-)
+# A refusal past the answer rate: the verdict alone (summed up in a limit_summary event).
+_REFUSED_PAST_RATE: Final = Decision(Verdict.DROP, Reason.LIMIT, detail="past the answer rate")
 _EMBRYONIC = (_SYN_SENT, _SYN_RECV, _SYN_SENT2)  # the states a limit counts as handshakes
 # The whole answer to an out-of-state packet past the policy's answer rate: the verdict alone.
 _PAST_RATE: Final = {

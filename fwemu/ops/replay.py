@@ -24,6 +24,7 @@ from fwemu.core.events import (
     FlowExpired,
     FlowId,
     FlowNew,
+    LimitRefused,
     OutOfState,
     ResetSent,
 )
@@ -93,16 +94,19 @@ class FlowReport:
     gone_at: float | None  # for a flow known only from late packets: when its timer had run out
     gone_phase: str | None
     events: tuple[Event, ...]  # the core's events for this flow, in order
+    refused: tuple[LimitRefused, ...] = ()  # its SYNs (or first packets) a limit refused
 
     @property
     def affected(self) -> bool:
         cut = self.expired is not None and self.expired.phase in _OPEN_PHASES
-        return cut or any(p.outcome in ("dropped", "answered with a RST") for p in self.late)
+        rejected = any(p.outcome in ("dropped", "answered with a RST") for p in self.late)
+        return cut or rejected or bool(self.refused)
 
     @property
     def impact(self) -> float:
-        """When the policy first touched the flow: its expiry or its first rejected packet."""
-        times = [p.ts for p in self.late]
+        """When the policy first touched the flow: its expiry, its first refused or rejected
+        packet."""
+        times = [p.ts for p in self.late] + [r.ts for r in self.refused]
         if self.expired is not None:
             times.append(self.expired.ts)
         return min(times, default=self.opened or 0.0)
@@ -126,6 +130,10 @@ class FlowReport:
                 "action": expired.action,
             },
             "resets": [_reset_dict(r) for r in self.resets],
+            "refused": [
+                {k: v for k, v in r.to_dict().items() if k not in ("flow", "state", "phase")}
+                for r in self.refused
+            ],
             "late_packets": [p.to_dict() for p in self.late],
             "own_resets_seen": list(self.echoes),
             "gone": None
@@ -147,6 +155,7 @@ class Summary:
     not_ip: int  # frames carrying no IP packet (ARP, LLDP, ...)
     not_tcp: int  # IP packets fwemu does not track (UDP, ICMP, fragments, truncated headers)
     flows: int  # TCP connections the policy tracked
+    refusals: int  # new flows a limit refused (each SYN retransmission again)
     first_ts: float | None
     last_ts: float | None
     out_of_order: int  # packets stamped earlier than the one before (replayed at that one's time)
@@ -169,6 +178,7 @@ class Summary:
             "tcp_packets": self.tcp_packets,
             "skipped": {"not_ip": self.not_ip, "not_tcp": self.not_tcp},
             "flows": self.flows,
+            "refusals": self.refusals,
             "first_ts": self.first_ts,
             "last_ts": self.last_ts,
             "duration": self.duration,
@@ -224,6 +234,7 @@ class _Record:
         "gone_phase",
         "late",
         "opened",
+        "refused",
         "resets",
         "rule",
     )
@@ -249,6 +260,7 @@ class _Record:
         self.late: list[LatePacket] = []
         self.echoes: list[float] = []
         self.events: list[Event] = []
+        self.refused: list[LimitRefused] = []
 
     def freeze(self) -> FlowReport:
         return FlowReport(
@@ -263,6 +275,7 @@ class _Record:
             self.gone_at,
             self.gone_phase,
             tuple(self.events),
+            tuple(self.refused),
         )
 
 
@@ -273,8 +286,9 @@ class _Tracker:
     def __init__(self, select: Callable[[FlowId], bool] | None) -> None:
         self.current: dict[_Key, _Record] = {}
         self.done: list[FlowReport] = []
-        self.seen: set[_Key] = set()  # every flow the policy tracked
+        self.seen: set[_Key] = set()  # every flow the policy tracked (or refused)
         self.flows = 0
+        self.refusals = 0
         self._select = select
 
     def _wanted(self, record: _Record, report: FlowReport | None = None) -> bool:
@@ -331,6 +345,8 @@ class _Tracker:
         for event in decision.events:
             if type(event) is OutOfState:
                 oos = event
+            elif type(event) is LimitRefused:
+                self.refused(event)
             elif type(event) is FlowNew:
                 self.new(
                     event,
@@ -343,6 +359,18 @@ class _Tracker:
         self.events(tuple(rest))
         if oos is not None:
             self._late(ts, ip, decision, oos)
+
+    def refused(self, event: LimitRefused) -> None:
+        """A new flow a limit refused: its later packets are late packets, never a connection
+        that was open before the capture."""
+        key = _key(event.flow)
+        record = self.current.get(key)
+        if record is None:
+            record = self.current[key] = _Record(event.flow, event.rule, None)
+        record.refused.append(event)
+        record.events.append(event)
+        self.seen.add(key)
+        self.refusals += 1
 
     def _known(self, event: FlowNew) -> bool:
         return _key(event.flow) in self.seen
@@ -448,7 +476,7 @@ def replay(  # noqa: PLR0912, PLR0915
     engine = Engine(policy)
     tracker = _Tracker(select)
     handle, next_deadline = engine.handle_packet, engine.next_deadline
-    frames = not_ip = not_tcp = out_of_order = stray = 0
+    frames = not_ip = not_tcp = out_of_order = stray = unlisted = 0
     first: float | None = None
     last = float("-inf")
     for stamp, ip in capture:
@@ -473,6 +501,8 @@ def replay(  # noqa: PLR0912, PLR0915
         if not events:
             if decision.reason in (Reason.NOT_TCP, Reason.UNPARSEABLE):
                 not_tcp += 1
+            elif decision.reason is Reason.LIMIT:
+                unlisted += 1  # refused past the answer rate: counted, not itemised
             continue
         head = events[0]
         if (
@@ -496,6 +526,11 @@ def replay(  # noqa: PLR0912, PLR0915
     if first is not None:
         _run_timers(engine, tracker, last)
     warnings = list(capture.warnings)
+    if unlisted:
+        warnings.append(
+            f"{unlisted} more new flows were refused by a limit past the policy's answer rate: "
+            "counted, not listed per flow"
+        )
     if stray:
         warnings.append(
             f"{stray} packets of connections not seen opening could not be placed "
@@ -512,6 +547,7 @@ def replay(  # noqa: PLR0912, PLR0915
         not_ip=not_ip,
         not_tcp=not_tcp,
         flows=tracker.flows,
+        refusals=tracker.refusals + unlisted,
         first_ts=first,
         last_ts=None if first is None else last,
         out_of_order=out_of_order,

@@ -319,3 +319,37 @@ def test_cli_warns_about_a_cut_capture_and_still_reports(
     captured = capsys.readouterr()
     assert "fwemu: warning:" in captured.err and "ends in the middle of" in captured.err
     assert captured.out.startswith("capture ")
+
+
+def test_connections_a_limit_would_have_refused_are_reported_with_their_later_packets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pool of two ports: the third connection's SYN and all it sent after are refused or
+    out of state, never taken for a connection open before the capture."""
+    conversations = [
+        Conversation(sport=40000 + i).handshake(0.1 * i).exchange(1.0) for i in range(3)
+    ]
+    path = write(tmp_path / "c.pcap", merged(*conversations))
+    text = '[limits]\nports_per_destination = 2\non_exhausted = "reset"\n'
+    report = run(path, text)
+
+    [flow] = report.flows
+    assert flow.flow.sport == 40002 and flow.opened is None
+    [refusal] = flow.refused
+    assert (refusal.limit, refusal.value, refusal.count, refusal.action) == (
+        "ports_per_destination",
+        2,
+        2,
+        "reset",
+    )
+    assert {p.outcome for p in flow.late} == {"dropped"}  # its SYN/ACK, ACKs and data: no flow
+    assert report.summary.refusals == 1
+    assert [info.flow.sport for info in report.alive] == [40000, 40001]
+
+    policy_file = tmp_path / "p.toml"
+    policy_file.write_text(text)
+    assert main(["replay", str(path), "--policy", str(policy_file)]) == 0
+    out = capsys.readouterr().out
+    assert "1 new flow refused by a limit" in out
+    assert "refused by a limit (ports_per_destination 2): reset" in out
+    assert "ports_per_destination = 2 reached by client 10.9.0.2 to 10.9.1.2:8080" in out

@@ -87,6 +87,12 @@ def state_counts(records: Iterable[dict[str, Any]]) -> Text:
     return Text("  ".join(parts) or "no flows")
 
 
+def _timer(record: dict[str, Any]) -> str:
+    """The timer an expiry names: "established timer", "established timer (lifetime)"."""
+    capped = f" ({record['capped_by']})" if record.get("capped_by") else ""
+    return f"{record['phase']} timer{capped}"
+
+
 def event_line(record: dict[str, Any]) -> str:
     """One event record as a readable line (local time, kind, flow, what happened)."""
     ts = record["ts"]
@@ -98,7 +104,7 @@ def event_line(record: dict[str, Any]) -> str:
         "state": lambda: f"{record['old_state']} -> {record['state']}",
         "expire": lambda: (
             f"{record['state']} after {record['idle']:.1f}s idle "
-            f"({'forced' if record.get('forced') else record['phase'] + ' timer'}): "
+            f"({'forced' if record.get('forced') else _timer(record)}): "
             f"{record['action']}"
         ),
         "reset": lambda: (
@@ -107,6 +113,9 @@ def event_line(record: dict[str, Any]) -> str:
         ),
         "out_of_state": lambda: f"{record['reason']}: {record['action']}",
         "delete": lambda: f"{record['state']}: {record['reason']}",
+        "probe": lambda: (
+            f"dead connection detection: probes {record['round']} of {record['retries']}"
+        ),
         "out_of_state_summary": lambda: (
             f"{record['packets']} more from {record['source']} past the answer rate: "
             f"{record['action']}"

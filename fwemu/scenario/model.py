@@ -72,9 +72,34 @@ def show_counts(counts: Mapping[Outcome, int] | Expected) -> str:
 
 
 # The fields of fwemu's JSON events a scenario may match on (top-level, then the flow's).
-EVENT_FIELDS = ("state", "old_state", "phase", "action", "rule", "to", "side", "cause", "reason")
+EVENT_FIELDS = (
+    "state",
+    "old_state",
+    "phase",
+    "action",
+    "rule",
+    "to",
+    "side",
+    "cause",
+    "reason",
+    "limit",  # limit, limit_summary: the Limits key that refused the flow
+    "counted",  # limit: whose count ("table", "client 10.0.1.2", ...)
+    "capped_by",  # expire: the cap, "lifetime" or "dcd" that ended the flow
+    "silent",  # expire after dcd: the end that never answered
+)
 FLOW_FIELDS = ("src", "sport", "dst", "dport")
-EVENT_KINDS = ("new", "state", "expire", "reset", "out_of_state", "out_of_state_summary", "delete")
+EVENT_KINDS = (
+    "new",
+    "state",
+    "expire",
+    "reset",
+    "out_of_state",
+    "out_of_state_summary",
+    "delete",
+    "limit",
+    "limit_summary",
+    "probe",
+)
 
 
 @dataclass(frozen=True, slots=True)

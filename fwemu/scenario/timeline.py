@@ -107,6 +107,10 @@ def describe(record: Mapping[str, Any]) -> str:  # noqa: PLR0911 - one return pe
         why = (
             "forced" if record.get("forced") else f"{record['phase']} timer {record['timeout']:g}s"
         )
+        if record.get("capped_by"):
+            why += f", {record['capped_by']}"
+        if record.get("silent"):
+            why += f": the {record['silent']} end never answered"
         return (
             f"expire {record['state']} after {record['idle']:.2f}s idle ({why}): {record['action']}"
         )
@@ -126,6 +130,18 @@ def describe(record: Mapping[str, Any]) -> str:  # noqa: PLR0911 - one return pe
             f"{record['packets']} more out-of-state packets from {record['source']} past the "
             f"answer rate: {action}, unanswered"
         )
+    if kind == "limit":
+        return (
+            f"new flow refused: {record['limit']} = {record['value']} reached by "
+            f"{record['counted']}: {record['action']}"
+        )
+    if kind == "limit_summary":
+        return (
+            f"{record['packets']} more new flows refused by {record['limit']} past the answer "
+            f"rate: {record['action']}"
+        )
+    if kind == "probe":
+        return f"dead connection detection: probes {record['round']} of {record['retries']} sent"
     return f"{kind} {record}"
 
 

@@ -34,6 +34,7 @@ from fwemu.ops.commands import Commands
 from fwemu.ops.control import ControlServer, default_path, is_alive
 from fwemu.ops.metrics import Metrics
 from fwemu.policy import Policy
+from fwemu.policy.model import LIMIT_NAMES, NatPool
 from fwemu.policy.source import PolicySource
 
 # More workers than CPUs only makes them compete; 64 is far above the machines fwemu runs on.
@@ -390,10 +391,25 @@ def _start_line(
     mode = ", fail-closed" if config.fail_closed else ""
     dry = ", DRY RUN (accepting everything, injecting nothing)" if config.dry_run else ""
     policy = setup.policy
+    split = _split_limits(policy) if config.workers > 1 else []
+    per_worker = f"; each worker counts its own flows against {', '.join(split)}" if split else ""
     return (
         f"fwemu started{where}: {queues}, policy {policy.name} ({policy.origin}), "
-        f"speed x{config.speed:g}{mode}{dry}; {installed}"
+        f"speed x{config.speed:g}{mode}{dry}; {installed}{per_worker}"
     )
+
+
+def _split_limits(policy: Policy) -> list[str]:
+    """The limits `--workers` splits: every one but a client pool's ports_per_destination,
+    whose flows all share one address pair (and so one worker)."""
+    split = {
+        name
+        for limits in (policy.limits, *(rule.profile.limits for rule in policy.rules))
+        for name in LIMIT_NAMES
+        if getattr(limits, name) is not None
+        and not (name == "ports_per_destination" and limits.nat_pool == NatPool.CLIENT)
+    }
+    return [name for name in LIMIT_NAMES if name in split]
 
 
 def _stop_line(

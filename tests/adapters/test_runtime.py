@@ -21,6 +21,7 @@ from fwemu.adapters.runtime import Kernel, RunConfig
 from fwemu.errors import FwemuError
 from fwemu.ops.client import request
 from fwemu.ops.protocol import Request
+from fwemu.policy import loads_policy
 
 from .fakes import FakePacket, FakeQueue
 from .test_daemon import conversation
@@ -139,3 +140,14 @@ def test_a_refusal_changes_nothing() -> None:
     with pytest.raises(FwemuError, match="already bound"):
         runtime.run(RunConfig(preset="linux", no_rules=True), refused)
     assert fake.steps == ["root"]  # no rules were checked with --no-rules; nothing was bound
+
+
+def test_workers_name_the_limits_each_of_them_counts_alone() -> None:
+    """Flows are balanced by address pair: a client pool's ports_per_destination sees all of a
+    pair's flows in one worker; every other limit is counted per worker."""
+    policy = loads_policy(
+        "[limits]\nmax_flows = 10\nports_per_destination = 5\n"
+        '[[rule]]\nname = "r"\nmatch = {}\nlimits = { per_client = 2 }'
+    )
+    assert runtime._split_limits(policy) == ["max_flows", "per_client"]
+    assert runtime._split_limits(loads_policy("[limits]\nports_per_destination = 5")) == []

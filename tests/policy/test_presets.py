@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import pytest
 
@@ -16,10 +18,11 @@ from fwemu.policy import (
     OutOfStateAction,
     Phase,
     Policy,
+    load_policy,
     load_preset,
     preset_names,
 )
-from fwemu.policy.model import TIMEOUT_CAPS
+from fwemu.policy.model import TIMEOUT_CAPS, Dcd, Limits, NatPool
 
 PRESETS = (
     "linux",
@@ -180,6 +183,68 @@ def test_window_check_and_caps(
     )
 
 
+# What each product holds at once by default: its table size, and its NAT ports per destination.
+# The rest set none: unlimited by default (the ASA), or not documented.
+SHARED = NatPool.SHARED
+# fmt: off
+LIMITS = {
+    "linux":              Limits(max_flows=262144, early_drop=True),
+    "kube-proxy":         Limits(max_flows=131072, early_drop=True),
+    "aws-nat-gateway":    Limits(ports_per_destination=55000, nat_pool=SHARED),
+    "azure-lb":           Limits(ports_per_destination=1024),
+    "azure-lb-tcp-reset": Limits(ports_per_destination=1024),
+    "azure-nat-gateway":  Limits(ports_per_destination=50000, nat_pool=SHARED),
+    "gcp-cloud-nat":      Limits(ports_per_destination=64),
+}
+# fmt: on
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_limits(name: str) -> None:
+    assert load_preset(name).limits == LIMITS.get(name, Limits())
+
+
+@pytest.mark.parametrize("name", sorted(LIMITS))
+def test_what_happens_at_a_limit_is_set_in_the_file(name: str) -> None:
+    """A preset with a limit states its action (and pool) rather than take fwemu's default; a NAT
+    says what its port_reuse is, even where it leaves it at 0."""
+    text = _file(f"{name}.toml")
+    limits = tomllib.loads(text)["limits"]
+    if "max_flows" in limits:
+        assert {"on_full", "early_drop"} <= set(limits)
+    else:
+        assert {"on_exhausted", "nat_pool"} <= set(limits)
+        assert "# port_reuse" in text
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_no_preset_has_an_absolute_lifetime_or_dcd(name: str) -> None:
+    profile = load_preset(name).default
+    assert (profile.timeouts.lifetime, profile.dcd) == (None, None)
+
+
+def test_cisco_asa_says_dcd_is_off_and_there_is_no_lifetime() -> None:
+    timeouts = tomllib.loads(_file("cisco-asa.toml"))["timeouts"]
+    assert (timeouts["dcd"], timeouts["lifetime"]) == (False, "never")
+
+
+ASA_EXAMPLE = Path(__file__).parents[2] / "docs" / "examples" / "cisco-asa-limits.toml"
+
+
+def test_the_asa_limits_example_is_the_preset_plus_one_class() -> None:
+    """The example keeps every ASA default (so it cannot drift from the preset) and adds a class
+    with conn-max 5000, per-client-max 100, the embryonic limits and DCD's defaults."""
+    example, preset = load_policy(ASA_EXAMPLE), load_preset("cisco-asa")
+    assert (example.default, example.limits) == (preset.default, preset.limits)
+    (rule,) = example.rules
+    assert rule.profile.limits == Limits(
+        max_flows=5000, per_client=100, embryonic=1000, per_client_embryonic=20
+    )
+    assert rule.profile.dcd == Dcd(interval=15.0, retries=5)
+    plain = dataclasses.replace(rule.profile, name="default", limits=Limits(), dcd=None)
+    assert plain == preset.default
+
+
 def test_aws_nat_gateway_remembers_a_flow_past_a_default_keepalive_probe() -> None:
     """Linux's tcp_keepalive_time (7200 s) after expiry must still be known as the client's late
     packet, or the documented RST to the inside never shows."""
@@ -221,12 +286,16 @@ def test_window_check_carries_a_comment(name: str) -> None:
     assert "#" in lines[index] or lines[index - 1].startswith("#")
 
 
-@pytest.mark.parametrize("name", PRESETS)
-def test_every_timer_carries_a_comment(name: str) -> None:
-    """Each `[timeouts]` entry has a comment on its line or right above it (its source)."""
+@pytest.mark.parametrize(
+    ("name", "table"),
+    [*((n, "[timeouts]") for n in PRESETS), *((n, "[limits]") for n in sorted(LIMITS))],
+)
+def test_every_timer_and_limit_carries_a_comment(name: str, table: str) -> None:
+    """Each `[timeouts]` and `[limits]` entry has a comment on its line or right above it (its
+    source)."""
     lines = _file(f"{name}.toml").splitlines()
-    start = lines.index("[timeouts]")
-    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("["))
+    start = lines.index(table)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
     uncommented = [
         line
         for above, line in itertools.pairwise(lines[start:end])

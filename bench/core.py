@@ -22,6 +22,7 @@ from fwemu.core.engine import Engine
 from fwemu.policy.model import (
     AnswerRate,
     ExpireAction,
+    Limits,
     OnExpire,
     OutOfState,
     OutOfStateAction,
@@ -63,12 +64,28 @@ def close(i: int, sent: int) -> Iterator[bytes]:
     yield segment(c, cp, s, sp, ACK, 1002 + sent, 9002)
 
 
-def policy() -> Policy:
-    return Policy("bench", Profile("default", Timeouts(), OnExpire(), OutOfState()))
+NO_LIMITS = Limits()
 
 
-def bench_data(flows: int, packets: int) -> None:
-    engine = Engine(policy())
+def policy(limits: Limits = NO_LIMITS) -> Policy:
+    profile = Profile("default", Timeouts(), OnExpire(), OutOfState())
+    return Policy("bench", profile, limits=limits)
+
+
+# Every kind of limit counting at once (none reached): what counting costs per new flow.
+COUNTED = Limits(
+    max_flows=10_000_000,
+    early_drop=True,
+    per_client=10_000_000,
+    per_server=10_000_000,
+    embryonic=10_000_000,
+    ports_per_destination=10_000_000,
+)
+
+
+def bench_data(flows: int, packets: int, limits: Limits = NO_LIMITS) -> None:
+    label = " (limits counted)" if limits.counted else ""
+    engine = Engine(policy(limits))
     for i in range(flows):
         for p in handshake(i):
             engine.handle_packet(p, now=0.0)
@@ -92,7 +109,7 @@ def bench_data(flows: int, packets: int) -> None:
     n = len(data)
     print(
         f"established data packets: {n / best:>12,.0f} packets/s  {best / n * 1e6:6.2f} µs/packet "
-        f"({flows:,} flows, best of 5)"
+        f"({flows:,} flows, best of 5){label}"
     )
 
     connections = 20_000
@@ -103,7 +120,7 @@ def bench_data(flows: int, packets: int) -> None:
     dt = time.perf_counter() - t0
     print(
         f"whole connections:        {connections / dt:>12,.0f} connections/s "
-        f"({dt / len(whole) * 1e6:.2f} µs per handshake/close packet, events included)"
+        f"({dt / len(whole) * 1e6:.2f} µs per handshake/close packet, events included){label}"
     )
 
 
@@ -180,6 +197,7 @@ def main() -> None:
     parser.add_argument("--oos-packets", type=int, default=100_000)
     args = parser.parse_args()
     bench_data(args.data_flows, args.data_packets)
+    bench_data(args.data_flows, args.data_packets, COUNTED)
     bench_expiry(args.expiry_flows)
     bench_out_of_state(args.oos_packets)
     for n in args.flows:

@@ -1138,7 +1138,8 @@ class FlowTable:
         self._flow_ids.pop(slot, None)
         self._set_seconds.pop(slot, None)
         self.timers.set(slot, None)
-        self.lifetimes.set(slot, None)
+        if slot < len(self.lifetimes.deadlines):  # else it never had one: no need to grow
+            self.lifetimes.set(slot, None)
         if self._flags[slot] & PROBING:
             self.probes.stop(slot)
         self._free.append(slot)

@@ -268,9 +268,13 @@ def limits_text(limits: Limits) -> str:
     if limits.embryonic or limits.per_client_embryonic:
         actions.append(f"handshakes: {limits.on_embryonic.value}")
     if limits.ports_per_client or limits.ports_per_destination:
-        reuse = format_duration(limits.port_reuse)
+        reuse = (
+            f"reused {format_duration(limits.port_reuse)} after"
+            if limits.port_reuse
+            else "free when"
+        )
         actions.append(
-            f"ports ({limits.nat_pool.value} pool, reused after {reuse}): "
+            f"ports ({limits.nat_pool.value} pool, {reuse} the flow ends): "
             f"{limits.on_exhausted.value}"
         )
     return f"{', '.join(parts)} ({'; '.join(actions)})"

@@ -100,7 +100,7 @@ def test_table_names_the_values(good: str, capsys: pytest.CaptureFixture[str]) -
     assert out.index("postgres") < out.index("default")
     assert (
         "limits on rule postgres's flows: per_client 64, ports_per_destination 50,000 "
-        "(full: drop; ports (client pool, reused after 2m): reset)"
+        "(full: drop; ports (client pool, reused 2m after the flow ends): reset)"
     ) in out
 
 

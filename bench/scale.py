@@ -1,7 +1,10 @@
-"""Scale bench: 100,000 concurrent connections tracked by fwemu inline, held, then expired.
+"""Scale bench: 100,000 concurrent connections tracked by fwemu inline, held, then expired; or
+held in a full table while a SYN stream is refused (--full-table).
 
     sudo .venv/bin/python bench/scale.py [--connections 100000] [--hold 120] [--action rst]
                                          [--quick] [--json]
+    sudo .venv/bin/python bench/scale.py --full-table [--connections 100000] [--syn-rate 10000]
+                                         [--syn-seconds 10] [--quick] [--json]
 
 In a lab of its own (client <-> fw <-> server namespaces, fwemu.lab; CLIENTS client addresses;
 the endpoints' limits raised inside the endpoints only), with `python -m fwemu run` inline in the
@@ -18,6 +21,17 @@ fw namespace under a generated policy whose established timeout is --hold:
                   N are due at the same moment: the prober's worst round trip through the reload
                   and through that mass expiry is the stall issue 6 caps at a few milliseconds.
 
+With --full-table, instead (issue 13 item 6: a full table must not hold up established flows):
+
+  N idle connections and the prober's fill fwemu's table, and a reload sets [limits] max_flows
+  to that count with on_full = "drop". Then, once with early_drop = false and once (after another
+  reload) with early_drop = true: a quiet baseline of the prober, then --syn-rate raw SYNs a
+  second (new flows from SPOOFED client addresses bound nowhere, random ports) for --syn-seconds,
+  each one a flow fwemu refuses, while the prober measures round trips. Both phases report the
+  round trips, the refusals fwemu counted (its status, and its limit and limit_summary events),
+  fwemu's CPU, and whether a held connection was lost (an event of its flow: delete, expire,
+  state...; a flow gone from the table; a reset or close its client saw).
+
 Progress goes to stderr, a table of figures (or --json) to stdout. Needs root; everything runs
 inside the lab, which is removed on every way out, Ctrl-C and SIGTERM included.
 
@@ -31,15 +45,18 @@ import contextlib
 import errno
 import json
 import os
+import random
 import resource
 import select
 import signal
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from array import array
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,9 +76,11 @@ from common import (
     run_bench,
     serve_echo,
 )
-from inline import widen_port_range
+from inline import snapshot, usage, widen_port_range
 
 from fwemu.cli.argtypes import number, whole_number
+from fwemu.core import packet as pk
+from fwemu.core.ratelimit import WINDOW
 from fwemu.lab.plan import LabPlan
 
 Action = Literal["forget", "rst"]
@@ -87,6 +106,20 @@ POLL = 0.05  # seconds between looks at a holder's stop flag or at fwemu's event
 SETTLE = 0.5  # seconds the prober keeps going after the last expiry
 LEAD = 1.0  # seconds the prober runs before the first expiry (round 1) or the reload (round 2)
 IP_BIND_ADDRESS_NO_PORT = 24  # <linux/in.h>: pick the port at connect(2), by the whole 4-tuple
+# --full-table
+FULL_HOLD = 3600.0  # seconds: the held connections' established timeout, longer than any run
+ON_FULL = "drop"  # the table's action: Linux's ("nf_conntrack: table full, dropping packet")
+SYN_RATE = 10_000  # SYNs a second, issue 13 item 6's stream
+SPOOF_FIRST_HOST = 100  # the SYN stream's client addresses: 10.N.1.100 ..., clear of the holders'
+SPOOFED = 100  # ... that many, so the answer rate's per-source budget is not what limits events
+SYN_POOL = 16384  # distinct SYNs the stream cycles through: a refused one leaves no flow behind
+SYN_TICK = 0.001  # seconds the stream sleeps between sends of what is due
+SYN_MSS = 1460  # the SYNs' options, as a Linux client's on Ethernet (less its timestamps)
+SYN_WSCALE = 7
+SUMMARY_WAIT = WINDOW + 0.5  # the answer rate writes a window's limit_summary once it closes
+# Events that would mean a held connection (or the prober's) was touched: evicted (delete),
+# expired, moved to another state (a RST or FIN), reset, or its packets out of state.
+DISTURBED = ("delete", "expire", "state", "reset", "out_of_state", "out_of_state_summary")
 
 
 # --- programs that run inside the lab (argv[1] starts with "_") -----------------------------
@@ -298,10 +331,52 @@ def role_probe(argv: Sequence[str]) -> None:
     print(json.dumps({"t": starts[:size].tolist(), "rtt_us": rtts[:size].tolist()}), flush=True)
 
 
+def role_syns(argv: Sequence[str]) -> None:
+    """_syns SERVER PORT RATE SECONDS SOURCE...: SYNs of new flows to SERVER:PORT from the
+    SOURCE addresses (raw packets: bound nowhere) and random ports, RATE a second for SECONDS;
+    then how many were sent and lost locally, and when the stream began and ended (JSON, wall
+    clock). Prints READY just before the first."""
+    server, port, rate, seconds = argv[0], int(argv[1]), float(argv[2]), float(argv[3])
+    sources = [socket.inet_aton(source) for source in argv[4:]]
+    dst = socket.inet_aton(server)
+    rng = random.Random(13)
+    options = pk.encode_options(mss=SYN_MSS, sack_perm=True, wscale=SYN_WSCALE)
+    pool = [
+        pk.build_segment(
+            sources[i % len(sources)],
+            rng.randrange(1024, 65536),
+            dst,
+            port,
+            flags=pk.TCP_SYN,
+            seq=rng.getrandbits(32),
+            ack=0,
+            options=options,
+        )
+        for i in range(SYN_POOL)
+    ]
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    target = (server, 0)
+    print(READY, flush=True)
+    first, start = time.time(), time.monotonic()
+    end, sent, lost = start + seconds, 0, 0
+    # Paced by the clock as tests/e2e/flood.py is: what is due is sent, then a short sleep.
+    while (now := time.monotonic()) < end:
+        for _ in range(int((now - start) * rate) - sent - lost):
+            try:
+                sock.sendto(pool[(sent + lost) % SYN_POOL], target)
+                sent += 1
+            except OSError:  # ENOBUFS: the local queue is full; that one is lost
+                lost += 1
+        time.sleep(SYN_TICK)
+    last = first + time.monotonic() - start
+    print(json.dumps({"sent": sent, "lost": lost, "first": first, "last": last}), flush=True)
+
+
 ROLES: dict[str, Callable[[Sequence[str]], None]] = {
     "_sink": role_sink,
     "_hold": role_hold,
     "_probe": role_probe,
+    "_syns": role_syns,
 }
 
 
@@ -314,6 +389,9 @@ class Settings:
     hold: float  # seconds: round 1's established timeout
     action: Action
     baseline: float  # seconds of quiet prober round trips
+    full_table: bool = False  # the full-table bench instead of the two rounds
+    syn_rate: float = SYN_RATE  # --full-table: SYNs a second
+    syn_seconds: float = 10.0  # --full-table: how long each phase's SYN stream lasts
 
 
 def _json_lines(child: Child) -> list[dict[str, Any]]:
@@ -340,8 +418,25 @@ def _stopped(child: Child) -> dict[str, Any]:
     return _last_json(child)
 
 
-def write_policy(path: Path, established: float, action: Action) -> Path:
-    """A policy: held connections expire after `established` s; the prober's flow never does."""
+def write_policy(
+    path: Path,
+    established: float,
+    action: Action,
+    max_flows: int | None = None,
+    early_drop: bool = False,
+) -> Path:
+    """A policy: held connections expire after `established` s; the prober's flow never does;
+    with `max_flows`, the table holds that many flows (ON_FULL past them)."""
+    limits = (
+        ""
+        if max_flows is None
+        else f"""
+[limits]
+max_flows = {max_flows}
+on_full = "{ON_FULL}"
+early_drop = {str(early_drop).lower()}
+"""
+    )
     path.write_text(
         f"""[policy]
 name = "scale-bench"
@@ -352,7 +447,7 @@ established = {established}
 
 [on_expire]
 established = "{ON_EXPIRE[action]}"
-
+{limits}
 [[rule]]
 name = "{PROBER_RULE}"
 match = {{ dst_port = {ECHO_PORT} }}
@@ -390,6 +485,13 @@ def client_addresses(plan: LabPlan) -> list[str]:
     """The lab's client address and CLIENTS - 1 more in its subnet (10.N.1.3, ...)."""
     base = plan.client.ipv4.rsplit(".", 1)
     return [f"{base[0]}.{int(base[1]) + i}" for i in range(CLIENTS)]
+
+
+def spoofed_addresses(plan: LabPlan) -> list[str]:
+    """The SYN stream's SPOOFED source addresses in the client's subnet, on no interface: the
+    fw namespace routes them back to the client side, so they pass its reverse-path filter."""
+    prefix = plan.client.ipv4.rsplit(".", 1)[0]
+    return [f"{prefix}.{SPOOF_FIRST_HOST + i}" for i in range(SPOOFED)]
 
 
 def prepare_endpoints(plan: LabPlan) -> list[str]:
@@ -486,17 +588,16 @@ class Fwemu:
         reply = next(iter(client.request(self.control, Request("reload", policy=str(policy)))))
         return str(reply.get("message", ""))
 
-    def new_expiries(self) -> list[dict[str, Any]]:
-        """The expire events of the held connections written since the last call."""
+    def new_events(self, kinds: Sequence[str]) -> list[dict[str, Any]]:
+        """The events of these kinds written since the last call (which read every kind's)."""
         data = self._partial + self._events.read()
         *lines, self._partial = data.split(b"\n")
-        found = []
-        for line in lines:
-            if b'"event": "expire"' in line:
-                event = json.loads(line)
-                if event["rule"] == BULK_RULE:
-                    found.append(event)
-        return found
+        marks = [f'"event": "{kind}"'.encode() for kind in kinds]
+        return [json.loads(line) for line in lines if any(mark in line for mark in marks)]
+
+    def new_expiries(self) -> list[dict[str, Any]]:
+        """The expire events of the held connections written since the last call."""
+        return [event for event in self.new_events(["expire"]) if event["rule"] == BULK_RULE]
 
     def expiries(self, count: int, deadline: float) -> list[dict[str, Any]]:
         """Wait for `count` expiries of held connections, or BenchError after `deadline`."""
@@ -633,45 +734,80 @@ def _reset_figures(
     }
 
 
-# The benchmark's script, step by step in the order it runs: read top to bottom.
-def bench(settings: Settings, progress: Callable[[str], None]) -> dict[str, float]:  # noqa: PLR0915
-    """Both rounds in a lab removed on every way out; the figures."""
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """What both benches run in: the lab, its endpoints ready, the sink serving, fwemu inline."""
+
+    plan: LabPlan
+    workdir: Path
+    addresses: list[str]  # the holders' client addresses
+    sink: Child
+    fwemu: Fwemu
+    rss_before: int  # kB: fwemu's, before any connection
+    figures: dict[str, float]  # the kernel's conntrack in the fw namespace
+
+
+def set_up(
+    stack: contextlib.ExitStack[Any],
+    held: int,
+    established: float,
+    action: Action,
+    progress: Callable[[str], None],
+) -> Setup:
+    """A lab, removed when `stack` closes, whose sink may hold `held` connections at once, and
+    fwemu in it under write_policy(established, action)."""
     from fwemu.lab import lab, require_root
 
     require_root()
-    n = settings.connections
     pid = os.getpid()
+    workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fwemu-scale-")))
+    plan = stack.enter_context(lab(f"fwemu-scale-{pid}", 1 + pid % 250))
+    addresses = prepare_endpoints(plan)
+    processes = str(1 + -(-held // per_process()))  # one process of room
+    sink = _role("sink", ["_sink", plan.server.ipv4, processes], workdir, plan.server.namespace)
+    stack.callback(sink.stop)
+    sink.wait_for(READY)
+    conntrack = check_conntrack(plan, held)
+    progress(
+        f"lab {plan.name} up, client addresses {', '.join(addresses)}; kernel conntrack in "
+        f"the fw namespace: "
+        + (
+            "not loaded"
+            if conntrack.count is None
+            else f"{conntrack.count} entries of max {conntrack.limit}"
+            + ("; NOTRACK rule added" if conntrack.notrack else "")
+        )
+    )
+    policy = write_policy(workdir / "hold.toml", established, action)
+    fwemu = Fwemu.start(plan, policy, workdir)
+    stack.callback(fwemu.child.stop)
+    before = memory(fwemu.child.pid)["VmRSS"]
+    progress(f"fwemu running (pid {fwemu.child.pid}), RSS {before} kB")
+    figures = {
+        "kernel_conntrack_entries": float(conntrack.count or 0),
+        "kernel_conntrack_notrack": float(conntrack.notrack),
+    }
+    return Setup(plan, workdir, addresses, sink, fwemu, before, figures)
+
+
+def stop_fwemu(fwemu: Fwemu) -> None:
+    """Stop fwemu before the endpoints: their sockets then close without crossing the queue."""
+    code = fwemu.child.stop()
+    if code != 0:
+        raise BenchError(f"fwemu exited with status {code}: {fwemu.child.tail()}")
+
+
+# The benchmark's script, step by step in the order it runs: read top to bottom.
+def bench(settings: Settings, progress: Callable[[str], None]) -> dict[str, float]:  # noqa: PLR0915
+    """Both rounds in a lab removed on every way out; the figures."""
+    n = settings.connections
     figures: dict[str, float] = {"connections": float(n), "hold_s": settings.hold}
     with contextlib.ExitStack() as stack:
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fwemu-scale-")))
-        plan = stack.enter_context(lab(f"fwemu-scale-{pid}", 1 + pid % 250))
-        addresses = prepare_endpoints(plan)
-        # Both rounds' connections may be held at once (--action forget), plus one process of room.
-        processes = str(1 + -(-2 * n // per_process()))
-        sink = _role("sink", ["_sink", plan.server.ipv4, processes], workdir, plan.server.namespace)
-        stack.callback(sink.stop)
-        sink.wait_for(READY)
-        conntrack = check_conntrack(plan, 2 * n)
-        progress(
-            f"lab {plan.name} up, client addresses {', '.join(addresses)}; kernel conntrack in "
-            f"the fw namespace: "
-            + (
-                "not loaded"
-                if conntrack.count is None
-                else f"{conntrack.count} entries of max {conntrack.limit}"
-                + ("; NOTRACK rule added" if conntrack.notrack else "")
-            )
-        )
-        figures |= {
-            "kernel_conntrack_entries": float(conntrack.count or 0),
-            "kernel_conntrack_notrack": float(conntrack.notrack),
-        }
-        hold_policy = write_policy(workdir / "hold.toml", settings.hold, settings.action)
+        # Both rounds' connections may be held at once (--action forget).
+        setup = set_up(stack, 2 * n, settings.hold, settings.action, progress)
+        plan, workdir, addresses, fwemu = setup.plan, setup.workdir, setup.addresses, setup.fwemu
+        figures |= setup.figures
         mass_policy = write_policy(workdir / "mass.toml", MASS_TIMEOUT, settings.action)
-        fwemu = Fwemu.start(plan, hold_policy, workdir)
-        stack.callback(fwemu.child.stop)
-        before = memory(fwemu.child.pid)
-        progress(f"fwemu running (pid {fwemu.child.pid}), RSS {before['VmRSS']} kB")
 
         # Round 1: open, measure memory and a quiet baseline, then the natural expiry.
         progress(f"round 1: opening {n} connections to port {HOLD_PORTS[0]}")
@@ -693,9 +829,9 @@ def bench(settings: Settings, progress: Callable[[str], None]) -> dict[str, floa
             "open_seconds": seconds,
             "open_rate": hold.count / seconds,
             "tracked_flows": float(tracked),
-            "rss_before_kb": float(before["VmRSS"]),
+            "rss_before_kb": float(setup.rss_before),
             "rss_held_kb": float(held["VmRSS"]),
-            "bytes_per_flow": 1024 * (held["VmRSS"] - before["VmRSS"]) / max(tracked, 1),
+            "bytes_per_flow": 1024 * (held["VmRSS"] - setup.rss_before) / max(tracked, 1),
         }
         progress(f"  baseline: {settings.baseline:g} s of round trips")
         with probing(plan, workdir, "probe-baseline") as baseline:
@@ -740,11 +876,8 @@ def bench(settings: Settings, progress: Callable[[str], None]) -> dict[str, floa
         figures["rss_peak_kb"] = float(memory(fwemu.child.pid)["VmHWM"])
         progress(f"  {len(events)} expired over {figures['mass_expiry_span_s']:.1f} s")
 
-        # fwemu first: the endpoints' sockets then close without passing through the queue.
-        code = fwemu.child.stop()
-        if code != 0:
-            raise BenchError(f"fwemu exited with status {code}: {fwemu.child.tail()}")
-        sink_report = _stopped(sink)
+        stop_fwemu(fwemu)
+        sink_report = _stopped(setup.sink)
         if settings.action == "rst":
             for prefix, port, opened, end in (
                 ("hold", HOLD_PORTS[0], hold, hold_last),
@@ -752,6 +885,121 @@ def bench(settings: Settings, progress: Callable[[str], None]) -> dict[str, floa
             ):
                 reports = [_stopped(holder) for holder in opened.holders]
                 figures |= _reset_figures(prefix, port, reports, sink_report, end)
+    return figures
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """One early_drop setting under the SYN stream: its windows (wall clock) and the figures
+    that are not the prober's."""
+
+    prefix: str
+    quiet: tuple[float, float]  # the prober's baseline, before the stream
+    stream: tuple[float, float]  # the stream's first and last SYN
+    figures: dict[str, float]
+
+
+def _refused(status: dict[str, Any]) -> int:
+    """New flows the table's size refused, by fwemu's status (since the last reload)."""
+    return sum(scope["refused"].get("max_flows", 0) for scope in status["limits"])
+
+
+def syn_phase(
+    setup: Setup, settings: Settings, table: int, early_drop: bool, progress: Callable[[str], None]
+) -> Phase:
+    """Reload to a full table (max_flows = `table`) with this early_drop; a quiet baseline,
+    then the SYN stream; what fwemu and the stream reported."""
+    prefix = "early" if early_drop else "full"
+    plan, fwemu = setup.plan, setup.fwemu
+    fw, pid = plan.fw_client_side.namespace, fwemu.child.pid
+    path = setup.workdir / f"{prefix}.toml"
+    policy = write_policy(path, FULL_HOLD, "forget", max_flows=table, early_drop=early_drop)
+    progress(f"early_drop = {str(early_drop).lower()}: {fwemu.reload(policy)}")
+    fwemu.new_events(())  # what came before this phase is not its own
+    progress(f"  baseline: {settings.baseline:g} s of round trips")
+    quiet_start, before = time.time(), snapshot(fw, pid)
+    time.sleep(settings.baseline)
+    quiet_end, quiet = time.time(), snapshot(fw, pid)
+    status = fwemu.status()
+    progress(f"  {settings.syn_rate:g} SYN/s for {settings.syn_seconds:g} s")
+    argv = [plan.server.ipv4, str(HOLD_PORTS[0]), str(settings.syn_rate), str(settings.syn_seconds)]
+    streamer = _role(
+        f"syns-{prefix}",
+        ["_syns", *argv, *spoofed_addresses(plan)],
+        setup.workdir,
+        plan.client.namespace,
+    )
+    streamer.wait_for(READY)
+    start = snapshot(fw, pid)
+    try:
+        streamer.process.wait(settings.syn_seconds + MIN_WAIT)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"the SYN stream did not end in time: {streamer.tail()}") from None
+    end = snapshot(fw, pid)
+    stream = _stopped(streamer)
+    time.sleep(SUMMARY_WAIT)
+    after = fwemu.status()
+    events = fwemu.new_events(("limit", "limit_summary", *DISTURBED))
+    kinds = Counter(event["event"] for event in events)
+    refused = _refused(after) - _refused(status)
+    progress(
+        f"  {stream['sent']} sent, fwemu refused {refused}; {after['flows']} flows in the table"
+    )
+    figures = {
+        f"{prefix}_syns_sent": float(stream["sent"]),
+        f"{prefix}_syns_lost_locally": float(stream["lost"]),
+        f"{prefix}_syn_rate": stream["sent"] / (stream["last"] - stream["first"]),
+        f"{prefix}_bypassed": float(after["bypassed"] - status["bypassed"]),
+        f"{prefix}_refused": float(refused),
+        f"{prefix}_refusal_events": float(kinds["limit"]),
+        f"{prefix}_refusals_summed": float(
+            sum(event["packets"] for event in events if event["event"] == "limit_summary")
+        ),
+        f"{prefix}_disturbed_events": float(sum(kinds[kind] for kind in DISTURBED)),
+        f"{prefix}_flows_after": float(after["flows"]),
+        **usage(before, quiet, f"{prefix}_quiet"),
+        **usage(start, end, f"{prefix}_syn"),
+    }
+    return Phase(prefix, (quiet_start, quiet_end), (stream["first"], stream["last"]), figures)
+
+
+def full_table(settings: Settings, progress: Callable[[str], None]) -> dict[str, float]:
+    """--full-table: N connections held in a full table, a SYN stream at it with early_drop off,
+    then on, in a lab removed on every way out; the figures."""
+    n = settings.connections
+    figures: dict[str, float] = {"connections": float(n)}
+    with contextlib.ExitStack() as stack:
+        setup = set_up(stack, n, FULL_HOLD, "forget", progress)
+        plan, workdir, fwemu = setup.plan, setup.workdir, setup.fwemu
+        figures |= setup.figures
+        progress(f"opening {n} connections to port {HOLD_PORTS[0]}")
+        held = open_round(plan, setup.addresses, HOLD_PORTS[0], n, workdir)
+        for holder in held.holders:
+            stack.callback(holder.stop)
+        figures |= {"opened": float(held.count), "open_errors": float(held.errors)}
+        with probing(plan, workdir, "probe-full") as probe:
+            table = fwemu.status()["flows"]  # the held connections and the prober's
+            progress(f"  opened {held.count} ({held.errors} errors); max_flows = {table}")
+            phases = [syn_phase(setup, settings, table, on, progress) for on in (False, True)]
+        figures["max_flows"] = float(table)
+        for phase in phases:
+            figures |= phase.figures
+            for window, (start, end) in (("quiet", phase.quiet), ("syn", phase.stream)):
+                prefix = f"{phase.prefix}_{window}"
+                rtts = probe[0].starting(start, end)
+                figures |= _rtt_figures(prefix, rtts)
+                figures[f"{prefix}_round_trip_rate"] = len(rtts) / (end - start)
+
+        stop_fwemu(fwemu)
+        # The clients' view, before the sink's exit closes their connections.
+        clients = merge([_stopped(holder) for holder in held.holders])
+        _stopped(setup.sink)
+    figures |= {
+        "held_at_end": float(clients["held"]),
+        "held_reset_or_closed": float(
+            clients["closed"] + sum(count for count, _, _ in clients["resets"].values())
+        ),
+    }
     return figures
 
 
@@ -829,16 +1077,76 @@ ROWS: tuple[tuple[str, tuple[Row, ...]], ...] = (
         ),
     ),
 )
+
+
+def _phase_rows(prefix: str, early_drop: str) -> tuple[str, tuple[Row, ...]]:
+    """--full-table: one phase's rows."""
+    return (
+        f"full table, early_drop = {early_drop}: a quiet baseline, then the SYN stream",
+        (
+            Row(f"{prefix}_syns_sent", "SYNs sent (new flows)", "", 0),
+            Row(f"{prefix}_syn_rate", "SYN rate", "SYN/s", 0),
+            Row(f"{prefix}_syns_lost_locally", "SYNs the client's kernel dropped (ENOBUFS)", "", 0),
+            Row(f"{prefix}_bypassed", "packets let past fwemu unseen (fail-open)", "", 0),
+            Row(f"{prefix}_refused", "new flows refused by max_flows (status)", "", 0),
+            Row(f"{prefix}_refusal_events", "... each in a limit event (answer rate)", "", 0),
+            Row(f"{prefix}_refusals_summed", "... summed in limit_summary events", "", 0),
+            Row(f"{prefix}_disturbed_events", "events of held flows (delete, expire...)", "", 0),
+            Row(f"{prefix}_flows_after", "flows in the table afterwards", "", 0),
+            *(
+                Row(f"{prefix}_{window}_rtt_{stat}_ms", f"prober, {what}: {stat}", "ms", 2)
+                for window, what in (("quiet", "baseline"), ("syn", "SYNs"))
+                for stat in ("p50", "p99", "worst")
+            ),
+            Row(f"{prefix}_quiet_round_trip_rate", "prober round trips, baseline", "/s", 0),
+            Row(f"{prefix}_syn_round_trip_rate", "prober round trips, SYN stream", "/s", 0),
+            *(
+                Row(f"{prefix}_{window}_{key}", f"{label}, {what}", unit, digits)
+                for key, label, unit, digits in (
+                    ("consumer_cpu", "fwemu CPU", "%", 0),
+                    ("us_per_packet", "fwemu CPU per packet", "µs", 1),
+                    ("machine_cpu", "machine CPU busy (both CPUs)", "%", 0),
+                )
+                for window, what in (("quiet", "baseline"), ("syn", "SYN stream"))
+            ),
+        ),
+    )
+
+
+FULL_ROWS: tuple[tuple[str, tuple[Row, ...]], ...] = (
+    (
+        "the table",
+        (
+            Row("opened", "connections opened and held", "", 0),
+            Row("open_errors", "connect errors", "", 0),
+            Row("max_flows", "max_flows (the held connections and the prober's)", "", 0),
+            Row("kernel_conntrack_entries", "kernel conntrack entries (fw netns, test)", "", 0),
+            Row("held_at_end", "held connections open at the end (clients)", "", 0),
+            Row("held_reset_or_closed", "held connections reset or closed (clients)", "", 0),
+        ),
+    ),
+    _phase_rows("full", "false"),
+    _phase_rows("early", "true"),
+)
 LABEL_WIDTH = 56
 
 
 def table(settings: Settings, figures: dict[str, float]) -> str:
-    lines = [
-        f"fwemu scale bench: {settings.connections:,} connections from {CLIENTS} client "
-        f"addresses, hold {settings.hold:g} s, on expiry {settings.action} "
-        f"({ON_EXPIRE[settings.action]}); one queue"
-    ]
-    for title, rows in ROWS:
+    if settings.full_table:
+        head = (
+            f"fwemu scale bench, full table: {settings.connections:,} connections held from "
+            f"{CLIENTS} client addresses, max_flows = them + the prober's, on_full = {ON_FULL}; "
+            f"{settings.syn_rate:g} SYN/s from {SPOOFED} other addresses for "
+            f"{settings.syn_seconds:g} s per phase; one queue"
+        )
+    else:
+        head = (
+            f"fwemu scale bench: {settings.connections:,} connections from {CLIENTS} client "
+            f"addresses, hold {settings.hold:g} s, on expiry {settings.action} "
+            f"({ON_EXPIRE[settings.action]}); one queue"
+        )
+    lines = [head]
+    for title, rows in FULL_ROWS if settings.full_table else ROWS:
         shown = [row for row in rows if row.key in figures]
         lines += ["", title] if shown else []
         lines += [
@@ -854,12 +1162,14 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, bool]:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--quick", action="store_true", help="a smoke run: 5,000 connections, hold 10 s"
+        "--quick",
+        action="store_true",
+        help="a smoke run: 5,000 connections, hold 10 s (--full-table: 10,000, 5 s of SYNs)",
     )
     parser.add_argument(
         "--connections",
         type=whole_number("--connections", CLIENTS),
-        help="connections per round (default 100000; --quick: 5000)",
+        help="connections per round, or held (default 100000; --quick: 5000, --full-table 10000)",
     )
     parser.add_argument(
         "--hold",
@@ -869,17 +1179,41 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, bool]:
     parser.add_argument(
         "--action",
         choices=tuple(ON_EXPIRE),
-        default="rst",
         help="on expiry: forget the flow, or reset both ends (default: rst)",
+    )
+    parser.add_argument(
+        "--full-table",
+        action="store_true",
+        help="hold the connections in a full table and send it a SYN stream instead (issue 13)",
+    )
+    parser.add_argument(
+        "--syn-rate",
+        type=number("--syn-rate", 0, unit=" SYNs a second"),
+        help=f"--full-table: SYNs a second (default {SYN_RATE})",
+    )
+    parser.add_argument(
+        "--syn-seconds",
+        type=number("--syn-seconds", 0, unit=" seconds"),
+        help="--full-table: seconds of SYNs per phase (default 10; --quick: 5)",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
-    quick = args.quick
+    quick, full = args.quick, args.full_table
+    given = {"--hold": args.hold, "--action": args.action}
+    if not full:
+        given = {"--syn-rate": args.syn_rate, "--syn-seconds": args.syn_seconds}
+    for option, value in given.items():
+        if value is not None:
+            parser.error(f"{option} is {'not ' if full else ''}for --full-table")
+    small = 10_000 if full else 5000
     settings = Settings(
-        connections=args.connections or (5000 if quick else 100_000),
+        connections=args.connections or (small if quick else 100_000),
         hold=args.hold or (10.0 if quick else 120.0),
-        action=args.action,
+        action=args.action or "rst",
         baseline=2.0 if quick else 5.0,
+        full_table=full,
+        syn_rate=args.syn_rate or SYN_RATE,
+        syn_seconds=args.syn_seconds or (5.0 if quick else 10.0),
     )
     return settings, args.json
 
@@ -887,7 +1221,7 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, bool]:
 def report(argv: Sequence[str], progress: Callable[[str], None]) -> str:
     """Parse the options, run the bench, render its table (or JSON)."""
     settings, as_json = parse_args(argv)
-    figures = bench(settings, progress)
+    figures = (full_table if settings.full_table else bench)(settings, progress)
     if as_json:
         return json.dumps({"settings": asdict(settings), "figures": figures}, indent=2)
     return table(settings, figures)

@@ -27,6 +27,9 @@ class Reason(StrEnum):
     REOPENED = "reopened"
     RESET_BEFORE_REPLY = "reset before any reply"
     LIMIT = "refused by a limit"  # a new flow over one of the policy's [limits]
+    SYN_FLOOD = "dropped by a SYN-flood defence"  # [syn_flood]: random early drop, block
+    SYN_COOKIE = "answered by the SYN proxy"  # a SYN cookie sent, checked, or its handshake
+    NORMALISED = "dropped by the normaliser"  # [normalise]: a SYN with data
     OUT_OF_STATE = "out-of-state"
     PAST_ANSWER_RATE = "out-of-state, past the answer rate"
     NOT_TCP = "not TCP"
@@ -42,6 +45,9 @@ class Decision(NamedTuple):
     inject: tuple[bytes, ...] = ()  # complete IP packets (RSTs) to send now
     events: tuple[Event, ...] = ()
     detail: str = ""  # e.g. "no flow (expired)", "truncated TCP header (12 bytes)"
+    # The whole packet to accept in place of the queued one (sequence numbers translated,
+    # options normalised); None: accept it as it came. Only with an ACCEPT verdict.
+    rewrite: bytes | None = None
 
     @property
     def accepted(self) -> bool:

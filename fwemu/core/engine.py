@@ -17,15 +17,16 @@ __all__ = ["Decision", "Effects", "Engine", "Verdict"]
 
 
 class Engine:
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, seed: int = 0) -> None:
+        """`seed` drives the policy's random choices (a fixed one gives repeatable runs)."""
         self.policy = policy
-        self.table = FlowTable(policy)
+        self.table = FlowTable(policy, seed)
 
     def handle_packet(self, data: bytes, *, now: float) -> Decision:
         """Decide on one IP packet as queued (it may be truncated to its headers)."""
         seg = pk.parse(data)
         if type(seg) is pk.Segment:
-            return self.table.packet(seg, now)
+            return self.table.packet(seg, now, data)
         return _not_ours(seg)  # type: ignore[arg-type]
 
     def adopt(self, data: bytes, *, now: float, sender_is_client: bool) -> Decision:

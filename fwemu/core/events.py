@@ -271,3 +271,23 @@ class LimitSummary(Event):
             f"limit    {self.packets} more new flows from {self.source} refused by {self.limit} "
             f"in the last second: {self.action}{withheld} (past {self.rate}/s, e.g. {self.flow})"
         )
+
+
+@dataclass(slots=True)
+class SynFloodAlarm(Event):
+    """New SYNs passed a [syn_flood] alarm rate: the first time in a second, per destination or
+    in total (`per_destination`). `flow` is the SYN that passed it."""
+
+    rate: int  # SYNs a second
+    alarm: int  # the alarm rate
+    scope: str  # whose [syn_flood]: "policy" or "rule NAME"
+    per_destination: bool
+    rule: str  # the SYN's rule
+
+    kind: ClassVar[str] = "syn_flood"
+
+    def describe(self) -> str:
+        where = f"to {self.flow.dst}:{self.flow.dport}" if self.per_destination else "in total"
+        return (
+            f"flood    {self.rate} SYN/s {where}, past the alarm rate {self.alarm} ({self.scope})"
+        )

@@ -59,6 +59,7 @@ _OPT_NOP = 1
 _OPT_WSCALE = 3  # RFC 7323 §2.2: kind 3, length 3, shift count
 _MAX_WSCALE = 14  # RFC 7323 §2.3: a larger shift MUST be treated as 14 (Linux TCP_MAX_WSCALE)
 _OPT_MSS = 2  # RFC 9293 §3.2: kind 2, length 4
+_DEFAULT_MSS = 536
 _OPT_SACK_PERM = 4  # RFC 2018 §2: kind 4, length 2
 _OPT_SACK = 5  # RFC 2018 §3: kind 5, length 2 + 8 per block (left edge, right edge)
 _OPT_TIMESTAMPS = 8  # RFC 7323 §3.2: kind 8, length 10
@@ -362,6 +363,38 @@ def _read_options(data: bytes, at: int, end: int, ack: int, syn: int) -> tuple[i
             sack_perm = True
         at += length
     return wscale, sack_perm, sack
+
+
+def syn_mss(data: bytes) -> int:
+    """The MSS option of a SYN (whole IP packet as `parse` accepts), or 536 without one (RFC
+    9293 §3.7.1's default for IPv4; IPv6's 1220 is larger, and a proxy would round it down)."""
+    at = tcp_offset(data)
+    end = min(at + ((data[at + 12] >> 4) << 2), len(data))
+    at += _TCP_MIN_LEN
+    while at + 1 < end:
+        kind = data[at]
+        if kind == _OPT_END:
+            break
+        if kind == _OPT_NOP:
+            at += 1
+            continue
+        length = data[at + 1]
+        if length < 2:
+            break
+        if kind == _OPT_MSS and length == 4 and at + 4 <= end:
+            return int.from_bytes(data[at + 2 : at + 4])
+        at += length
+    return _DEFAULT_MSS
+
+
+def tcp_offset(data: bytes) -> int:
+    """Where the TCP header starts in an IP packet that `parse` accepts as a Segment."""
+    if data[0] == 0x45:
+        return 20
+    located = _locate_tcp(data)
+    if isinstance(located, Unparseable):
+        raise ValueError(f"not a TCP packet: {located.reason}")
+    return located[1]
 
 
 def endpoints(key: bytes) -> tuple[bytes, int, bytes, int]:

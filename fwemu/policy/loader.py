@@ -22,6 +22,8 @@ from fwemu.policy.model import (
     AnswerRate,
     Dcd,
     ExpireAction,
+    FloodAction,
+    FloodCount,
     IPNetwork,
     LimitAction,
     Limits,
@@ -35,6 +37,10 @@ from fwemu.policy.model import (
     PortRange,
     Profile,
     Rule,
+    SackBlocks,
+    SynData,
+    SynFlood,
+    SynOption,
     Timeouts,
 )
 from fwemu.policy.reading import (
@@ -133,8 +139,9 @@ def _port(number: int | str) -> int:
 
 # --- the schema -----------------------------------------------------------------------------
 
-_TOP_LEVEL = ("policy", "timeouts", "on_expire", "out_of_state", "limits", "rule")
-_RULE_KEYS = ("name", "match", "timeouts", "on_expire", "out_of_state", "limits")
+_DEFENCES = ("syn_flood", "syn_proxy", "normalise")
+_TOP_LEVEL = ("policy", "timeouts", "on_expire", "out_of_state", "limits", *_DEFENCES, "rule")
+_RULE_KEYS = ("name", "match", "timeouts", "on_expire", "out_of_state", "limits", *_DEFENCES)
 _META: Mapping[str, Converter] = {"name": as_name, "description": as_line, "sources": as_lines}
 _MAX_RETRIES = 100
 
@@ -239,6 +246,60 @@ _NEEDS: Mapping[str, tuple[str, ...]] = {
 }
 
 
+def _syn_rate(value: Any) -> int:
+    """A SYN rate; 0 only means "always" (for activate)."""
+    return 0 if value == 0 and not isinstance(value, bool) else _rate(value)
+
+
+def _in_range(low: int, high: int, noun: str) -> Converter:
+    def convert(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail(f"expected a whole number ({noun}), got {type_name(value)}")
+        if not low <= value <= high:
+            fail(f"{brief(value)} is out of range {low}-{high} ({noun})")
+        return value
+
+    return convert
+
+
+_mss = _in_range(88, 65535, "bytes")  # Linux's TCP_MIN_MSS
+
+
+def _wscale(value: Any) -> int | None:
+    return None if value is False else _in_range(0, 14, "a window scale shift")(value)
+
+
+def _timestamps(value: Any) -> bool:
+    if as_flag(value):
+        fail(
+            "not emulated: the middlebox would have to translate every timestamp",
+            "answer without them, the default, as Linux SYNPROXY does without --timestamp",
+        )
+    return False
+
+
+_SYN_FLOOD: Mapping[str, Converter] = {
+    "alarm": _rate,
+    "activate": _syn_rate,
+    "maximum": _rate,
+    "action": choice_of(FloodAction, "action"),
+    "count": choice_of(FloodCount, "way of counting"),
+}
+_SYN_PROXY: Mapping[str, Converter] = {
+    "mss": _mss,
+    "wscale": _wscale,
+    "sack_perm": as_flag,
+    "timestamps": _timestamps,
+}
+_NORMALISE: Mapping[str, Converter] = {
+    "isn_randomisation": as_flag,
+    "sack_blocks": choice_of(SackBlocks, "choice"),
+    "clear": one_or_many(choice_of(SynOption, "option")),
+    "mss": _mss,
+    "syn_data": choice_of(SynData, "choice"),
+}
+
+
 _MATCH: Mapping[str, Converter] = {
     "src": one_or_many(_network),
     "dst": one_or_many(_network),
@@ -264,12 +325,35 @@ def _policy(document: dict[str, Any], reader: Reader, default_name: str) -> Poli
         origin=reader.origin,
         answer_rate=AnswerRate(**{_ANSWER_RATE[key]: v for key, v in converted.items()}),
         limits=_limits(document, (), reader),
+        syn_flood=_syn_flood(document, (), reader),
     )
+
+
+def _syn_flood(tables: Mapping[str, Any], path: KeyPath, reader: Reader) -> SynFlood:
+    where = (*path, "syn_flood")
+    rates = reader.read(reader.section(tables, "syn_flood", path), where, _SYN_FLOOD)
+    flood = SynFlood(**rates)
+    activate, maximum = flood.activate, flood.maximum
+    if "action" in rates and activate is None:
+        reader.problem((*where, "action"), "no effect without activate")
+    if activate == 0 and flood.action != FloodAction.SYN_COOKIES:
+        reader.problem((*where, "activate"), "0 (always) is for syn-cookies only")
+    if flood.action == FloodAction.RANDOM_EARLY_DROP and activate is not None:
+        if maximum is None:
+            reader.problem(where, "random-early-drop needs maximum (where it reaches 100 %)")
+        elif maximum <= activate:
+            reader.problem((*where, "maximum"), f"must be above activate ({activate})")
+    return flood
 
 
 def _limits(tables: Mapping[str, Any], path: KeyPath, reader: Reader) -> Limits:
     table = reader.section(tables, "limits", path)
     limits = reader.read(table, (*path, "limits"), _LIMITS)
+    for key in ("on_full", "on_exhausted"):
+        if limits.get(key) == LimitAction.INTERCEPT:
+            reader.problem(
+                (*path, "limits", key), "intercept answers handshakes: on_embryonic only"
+            )
     for key, needs in _NEEDS.items():
         if key in limits and not any(name in limits for name in needs):
             reader.problem((*path, "limits", key), f"no effect without {' or '.join(needs)}")
@@ -302,12 +386,16 @@ def _profile(
         out_of_state = read("out_of_state", {**_OUT_OF_STATE, **dict.fromkeys(_ANSWER_RATE, _same)})
         for key in _ANSWER_RATE:
             out_of_state.pop(key, None)
+    proxy = read("syn_proxy", _SYN_PROXY)
+    normalise = read("normalise", _NORMALISE)
     return Profile(
         name=name,
         timeouts=dataclasses.replace(base.timeouts, **states),
         on_expire=OnExpire(**phases),
         out_of_state=dataclasses.replace(base.out_of_state, **out_of_state),
         dcd=dcd,
+        syn_proxy=dataclasses.replace(base.syn_proxy, **proxy),
+        normalise=dataclasses.replace(base.normalise, **normalise),
     )
 
 
@@ -327,8 +415,10 @@ def _rules(value: Any, default: Profile, reader: Reader) -> tuple[Rule, ...]:
             reader.problem(path, "missing 'match'", "use match = {} to match every flow")
         match = reader.read(reader.section(table, "match", path), (*path, "match"), _MATCH)
         profile = _profile(name, table, path, default, reader)
-        limits = _limits(table, path, reader)
-        rules.append(Rule(Match(**match), dataclasses.replace(profile, limits=limits)))
+        own = dataclasses.replace(
+            profile, limits=_limits(table, path, reader), syn_flood=_syn_flood(table, path, reader)
+        )
+        rules.append(Rule(Match(**match), own))
     return tuple(rules)
 
 

@@ -173,6 +173,96 @@ class LimitAction(StrEnum):
 
     DROP = "drop"  # its SYN is dropped: connect() hangs, and a retransmitted SYN may get in
     RESET = "reset"  # a RST answers its SYN: connect() fails with ECONNREFUSED
+    # Handshake limits only: the middlebox answers the SYN itself with a SYN cookie and opens
+    # to the server after the client's ACK (ASA TCP Intercept; [syn_proxy] says how).
+    INTERCEPT = "intercept"
+
+
+class FloodAction(StrEnum):
+    """What a SYN-flood defence does to new SYNs past its `activate` rate."""
+
+    RANDOM_EARLY_DROP = "random-early-drop"  # PAN-OS: drop with a probability rising to 100 %
+    BLOCK = "block"  # FortiGate continuous: drop every SYN for the rest of the second
+    PERIODICAL = "periodical"  # FortiGate periodical: let `activate` a second through
+    SYN_COOKIES = "syn-cookies"  # answer each SYN with a cookie ([syn_proxy])
+
+
+class FloodCount(StrEnum):
+    """Which SYNs a rate counts."""
+
+    DESTINATION = "destination"  # to each server address and port (FortiGate tcp_syn_flood)
+    TOTAL = "total"  # all the flows it covers (PAN-OS zone protection)
+
+
+@dataclass(frozen=True, slots=True)
+class SynFlood:
+    """A SYN-flood defence ([syn_flood]): rates in new SYNs a second, over fixed one-second
+    windows. None: not set (no alarm; no defence)."""
+
+    alarm: int | None = None  # an event the first time a second the rate passes it
+    activate: int | None = None  # the defence starts past this rate (0: always, for cookies)
+    maximum: int | None = None  # random early drop reaches 100 % here
+    action: FloodAction = FloodAction.RANDOM_EARLY_DROP
+    count: FloodCount = FloodCount.TOTAL
+
+    @property
+    def active(self) -> bool:
+        return self.alarm is not None or self.activate is not None
+
+
+class SynData(StrEnum):
+    """What a middlebox does with data on a SYN (TCP Fast Open) it answers itself."""
+
+    DROP = "drop"  # the SYN is answered, its data dropped (the client sends it again)
+    KEEP = "keep"  # the data goes to the server on the SYN it opens with
+
+
+@dataclass(frozen=True, slots=True)
+class SynProxy:
+    """The SYN-ACK a middlebox sends when it answers a SYN itself (SYN cookies, TCP Intercept):
+    its own options, whatever the server's (Linux SYNPROXY --mss/--wscale/--sack-perm/
+    --timestamp; PAN-OS uses its own window and MSS)."""
+
+    mss: int = 1460
+    wscale: int | None = 7  # None: no window scale option
+    sack_perm: bool = True
+    timestamps: bool = False
+    syn_data: SynData = SynData.DROP
+
+
+class SackBlocks(StrEnum):
+    """What sequence randomisation does to the SACK blocks of the other side's ACKs."""
+
+    TRANSLATE = "translate"
+    KEEP = "keep"  # left untranslated: wrong for the receiver, as on an ASA (SACK breaks)
+
+
+class SynOption(StrEnum):
+    """TCP options the normaliser can clear from SYNs."""
+
+    SACK = "sack"
+    TIMESTAMPS = "timestamps"
+    WINDOW_SCALE = "window_scale"
+
+
+@dataclass(frozen=True, slots=True)
+class Normalise:
+    """The ASA's TCP normaliser and sequence randomisation ([normalise])."""
+
+    isn_randomisation: bool = False  # offset both sides' sequence numbers (ASA default: on)
+    sack_blocks: SackBlocks = SackBlocks.TRANSLATE
+    clear: tuple[SynOption, ...] = ()  # options removed from SYNs
+    mss: int | None = None  # clamp the MSS option of SYNs to this
+    syn_data: SynData = SynData.KEEP  # DROP: drop SYNs that carry data
+
+    @property
+    def rewrites(self) -> bool:
+        return (
+            self.isn_randomisation
+            or bool(self.clear)
+            or self.mss is not None
+            or self.syn_data == SynData.DROP
+        )
 
 
 class NatPool(StrEnum):
@@ -284,6 +374,19 @@ class Profile:
     out_of_state: OutOfState
     limits: Limits = Limits()  # a rule's own; none for the default (Policy.limits covers all)
     dcd: Dcd | None = None  # off unless set
+    syn_flood: SynFlood = SynFlood()  # a rule's own; none for the default (Policy.syn_flood)
+    syn_proxy: SynProxy = SynProxy()
+    normalise: Normalise = Normalise()
+
+    @property
+    def rewrites(self) -> bool:
+        """Whether fwemu rewrites packets of these flows (answering SYNs itself, translating
+        sequence numbers, normalising options): it then needs whole packets from the queue."""
+        return (
+            self.normalise.rewrites
+            or (self.syn_flood.action == FloodAction.SYN_COOKIES and self.syn_flood.active)
+            or self.limits.on_embryonic == LimitAction.INTERCEPT
+        )
 
     def scaled(self, speed: float) -> Profile:
         return dataclasses.replace(
@@ -317,6 +420,13 @@ class Policy:
     origin: str = "<policy>"  # the file (or preset) it came from, for messages
     answer_rate: AnswerRate = AnswerRate()
     limits: Limits = Limits()  # over all flows
+    syn_flood: SynFlood = SynFlood()  # over all new SYNs
+
+    @property
+    def rewrites(self) -> bool:
+        """Whether any flow's packets may be rewritten (see Profile.rewrites)."""
+        top = dataclasses.replace(self.default, limits=self.limits, syn_flood=self.syn_flood)
+        return top.rewrites or any(p.rewrites for p in self.profiles)
 
     @property
     def profiles(self) -> tuple[Profile, ...]:

@@ -88,12 +88,13 @@ class Trace:
     # False: a packet the state table calls invalid does not advance its sender's sequence, as
     # no peer would take it (the kernel's window checks then judge later packets like ours).
     count_invalid: bool = True
+    seed: int = 0  # the engine's random choices
     engine: Engine = field(init=False)
     c: Side = field(init=False)
     s: Side = field(init=False)
 
     def __post_init__(self) -> None:
-        self.engine = Engine(self.policy)
+        self.engine = Engine(self.policy, self.seed)
         default_c, default_s = ("fd00:1::2", "fd00:2::2") if self.v6 else ("10.0.1.2", "10.0.2.2")
         c_addr = ipaddress.ip_address(self.client_addr or default_c).packed
         s_addr = ipaddress.ip_address(self.server_addr or default_s).packed

@@ -27,7 +27,19 @@ from fwemu.policy import (
     format_duration,
     resolve_policy,
 )
-from fwemu.policy.model import LIFETIME, LIMIT_NAMES, STATE_TIMEOUTS, TIMEOUT_CAPS, Limits
+from fwemu.policy.model import (
+    LIFETIME,
+    LIMIT_NAMES,
+    STATE_TIMEOUTS,
+    TIMEOUT_CAPS,
+    FloodAction,
+    FloodCount,
+    Limits,
+    Normalise,
+    SackBlocks,
+    SynData,
+    SynFlood,
+)
 
 ORDER = 40  # place in `fwemu --help`
 
@@ -102,17 +114,22 @@ def policy_to_dict(policy: Policy) -> dict[str, Any]:
             "per_source": policy.answer_rate.per_source,
             "total": policy.answer_rate.total,
         },
-        "limits": _limits_to_dict(policy.limits),
+        "limits": _table_to_dict(policy.limits),
+        "syn_flood": _table_to_dict(policy.syn_flood),
     }
 
 
-def _limits_to_dict(limits: Limits) -> dict[str, Any]:
-    """Every key of a [limits] table, None for "no limit"."""
-    return {
-        key: value.value if isinstance(value, StrEnum) else value
-        for key in (f.name for f in dataclasses.fields(limits))
-        for value in (getattr(limits, key),)
-    }
+def _table_to_dict(table: Any) -> dict[str, Any]:
+    """Every key of a policy table (a model dataclass), enums as their names, None as null."""
+    return {key: _plain(getattr(table, key)) for key in (f.name for f in dataclasses.fields(table))}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, StrEnum):
+        return value.value
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _profiles(policy: Policy) -> list[tuple[Profile, Match | None]]:
@@ -142,7 +159,10 @@ def _profile_to_dict(profile: Profile, match: Match | None) -> dict[str, Any]:
             "window_check": oos.window_check,
             "remember": oos.remember,
         },
-        "limits": _limits_to_dict(profile.limits),
+        "limits": _table_to_dict(profile.limits),
+        "syn_flood": _table_to_dict(profile.syn_flood),
+        "syn_proxy": _table_to_dict(profile.syn_proxy),
+        "normalise": _table_to_dict(profile.normalise),
     }
 
 
@@ -185,6 +205,24 @@ def _print_policy(console: Console, policy: Policy) -> None:
     ):
         if limits.counted:
             console.print(f"limits on {whose}: {limits_text(limits)}", soft_wrap=True)
+    for whose, flood in (
+        ("every flow", policy.syn_flood),
+        *((f"rule {r.name}'s flows", r.profile.syn_flood) for r in policy.rules),
+    ):
+        if flood.active:
+            console.print(f"SYN-flood defence on {whose}: {_flood_text(flood)}", soft_wrap=True)
+    for profile, _ in _profiles(policy):
+        if text := _normalise_text(profile.normalise):
+            console.print(f"normaliser for {profile.name}: {text}", soft_wrap=True)
+    if policy.rewrites:
+        proxy = policy.default.syn_proxy
+        wscale = "no window scale" if proxy.wscale is None else f"window scale {proxy.wscale}"
+        sack = "SACK" if proxy.sack_perm else "no SACK"
+        console.print(
+            f"when it answers SYNs itself: MSS {proxy.mss}, {wscale}, {sack}, no timestamps; "
+            "fwemu rewrites packets, so the queue copies them whole",
+            soft_wrap=True,
+        )
     rate = policy.answer_rate
     console.print(
         f"out-of-state answers (event, RST): at most {rate.per_source}/s from one source, "
@@ -252,6 +290,34 @@ def _out_of_state_text(oos: OutOfState) -> str:
     parts.append("pickup" if oos.pickup else "no pickup")
     parts.append(f"window check {'on' if oos.window_check else 'off'}")
     return ", ".join(parts)
+
+
+def _flood_text(flood: SynFlood) -> str:
+    parts = []
+    if flood.alarm is not None:
+        parts.append(f"alarm past {flood.alarm:,} SYN/s")
+    if flood.activate is not None:
+        start = "always" if flood.activate == 0 else f"past {flood.activate:,} SYN/s"
+        action = flood.action.value
+        if flood.action == FloodAction.RANDOM_EARLY_DROP and flood.maximum is not None:
+            action += f" (100 % at {flood.maximum:,} SYN/s)"
+        parts.append(f"{start}: {action}")
+    counted = "per destination" if flood.count == FloodCount.DESTINATION else "in total"
+    return f"{'; '.join(parts)} (counted {counted})"
+
+
+def _normalise_text(normalise: Normalise) -> str:
+    parts = []
+    if normalise.isn_randomisation:
+        kept = ", SACK blocks left untranslated" if normalise.sack_blocks == SackBlocks.KEEP else ""
+        parts.append(f"sequence numbers randomised{kept}")
+    if normalise.clear:
+        parts.append("SYN options cleared: " + ", ".join(o.value for o in normalise.clear))
+    if normalise.mss is not None:
+        parts.append(f"MSS clamped to {normalise.mss}")
+    if normalise.syn_data == SynData.DROP:
+        parts.append("SYNs with data dropped")
+    return "; ".join(parts)
 
 
 def limits_text(limits: Limits) -> str:

@@ -211,23 +211,23 @@ class SynFlood:
 
 
 class SynData(StrEnum):
-    """What a middlebox does with data on a SYN (TCP Fast Open) it answers itself."""
+    """What the normaliser does with a SYN that carries data (TCP Fast Open)."""
 
-    DROP = "drop"  # the SYN is answered, its data dropped (the client sends it again)
-    KEEP = "keep"  # the data goes to the server on the SYN it opens with
+    DROP = "drop"
+    KEEP = "keep"
 
 
 @dataclass(frozen=True, slots=True)
 class SynProxy:
     """The SYN-ACK a middlebox sends when it answers a SYN itself (SYN cookies, TCP Intercept):
     its own options, whatever the server's (Linux SYNPROXY --mss/--wscale/--sack-perm/
-    --timestamp; PAN-OS uses its own window and MSS)."""
+    --timestamp; PAN-OS uses its own window and MSS). Data on the SYN it answers (TCP Fast
+    Open) is dropped, as PAN-OS drops it: the client sends it again after the handshake."""
 
     mss: int = 1460
     wscale: int | None = 7  # None: no window scale option
     sack_perm: bool = True
-    timestamps: bool = False
-    syn_data: SynData = SynData.DROP
+    timestamps: bool = False  # the loader refuses true: timestamps are not translated
 
 
 class SackBlocks(StrEnum):

@@ -99,6 +99,7 @@ EVENT_KINDS = (
     "limit",
     "limit_summary",
     "probe",
+    "syn_flood",
 )
 
 

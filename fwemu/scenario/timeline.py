@@ -92,7 +92,7 @@ def merged(*parts: Iterable[Entry]) -> list[Entry]:
     ]
 
 
-def describe(record: Mapping[str, Any]) -> str:  # noqa: PLR0911 - one return per event kind
+def describe(record: Mapping[str, Any]) -> str:  # noqa: PLR0911, PLR0912 - one per event kind
     """One readable line for a JSON event of `fwemu run --events`."""
     kind = record["event"]
     flow = record["flow"]
@@ -140,6 +140,9 @@ def describe(record: Mapping[str, Any]) -> str:  # noqa: PLR0911 - one return pe
             f"{record['packets']} more new flows refused by {record['limit']} past the answer "
             f"rate: {record['action']}"
         )
+    if kind == "syn_flood":
+        where = "to this destination" if record["per_destination"] else "in total"
+        return f"SYN flood: {record['rate']} SYN/s {where}, past the alarm rate {record['alarm']}"
     if kind == "probe":
         return f"dead connection detection: probes {record['round']} of {record['retries']} sent"
     return f"{kind} {record}"

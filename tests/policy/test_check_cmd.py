@@ -130,6 +130,14 @@ def test_json(good: str, capsys: pytest.CaptureFixture[str]) -> None:
     }
     assert policy["answer_rate"] == {"per_source": 100, "total": 1000}
     postgres, default = policy["profiles"]
+    assert postgres.pop("syn_flood")["activate"] is None
+    assert postgres.pop("syn_proxy") == {
+        "mss": 1460,
+        "wscale": 7,
+        "sack_perm": True,
+        "timestamps": False,
+    }
+    assert postgres.pop("normalise")["clear"] == []
     assert postgres == {
         "name": "postgres",
         "match": {"dst": ["10.0.2.0/24"], "dst_port": [5432, "6000-6010"]},

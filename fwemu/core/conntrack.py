@@ -277,6 +277,7 @@ class FlowTable:
         self.probes = Probes()
         self._translations: dict[int, Translation] = {}
         self._cookies_sent = False  # whether an ACK of no flow may carry a cookie
+        self.proxied = [0, 0]  # SYNs answered with a cookie, connections a cookie opened
         self._tombstones: dict[bytes, _Buried] = {}
         # FlowId per slot of recent flows: a connection's ~6 events share one.
         self._flow_ids: dict[int, FlowId] = {}
@@ -882,6 +883,7 @@ class FlowTable:
         cookie = self.cookies.make(_tuple(seg), seg.seq, offer, now)
         synack, _ = answer(seg, cookie, self._profiles[profile].syn_proxy, offer)
         self._cookies_sent = True
+        self.proxied[0] += 1
         return Decision(Verdict.DROP, Reason.SYN_COOKIE, (synack,), (), "answered with a cookie")
 
     def _cookie_ack(self, seg: pk.Segment, now: float) -> Decision | None:
@@ -904,6 +906,7 @@ class FlowTable:
         tr.told = told_wscale(self._profiles[profile].syn_proxy, offer)
         self._translations[slot] = tr
         self._flags[slot] |= TRANSLATED
+        self.proxied[1] += 1
         detail = "a valid cookie: opening to the server"
         return Decision(Verdict.DROP, Reason.SYN_COOKIE, (syn,), out.events, detail)
 

@@ -79,6 +79,16 @@ class Engine:
         """Each [limits] table of the policy against its counts (none: no limits set)."""
         return self.table.book.usage(now)
 
+    def defences(self) -> dict[str, object]:
+        """What the SYN-flood defences did since fwemu started: SYNs seen, dropped and answered
+        with a cookie per [syn_flood] table; cookies sent and connections they opened."""
+        table = self.table
+        answered, opened = table.proxied
+        return {
+            "syn_flood": [guard.seen()._asdict() for guard in table.guards],
+            "cookies": {"answered": answered, "opened": opened},
+        }
+
     def __len__(self) -> int:
         return len(self.table)
 

@@ -85,6 +85,7 @@ class Commands:
             "flows": len(daemon.engine),
             **daemon.counters.as_dict(),
             "limits": [usage._asdict() for usage in daemon.engine.limits(now=Clock.now())],
+            "defences": daemon.engine.defences(),
         }
 
     def _flows(self, selector: Selector) -> Iterator[dict[str, Any]]:

@@ -202,3 +202,11 @@ class TestRandomisationAndNormaliser:
         other = Trace(t.policy, client_port=41000)
         other.engine = t.engine
         assert other.client("S", 10, at=0.1).reason is Reason.NORMALISED
+
+
+def test_the_engine_counts_what_the_defences_did() -> None:
+    t, _ = proxied()
+    assert t.engine.defences() == {
+        "syn_flood": [{"scope": "policy", "syns": 1, "dropped": 0, "cookies": 1}],
+        "cookies": {"answered": 1, "opened": 1},
+    }

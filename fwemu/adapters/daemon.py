@@ -38,6 +38,7 @@ from fwemu.core.events import Event
 from fwemu.errors import FwemuError
 from fwemu.ops.control import ControlServer
 from fwemu.ops.metrics import LATENCY_SAMPLE, Metrics
+from fwemu.policy import Policy
 from fwemu.policy.source import PolicySource
 
 # A turn of the loop spends at most TIMER_BUDGET seconds on due timers (plus the handle_timer
@@ -119,6 +120,7 @@ class Counters:
     accepted: int = 0
     dropped: int = 0
     resets: int = 0  # RST packets injected
+    rewritten: int = 0  # accepted packets sent on rewritten (Decision.rewrite), of `accepted`
     errors: int = 0  # packets accepted because the engine raised
     bypassed: int = 0  # packets the kernel let past fwemu unseen (adapters/bypass.py)
 
@@ -142,7 +144,10 @@ class Daemon:
         counters: Counters | None = None,
         metrics: Metrics | None = None,
         bypass: BypassWatch | None = None,
+        whole_packets: bool = False,
     ) -> None:
+        """`whole_packets`: the queue copies whole packets (adapters/nfqueue.py), which a policy
+        that rewrites them needs; one bound for headers refuses a reload to such a policy."""
         self.engine = engine
         self.reporter = reporter
         self.source = source
@@ -152,6 +157,7 @@ class Daemon:
         self._state_file = state_file
         self._metrics = metrics
         self._bypass = bypass
+        self._whole_packets = whole_packets
         self._latency = None if metrics is None else metrics.latency
 
     def on_packet(self, packet: QueuedPacket) -> None:
@@ -170,6 +176,11 @@ class Daemon:
         else:
             if decision.verdict is Verdict.ACCEPT:
                 counters.accepted += 1
+                # IN_STATE never rewrites: most packets skip the attribute's lookup.
+                if decision is not IN_STATE and decision.rewrite is not None:
+                    counters.rewritten += 1
+                    if not self._dry_run:
+                        packet.set_payload(decision.rewrite)
                 packet.accept()
             else:
                 counters.dropped += 1
@@ -267,11 +278,13 @@ class Daemon:
 
     def reload(self, path: str | None = None, preset: str | None = None) -> tuple[bool, str]:
         """Load the policy again (or the given file or preset) and enforce it, keeping every flow;
-        an invalid policy changes nothing. (ok, what happened), also logged."""
+        an invalid policy, or one that rewrites packets when the queue copies only their headers,
+        changes nothing. (ok, what happened), also logged."""
         old = self.engine.policy
         try:
             source = self.source.switched(path, preset)
             policy = source.load()
+            self._check_copies(policy)
         except FwemuError as err:
             message = f"reload rejected, policy {old.name} ({old.origin}) stays in force:\n{err}"
             ok = False
@@ -289,6 +302,17 @@ class Daemon:
         if self._metrics is not None:
             self._metrics.reloads.labels("ok" if ok else "rejected").inc()
         return ok, message
+
+    def _check_copies(self, policy: Policy) -> None:
+        """FwemuError if `policy` rewrites packets and the queue copies only their headers: the
+        copy range and F_GSO are set once, when the queue is bound (adapters/nfqueue.py)."""
+        if policy.rewrites and not self._whole_packets:
+            raise FwemuError(
+                f"{policy.origin}: policy {policy.name} rewrites packets (SYN cookies, TCP "
+                "intercept, sequence randomisation or the normaliser) and needs whole packets, "
+                "but the queue was bound for their headers only: restart fwemu run with this "
+                "policy"
+            )
 
     def flow_count(self) -> int:
         return len(self.engine)

@@ -24,10 +24,27 @@ PROC_QUEUES = "/proc/thread-self/net/netfilter/nfnetlink_queue"
 
 # Header-only copies: 60-byte IPv4 or 40-byte IPv6 header + 60-byte TCP header fit (§3.2, §3.10).
 COPY_RANGE = 128
+# Whole packets, for a policy that rewrites them (Policy.rewrites): as much as netfilterqueue can
+# take. Asking for 0xFFFF would not do: it clamps any range to MaxCopySize = 4016 (its 4096-byte
+# BufferSize less 80), and reads each message into that buffer, so a message longer than 4096 bytes
+# is cut by recv(2), never reaches the callback and its packet never gets a verdict (seen: a
+# 5000-byte datagram with 84 bytes of attributes stayed queued). Besides the packet, a message holds
+# at most 144 bytes (nfqnl_build_packet_message, Linux 6.18): netlink and nfgenmsg headers 20,
+# NFQA_PACKET_HDR 12, NFQA_HWADDR 16, NFQA_TIMESTAMP 20, then 8 each for the in, out and two bridge
+# port ifindexes, the mark, the priority, the cgroup classid, NFQA_CAP_LEN and NFQA_SKB_INFO, and
+# the NFQA_PAYLOAD header's 4. Without F_GSO every packet is at most an MTU long, so all of them
+# arrive whole up to a 3952-byte MTU (veth and Ethernet's 1500, not loopback's 65536 or 9000-byte
+# jumbo frames); a longer one arrives cut to WHOLE_RANGE (its length in NFQA_CAP_LEN, which the
+# library does not show), and must not be rewritten: nfqnl_mangle would cut the packet to the
+# rewrite's length.
+WHOLE_RANGE = 4096 - 144
 # Kernel default is 1024 (NFQNL_QMAX_DEFAULT, §3.1); more absorbs bursts (§3.6).
 MAX_LEN = 8192
-# Receive buffer: about 1 KiB of skb truesize per header-only message, for a full queue.
+# Receive buffer for a full queue, of which the kernel grants twice what is asked
+# (SO_RCVBUFFORCE): a header-only message takes 832 bytes of skb truesize, one of a 1428-byte
+# packet 2304 (measured, Linux 6.18; /proc/net/netlink's Rmem over 100 queued messages).
 SOCK_LEN = MAX_LEN * 1024
+WHOLE_SOCK_LEN = MAX_LEN * 3 * 1024
 
 # UAPI linux/netlink.h, linux/netfilter/nfnetlink.h and nfnetlink_queue.h (§3.1, §3.10).
 SOL_NETLINK = 270
@@ -113,10 +130,21 @@ def _nfq_message(kind: int, flags: int, seq: int, queue: int, attrs: bytes) -> b
     return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, flags, seq, 0) + body
 
 
-def config_flags_message(queue: int, *, fail_open: bool) -> bytes:
-    """NFQNL_MSG_CONFIG setting F_GSO and setting or clearing F_FAIL_OPEN (§3.10)."""
+def config_flags_message(queue: int, *, fail_open: bool, whole_packets: bool = False) -> bytes:
+    """NFQNL_MSG_CONFIG setting or clearing F_FAIL_OPEN, and F_GSO (§3.10) unless the queue
+    carries whole packets to rewrite.
+
+    F_GSO lets a GSO super-packet (up to 64 KiB of TCP segments) reach fwemu as one, its checksum
+    possibly unfinished (CHECKSUM_PARTIAL: the TCP field holds only the pseudo-header's sum, for
+    the NIC to complete): fine for reading headers, wrong for rewriting. Without it the kernel
+    segments GSO packets before queueing them (skb_gso_segment in nfqnl_enqueue_packet) and
+    completes a partial checksum (nf_queue_checksum_help, i.e. skb_checksum_help, in
+    nfqnl_build_packet_message). That is what a rewrite needs: nfqnl_mangle marks a packet
+    whose payload we replaced CHECKSUM_NONE (sent as it is), and the core updates checksums
+    incrementally (RFC 1624), which is right only on a complete one.
+    """
     mask = NFQA_CFG_F_GSO | NFQA_CFG_F_FAIL_OPEN
-    flags = NFQA_CFG_F_GSO | (NFQA_CFG_F_FAIL_OPEN if fail_open else 0)
+    flags = (0 if whole_packets else NFQA_CFG_F_GSO) | (NFQA_CFG_F_FAIL_OPEN if fail_open else 0)
     attrs = _nlattr_u32(NFQA_CFG_MASK, mask) + _nlattr_u32(NFQA_CFG_FLAGS, flags)
     return _nfq_message(NFQNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, _CONFIG_SEQ, queue, attrs)
 
@@ -140,14 +168,16 @@ def _packet_id(message: bytes) -> int | None:
     return None
 
 
-def set_flags(sock: socket.socket, queue: int, *, fail_open: bool) -> None:
+def set_flags(
+    sock: socket.socket, queue: int, *, fail_open: bool, whole_packets: bool = False
+) -> None:
     """Send the config message on the queue's own socket and wait for the kernel's ACK.
 
     Only the portid that bound a queue may configure it, hence the library's socket. A packet
     that arrives before the ACK (rules already in place) is accepted here: it never reaches
     the library, and every queued packet must get a verdict.
     """
-    sock.send(config_flags_message(queue, fail_open=fail_open))
+    sock.send(config_flags_message(queue, fail_open=fail_open, whole_packets=whole_packets))
     while True:
         if not select.select([sock], [], [], _ACK_TIMEOUT)[0]:
             raise QueueError(f"no answer from the kernel when setting NFQUEUE {queue}'s flags")
@@ -205,10 +235,14 @@ class NfqueueBinding:
 
 
 @contextmanager
-def bound(queue: int, handler: Handler, *, fail_open: bool) -> Iterator[NfqueueBinding]:
+def bound(
+    queue: int, handler: Handler, *, fail_open: bool, whole_packets: bool = False
+) -> Iterator[NfqueueBinding]:
     """The queue bound and configured for the block's duration; unbound on every way out.
 
-    Fails before binding when another process holds the queue (`ensure_free`).
+    Copies of the headers with F_GSO (the fastest: §3.10), or `whole_packets` (WHOLE_RANGE,
+    without F_GSO) for a policy that rewrites them. Fails before binding when another process
+    holds the queue (`ensure_free`).
     """
     ensure_free(queue)
     nfq = NetfilterQueue()
@@ -219,8 +253,8 @@ def bound(queue: int, handler: Handler, *, fail_open: bool) -> Iterator[NfqueueB
             binding.on_packet,
             max_len=MAX_LEN,
             mode=COPY_PACKET,
-            range=COPY_RANGE,
-            sock_len=SOCK_LEN,
+            range=WHOLE_RANGE if whole_packets else COPY_RANGE,
+            sock_len=WHOLE_SOCK_LEN if whole_packets else SOCK_LEN,
         )
     except OSError:
         raise QueueError(
@@ -230,7 +264,7 @@ def bound(queue: int, handler: Handler, *, fail_open: bool) -> Iterator[NfqueueB
         with queue_socket(nfq) as sock:
             # ENOBUFS only says the kernel dropped messages; with fail-open it accepted them (§3.3).
             sock.setsockopt(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)
-            set_flags(sock, queue, fail_open=fail_open)
+            set_flags(sock, queue, fail_open=fail_open, whole_packets=whole_packets)
         yield binding
     finally:
         nfq.unbind()

@@ -108,8 +108,10 @@ def _check_rules(config: RunConfig) -> None:
         )
 
 
-def _bind(queue: int, handler: Handler, fail_open: bool) -> AbstractContextManager[PacketQueue]:
-    return nfqueue.bound(queue, handler, fail_open=fail_open)
+def _bind(
+    queue: int, handler: Handler, fail_open: bool, whole_packets: bool
+) -> AbstractContextManager[PacketQueue]:
+    return nfqueue.bound(queue, handler, fail_open=fail_open, whole_packets=whole_packets)
 
 
 Rules = Callable[[int, iptables.Capture, int], AbstractContextManager[tuple[iptables.Family, ...]]]
@@ -124,7 +126,8 @@ class Kernel:
     enter_netns: Callable[[str], None] = host.enter_netns
     check_rules: Callable[[RunConfig], None] = _check_rules
     ensure_free: Callable[[int], None] = nfqueue.ensure_free
-    bind: Callable[[int, Handler, bool], AbstractContextManager[PacketQueue]] = _bind
+    # (queue, handler, fail_open, whole_packets)
+    bind: Callable[[int, Handler, bool, bool], AbstractContextManager[PacketQueue]] = _bind
     rules: Rules = iptables.installed
     injector: Callable[[Callable[[str], None]], AbstractContextManager[Sender]] = Injector
     watch_bypass: bool = True  # needs the rules' counters: off with fake rules
@@ -210,6 +213,8 @@ def _serve(config: RunConfig, setup: Setup, seat: Seat, link: Link | None = None
             setup.clock, log, events, dry_run=config.dry_run, verbose=config.verbose
         )
         engine, counters = Engine(setup.policy), Counters()
+        # Chosen once, by the policy it starts with: a reload cannot change the binding.
+        whole_packets = setup.policy.rewrites
         metrics = None
         if seat.metrics:
             metrics = Metrics(counters, engine, partial(nfqueue.read_queue_counters, seat.queue))
@@ -234,6 +239,7 @@ def _serve(config: RunConfig, setup: Setup, seat: Seat, link: Link | None = None
             counters=counters,
             metrics=metrics,
             bypass=bypass,
+            whole_packets=whole_packets,
         )
         control = ControlServer(
             seat.control, Commands(daemon, _status(config, seat, setup)), reporter
@@ -245,7 +251,7 @@ def _serve(config: RunConfig, setup: Setup, seat: Seat, link: Link | None = None
             served = _metrics_line(config, seat.metrics[0], metrics.serve(*seat.metrics))
             stack.callback(metrics.close)
         packets = stack.enter_context(
-            kernel.bind(seat.queue, daemon.on_packet, not config.fail_closed)
+            kernel.bind(seat.queue, daemon.on_packet, not config.fail_closed, whole_packets)
         )
         if link is not None:
             link.ready()
@@ -388,9 +394,11 @@ def _start_line(
         else f"{config.workers} workers on queues {config.queue}-{config.last_queue}"
         f"{workers}, balanced by address pair"
     )
-    mode = ", fail-closed" if config.fail_closed else ""
-    dry = ", DRY RUN (accepting everything, injecting nothing)" if config.dry_run else ""
     policy = setup.policy
+    mode = ", fail-closed" if config.fail_closed else ""
+    mode += ", copying whole packets (the policy rewrites them)" if policy.rewrites else ""
+    sent = "injecting or rewriting" if policy.rewrites else "injecting"
+    dry = f", DRY RUN (accepting everything, {sent} nothing)" if config.dry_run else ""
     split = _split_limits(policy) if config.workers > 1 else []
     per_worker = f"; each worker counts its own flows against {', '.join(split)}" if split else ""
     return (
@@ -419,11 +427,12 @@ def _stop_line(
     c = Counters(**{k: v for k, v in totals.items() if k != "flows"})
     verb = "would have " if config.dry_run else ""
     removed = "rules removed, " if rules and not config.no_rules else ""
+    rewritten = f" ({verb}rewritten {c.rewritten})" if c.rewritten else ""
     errors = f", {c.errors} engine errors" if c.errors else ""
     errors += f", {c.bypassed} BYPASSED fwemu unseen" if c.bypassed else ""
     unbound = "queue unbound" if config.workers == 1 or who == "worker" else "queues unbound"
     return (
-        f"{who} stopped ({cause}): {c.packets} packets, {c.accepted} accepted, "
+        f"{who} stopped ({cause}): {c.packets} packets, {c.accepted} accepted{rewritten}, "
         f"{verb}dropped {c.dropped}, {verb}injected {c.resets} RSTs{errors}, "
         f"{totals.get('flows', 0)} flows tracked; {removed}{unbound}"
     )

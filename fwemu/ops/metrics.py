@@ -93,6 +93,7 @@ class PacketCounts(Protocol):
     accepted: int
     dropped: int
     resets: int
+    rewritten: int
     errors: int
     bypassed: int
 
@@ -220,6 +221,12 @@ class Metrics:
             "fwemu_resets_injected",
             "RSTs injected (in a dry run: that would have been)",
             value=c.resets,
+        )
+        yield CounterMetricFamily(
+            "fwemu_packets_rewritten",
+            "Accepted packets sent on rewritten: sequence numbers translated, options "
+            "normalised (in a dry run: that would have been)",
+            value=c.rewritten,
         )
         yield CounterMetricFamily(
             "fwemu_engine_errors", "Packets accepted because the engine failed", value=c.errors

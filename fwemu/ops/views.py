@@ -113,6 +113,7 @@ def event_line(record: dict[str, Any]) -> str:
         ),
         "out_of_state": lambda: f"{record['reason']}: {record['action']}",
         "delete": lambda: f"{record['state']}: {record['reason']}",
+        "syn_flood": lambda: f"{record['rate']} SYN/s, past the alarm rate {record['alarm']}",
         "probe": lambda: (
             f"dead connection detection: probes {record['round']} of {record['retries']}"
         ),
@@ -161,7 +162,7 @@ def limits_table(usages: Sequence[dict[str, Any]], busiest: int) -> Table:
 
 
 # The counters of `status` that add up over the workers of a run.
-SUMMED = ("packets", "accepted", "dropped", "resets", "errors", "bypassed", "flows")
+SUMMED = ("packets", "accepted", "dropped", "resets", "rewritten", "errors", "bypassed", "flows")
 
 
 def merged_status(statuses: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -188,11 +189,12 @@ def top_view(
     `rows`), the latest events."""
     where = f" netns {status['netns']}" if status.get("netns") else ""
     dry = "  DRY RUN" if status.get("dry_run") else ""
+    rewritten = f"  rewritten {n}" if (n := status.get("rewritten")) else ""
     header = Text(
         f"fwemu pid {status['pid']}{where} queue {status['queue']}  policy {status['policy']} "
         f"({status['origin']}) x{status['speed']:g}{dry}\n"
         f"packets {status['packets']}  accepted {status['accepted']}  dropped "
-        f"{status['dropped']}  RSTs {status['resets']}  flows {status['flows']}",
+        f"{status['dropped']}  RSTs {status['resets']}{rewritten}  flows {status['flows']}",
         style="bold",
     )
     if bypassed := status.get("bypassed"):

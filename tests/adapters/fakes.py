@@ -1,5 +1,5 @@
 """Stand-ins for what the daemon talks to: a queued packet and a queue of them, the raw sockets,
-a counting reporter."""
+a counting reporter, an engine that rewrites packets."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Any
 
 from fwemu.adapters.output import Reporter
 from fwemu.adapters.queue import Handler
+from fwemu.core.decision import Decision
+from fwemu.core.engine import Engine
 from fwemu.core.events import Event
 
 
@@ -82,3 +84,17 @@ class NoInjector:
 
     def send(self, packet: bytes) -> bool:
         raise AssertionError("nothing is to be injected")
+
+
+def rewritten(data: bytes) -> bytes:
+    """What `Rewriting` sends on in place of `data`: its last byte inverted."""
+    return data[:-1] + bytes([data[-1] ^ 0xFF])
+
+
+class Rewriting(Engine):
+    """The real engine, but every packet it accepts goes on rewritten (Decision.rewrite), as the
+    core's SYN cookies and sequence translation will have it: the loop's side without them."""
+
+    def handle_packet(self, data: bytes, *, now: float) -> Decision:
+        decision = super().handle_packet(data, now=now)
+        return decision._replace(rewrite=rewritten(data)) if decision.accepted else decision

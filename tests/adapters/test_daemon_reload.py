@@ -1,6 +1,7 @@
-"""A reload (SIGHUP, `fwemu reload`) of a policy file that cannot be loaded: the rejection is
-logged and the running policy stays in force (issue 19: files the loader crashed on made a
-running fwemu exit 1)."""
+"""A reload (SIGHUP, `fwemu reload`) of a policy file that cannot be loaded, or of one that
+rewrites packets when the queue copies only their headers: the rejection is logged and the
+running policy stays in force (issue 19: files the loader crashed on made a running fwemu exit 1;
+issue 14: the queue's copies are chosen once, at bind)."""
 
 from __future__ import annotations
 
@@ -69,3 +70,54 @@ def test_a_bad_file_is_logged_and_the_policy_stays(
     assert lines == message.splitlines()
     assert lines[0] == f"reload rejected, policy running ({path}) stays in force:"
     assert [line.startswith(f"{path}{problem}") for line in lines[1:]] == [True]
+
+
+# The ASA's sequence randomisation: every packet of every flow is rewritten.
+REWRITING = '[policy]\nname = "rewriting"\n[normalise]\nisn_randomisation = true\n'
+
+
+def daemon_on(path: Path, *, whole_packets: bool) -> tuple[Daemon, io.StringIO]:
+    log = io.StringIO()
+    source = PolicySource(str(path), None, 1.0)
+    daemon = Daemon(
+        Engine(load_policy(path)),
+        Reporter(Clock.start(), log),
+        cast(Injector, NoInjector()),
+        source,
+        whole_packets=whole_packets,
+    )
+    return daemon, log
+
+
+def test_a_policy_that_rewrites_is_refused_by_a_queue_bound_for_headers(tmp_path: Path) -> None:
+    running_path, rewriting_path = tmp_path / "fw.toml", tmp_path / "rewriting.toml"
+    write(running_path, GOOD)
+    write(rewriting_path, REWRITING)
+    daemon, log = daemon_on(running_path, whole_packets=False)
+    running, source = daemon.engine.policy, daemon.source
+    assert load_policy(rewriting_path).rewrites
+
+    ok, message = daemon.reload(str(rewriting_path))
+
+    assert not ok
+    assert daemon.engine.policy is running and daemon.source is source
+    lines = [STAMP.sub("", line) for line in log.getvalue().splitlines()]
+    assert lines == message.splitlines()
+    assert lines == [
+        f"reload rejected, policy running ({running_path}) stays in force:",
+        f"{rewriting_path}: policy rewriting rewrites packets (SYN cookies, TCP intercept, "
+        "sequence randomisation or the normaliser) and needs whole packets, but the queue was "
+        "bound for their headers only: restart fwemu run with this policy",
+    ]
+
+
+def test_a_queue_of_whole_packets_takes_any_policy(tmp_path: Path) -> None:
+    path = tmp_path / "fw.toml"
+    write(path, REWRITING)
+    daemon, _ = daemon_on(path, whole_packets=True)
+    write(path, GOOD)  # one that no longer rewrites
+    assert daemon.reload()[0]
+    assert daemon.engine.policy.name == "running"
+    write(path, REWRITING)  # and back
+    assert daemon.reload()[0]
+    assert daemon.engine.policy.name == "rewriting"

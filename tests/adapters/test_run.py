@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
+import threading
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
 
+from fwemu.adapters.nfqueue import WHOLE_RANGE
 from fwemu.lab import LabPlan, socket_in
 from fwemu.testing import FwemuProcess, tcp_exchange
 
@@ -266,3 +270,62 @@ def test_expiry_rsts_leave_through_the_raw_sockets(
                 client.recv(1)  # idle until the established timer injects the RSTs
     assert fw.stop() == 0
     assert "injected 2 RSTs" in fw.stderr.splitlines()[-1]
+
+
+def bulk_echo(plan: LabPlan, payload: bytes, *, ipv6: bool) -> bytes:
+    """`payload` sent from the lab's client to its server and back, each side's sends large
+    enough for GSO (64 KiB super-packets on the veths); what came back."""
+    family = socket.AF_INET6 if ipv6 else socket.AF_INET
+    address = plan.server.ipv6 if ipv6 else plan.server.ipv4
+    with socket_in(plan.server.namespace, family) as server:
+        server.settimeout(10)
+        server.bind((address, 0))
+        server.listen()
+
+        def echo() -> None:
+            with suppress(OSError), server.accept()[0] as conn:  # a failure shows on the client
+                conn.settimeout(10)
+                conn.sendall(receive_all(conn))
+
+        thread = threading.Thread(target=echo)
+        thread.start()
+        try:
+            with socket_in(plan.client.namespace, family) as client:
+                client.settimeout(10)
+                client.connect(server.getsockname()[:2])
+                client.sendall(payload)
+                client.shutdown(socket.SHUT_WR)
+                return receive_all(client)
+        finally:
+            thread.join(10)
+
+
+def receive_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("ipv6", [False, True], ids=["ipv4", "ipv6"])
+def test_a_policy_that_rewrites_gets_whole_packets_and_its_rewrites_reach_both_ends(
+    lab_plan: LabPlan, fwemus: list[FwemuProcess], tmp_path: Path, ipv6: bool
+) -> None:
+    """Sequence randomisation rewrites every packet of the connection (seq, ack and the
+    checksum, updated incrementally): the bytes arrive intact only if the queue handed over
+    each packet whole, segmented and with its checksum complete."""
+    policy = tmp_path / "asa.toml"
+    policy.write_text("[normalise]\nisn_randomisation = true\n")
+    args = ["--netns", lab_plan.fw_client_side.namespace, "--policy", str(policy)]
+    fw = started(fwemus, start_fwemu(args))
+    assert "copying whole packets (the policy rewrites them)" in fw.lines[0]
+    assert bound_queues(lab_plan.fw_client_side.namespace).split()[4] == str(WHOLE_RANGE)
+
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    assert bulk_echo(lab_plan, payload, ipv6=ipv6) == payload
+
+    assert fw.stop() == 0
+    stopped = re.search(r"(\d+) packets, (\d+) accepted \(rewritten (\d+)\)", fw.stderr)
+    assert stopped is not None
+    packets, accepted, rewritten = map(int, stopped.groups())
+    assert packets == accepted == rewritten > 2 * len(payload) // 1500  # MSS-sized segments

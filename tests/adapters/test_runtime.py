@@ -21,9 +21,9 @@ from fwemu.adapters.runtime import Kernel, RunConfig
 from fwemu.errors import FwemuError
 from fwemu.ops.client import request
 from fwemu.ops.protocol import Request
-from fwemu.policy import loads_policy
+from fwemu.policy import Policy, loads_policy
 
-from .fakes import FakePacket, FakeQueue
+from .fakes import FakePacket, FakeQueue, Rewriting, rewritten
 from .test_daemon import conversation
 
 
@@ -48,8 +48,11 @@ class FakeHost:
         )
 
     @contextmanager
-    def bind(self, queue: int, handler: Handler, fail_open: bool) -> Iterator[PacketQueue]:
-        self.steps.append(f"bind {queue} fail-open={fail_open}")
+    def bind(
+        self, queue: int, handler: Handler, fail_open: bool, whole_packets: bool
+    ) -> Iterator[PacketQueue]:
+        whole = " whole-packets" if whole_packets else ""
+        self.steps.append(f"bind {queue} fail-open={fail_open}{whole}")
         self.queue = FakeQueue(handler)
         try:
             yield self.queue
@@ -151,3 +154,39 @@ def test_workers_name_the_limits_each_of_them_counts_alone() -> None:
     )
     assert runtime._split_limits(policy) == ["max_flows", "per_client"]
     assert runtime._split_limits(loads_policy("[limits]\nports_per_destination = 5")) == []
+
+
+class LastPacket(FakePacket):
+    """Stops the run (SIGTERM, as `kill` would) once it has its verdict."""
+
+    def _give(self, verdict: str) -> None:
+        super()._give(verdict)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_policy_that_rewrites_is_served_whole_packets_and_its_rewrites_are_counted(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    dry_run: bool,
+) -> None:
+    monkeypatch.setattr(Policy, "rewrites", property(lambda self: True))
+    monkeypatch.setattr(runtime, "Engine", Rewriting)
+    *first, last = conversation(1)
+    packets = [*map(FakePacket, first), LastPacket(last)]
+    fake = FakeHost(lambda queue: queue.put(*packets))
+    config = RunConfig(preset="linux", control=tmp_path / "fw.sock", dry_run=dry_run)
+
+    assert runtime.run(config, fake.kernel()) == 0
+
+    assert "bind 0 fail-open=True whole-packets" in fake.steps
+    sent = [d if dry_run else rewritten(d) for d in (*first, last)]
+    assert [(p.data, p.verdict) for p in packets] == [(d, "accept") for d in sent]
+    log = capsys.readouterr().err
+    assert ", copying whole packets (the policy rewrites them)" in log
+    if dry_run:
+        assert "DRY RUN (accepting everything, injecting or rewriting nothing)" in log
+        assert "4 packets, 4 accepted (would have rewritten 4), would have dropped 0" in log
+    else:
+        assert "4 packets, 4 accepted (rewritten 4), dropped 0" in log

@@ -67,7 +67,9 @@ def test_refusals_count_per_limit_those_past_the_answer_rate_included() -> None:
     )
     engine = Engine(policy)
     metrics = Metrics(
-        SimpleNamespace(accepted=0, dropped=0, resets=0, errors=0, bypassed=0), engine, lambda: None
+        SimpleNamespace(accepted=0, dropped=0, resets=0, rewritten=0, errors=0, bypassed=0),
+        engine,
+        lambda: None,
     )
     t = Trace(policy)
     t.engine = engine

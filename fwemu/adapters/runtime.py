@@ -212,7 +212,9 @@ def _serve(config: RunConfig, setup: Setup, seat: Seat, link: Link | None = None
         reporter = Reporter(
             setup.clock, log, events, dry_run=config.dry_run, verbose=config.verbose
         )
-        engine, counters = Engine(setup.policy), Counters()
+        # A seed of the kernel's randomness: the cookies' secret, randomised sequence numbers
+        # and random early drop differ per run, as a firewall's per boot.
+        engine, counters = Engine(setup.policy, int.from_bytes(os.urandom(8))), Counters()
         # Chosen once, by the policy it starts with: a reload cannot change the binding.
         whole_packets = setup.policy.rewrites
         metrics = None

@@ -481,10 +481,12 @@ class FlowTable:
         if flags & TRANSLATED:
             return self._translated(slot, d, cls, old, seg, data, now)
         if cls == _SYNACK and self._normalises[self._profile[slot]]:
-            data = self._normalise(self._profile[slot], data)
-            seg = pk.parse(data)  # type: ignore[assignment]  # a normalised SYN-ACK parses
+            edited = self._normalise(self._profile[slot], data)
+            if edited is None:
+                return _CUT
+            seg = pk.parse(edited)  # type: ignore[assignment]  # a normalised SYN-ACK parses
             out = self._transition(slot, d, cls, old, TRANSITIONS[d][cls][old], seg, now)
-            return out._replace(rewrite=data) if out.accepted else out
+            return out._replace(rewrite=edited) if out.accepted else out
         new = TRANSITIONS[d][cls][old]
         return self._transition(slot, d, cls, old, new, seg, now)
 
@@ -765,17 +767,13 @@ class FlowTable:
         if seg.payload_len and normalise.syn_data == SynData.DROP:
             return _SYN_DATA_DROPPED
         alarms: list[SynFloodAlarm] = []
-        for guard in self._guards[profile]:
-            server = _server(seg)
-            rule = self._profiles[profile].name
-            verdict = guard.judge(server, flow_id(seg.key, seg.forward), rule, now, alarms)
-            if verdict == synflood.DROP:
-                return Decision(Verdict.DROP, Reason.SYN_FLOOD, (), tuple(alarms), guard.name)
-            if verdict == synflood.COOKIE:
-                out = self._answer(seg, profile, now, data)
-                return out._replace(events=tuple(alarms)) if alarms else out
+        if self._guards[profile] and (defended := self._flood(seg, profile, now, data, alarms)):
+            return defended
         if self._normalises[profile]:
-            data = self._normalise(profile, data)
+            edited = self._normalise(profile, data)
+            if edited is None:
+                return _CUT
+            data = edited
             seg = pk.parse(data)  # type: ignore[assignment]  # a normalised SYN parses
         out = self._new_flow(seg, _SYN, now, profile, data=data)
         if alarms:
@@ -787,8 +785,23 @@ class FlowTable:
             shift = (self._rng.getrandbits(32), self._rng.getrandbits(32))
             self._translations[slot] = Translation(shift, normalise.sack_blocks)
             self._flags[slot] |= TRANSLATED
-            return out._replace(rewrite=rewrite(data, seq=shift[ORIGINAL]))
+            return _rewritten(out, rewrite(data, seq=shift[ORIGINAL]))
         return out._replace(rewrite=data) if self._normalises[profile] else out
+
+    def _flood(
+        self, seg: pk.Segment, profile: int, now: float, data: bytes, alarms: list[SynFloodAlarm]
+    ) -> Decision | None:
+        """The [syn_flood] defences' answer to a new SYN: dropped, answered with a cookie, or
+        None to let it open a flow (the alarms they raised are appended to `alarms`)."""
+        server, rule = _server(seg), self._profiles[profile].name
+        for guard in self._guards[profile]:
+            verdict = guard.judge(server, flow_id(seg.key, seg.forward), rule, now, alarms)
+            if verdict == synflood.DROP:
+                return Decision(Verdict.DROP, Reason.SYN_FLOOD, (), tuple(alarms), guard.name)
+            if verdict == synflood.COOKIE:
+                out = self._answer(seg, profile, now, data)
+                return out._replace(events=tuple(alarms)) if alarms else out
+        return None
 
     def _new_flow(
         self,
@@ -920,7 +933,10 @@ class FlowTable:
         if tr.pending:
             return self._proxy_handshake(slot, d, cls, old, seg, now, tr)
         if cls == _SYNACK and self._normalises[self._profile[slot]]:
-            data = self._normalise(self._profile[slot], data)
+            edited = self._normalise(self._profile[slot], data)
+            if edited is None:
+                return _CUT
+            data = edited
             seg = pk.parse(data)  # type: ignore[assignment]  # a normalised SYN-ACK parses
         other = tr.shift[1 - d]
         if other and seg.flags & pk.TCP_ACK:
@@ -931,9 +947,7 @@ class FlowTable:
             return out
         window = tr.window(seg.window) if d == REPLY and tr.rescale else None
         sack = 0 if tr.sack == SackBlocks.KEEP else -other
-        return out._replace(
-            rewrite=rewrite(data, seq=tr.shift[d], ack=-other, sack=sack, window=window)
-        )
+        return _rewritten(out, rewrite(data, seq=tr.shift[d], ack=-other, sack=sack, window=window))
 
     def _proxy_handshake(
         self, slot: int, d: int, cls: int, old: int, seg: pk.Segment, now: float, tr: Translation
@@ -972,7 +986,7 @@ class FlowTable:
             Verdict.DROP, Reason.SYN_COOKIE, (ack,), (*out.events, *done.events), detail
         )
 
-    def _normalise(self, profile: int, data: bytes) -> bytes:
+    def _normalise(self, profile: int, data: bytes) -> bytes | None:
         """A SYN or SYN-ACK with the options the normaliser clears or clamps."""
         clear, mss = self._normalises[profile]  # type: ignore[misc]  # only called when set
         return rewrite(data, clear=clear, mss=mss)
@@ -1426,6 +1440,17 @@ def _source(seg: pk.Segment) -> bytes:
 
 _SYN_RETRANSMIT: Final = accept(Reason.SYN_RETRANSMIT)
 _SYN_DATA_DROPPED: Final = Decision(Verdict.DROP, Reason.NORMALISED, detail="a SYN with data")
+# A packet to rewrite that the queue copied only in part: rewriting it would cut it.
+_CUT: Final = Decision(
+    Verdict.DROP, Reason.UNPARSEABLE, detail="cut by the copy range: not rewritten"
+)
+
+
+def _rewritten(out: Decision, packet: bytes | None) -> Decision:
+    """`out` accepting `packet` in place of the queued one; dropped if it could not be made."""
+    return _CUT if packet is None else out._replace(rewrite=packet)
+
+
 _PROXY_WAITS: Final = Decision(
     Verdict.DROP, Reason.SYN_COOKIE, detail="waiting for the server to answer the proxy"
 )

@@ -387,6 +387,14 @@ def syn_mss(data: bytes) -> int:
     return _DEFAULT_MSS
 
 
+def whole(data: bytes) -> bool:
+    """Whether an IP packet holds all the bytes its header's length says (not cut by a copy
+    range)."""
+    if data[0] >> 4 == 4:
+        return len(data) >= int.from_bytes(data[2:4])
+    return len(data) >= _IP6_HEADER_LEN + int.from_bytes(data[4:6])
+
+
 def tcp_offset(data: bytes) -> int:
     """Where the TCP header starts in an IP packet that `parse` accepts as a Segment."""
     if data[0] == 0x45:

@@ -33,11 +33,15 @@ def rewrite(
     window: int | None = None,
     clear: frozenset[int] = frozenset(),
     mss: int | None = None,
-) -> bytes:
+) -> bytes | None:
     """`data` (a whole IP packet carrying a TCP segment `pk.parse` accepts) with `seq` added to
     its sequence number, `ack` to its acknowledgment (if the ACK flag is set) and `sack` to
     every SACK block edge, its window field set to `window`, the options of the kinds in `clear`
-    overwritten with NOPs (the length stays) and an MSS option above `mss` lowered to it."""
+    overwritten with NOPs (the length stays) and an MSS option above `mss` lowered to it.
+    None if `data` is cut short of the IP length (the queue's copy range): a rewrite would cut
+    the packet the kernel sends on to what was copied."""
+    if not pk.whole(data):
+        return None
     at = pk.tcp_offset(data)
     header_len = (data[at + 12] >> 4) << 2
     out = bytearray(data)

@@ -210,3 +210,10 @@ def test_the_engine_counts_what_the_defences_did() -> None:
         "syn_flood": [{"scope": "policy", "syns": 1, "dropped": 0, "cookies": 1}],
         "cookies": {"answered": 1, "opened": 1},
     }
+
+
+def test_a_packet_the_queue_cut_short_is_not_rewritten_into_a_cut_packet() -> None:
+    t, cookie = proxied()
+    data = t._packet(t.c, t.s, "PA", 1000, 1001, cookie + 1)
+    d = t.engine.handle_packet(data[:128], now=0.3)  # a copy range of 128 bytes
+    assert (d.verdict, d.rewrite) == (Verdict.DROP, None) and "copy range" in d.detail

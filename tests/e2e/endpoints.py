@@ -50,6 +50,10 @@ class Endpoints:
         self._listeners[port] = listener
         return listener
 
+    def listener(self, port: int = PORT) -> socket.socket:
+        """The server listening on `port`."""
+        return self._listeners[port]
+
     def open(
         self, count: int = 1, port: int = PORT, source: str | None = None
     ) -> list[socket.socket]:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import re
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 
 import pytest
 
@@ -18,11 +16,10 @@ from fwemu.policy import (
     OutOfStateAction,
     Phase,
     Policy,
-    load_policy,
     load_preset,
     preset_names,
 )
-from fwemu.policy.model import TIMEOUT_CAPS, Dcd, Limits, NatPool
+from fwemu.policy.model import TIMEOUT_CAPS, Limits, NatPool
 
 PRESETS = (
     "linux",
@@ -228,21 +225,23 @@ def test_cisco_asa_says_dcd_is_off_and_there_is_no_lifetime() -> None:
     assert (timeouts["dcd"], timeouts["lifetime"]) == (False, "never")
 
 
-ASA_EXAMPLE = Path(__file__).parents[2] / "docs" / "examples" / "cisco-asa-limits.toml"
+# --- SYN floods: every product ships its defences off, and each file says so ---------------------
 
 
-def test_the_asa_limits_example_is_the_preset_plus_one_class() -> None:
-    """The example keeps every ASA default (so it cannot drift from the preset) and adds a class
-    with conn-max 5000, per-client-max 100, the embryonic limits and DCD's defaults."""
-    example, preset = load_policy(ASA_EXAMPLE), load_preset("cisco-asa")
-    assert (example.default, example.limits) == (preset.default, preset.limits)
-    (rule,) = example.rules
-    assert rule.profile.limits == Limits(
-        max_flows=5000, per_client=100, embryonic=1000, per_client_embryonic=20
-    )
-    assert rule.profile.dcd == Dcd(interval=15.0, retries=5)
-    plain = dataclasses.replace(rule.profile, name="default", limits=Limits(), dcd=None)
-    assert plain == preset.default
+@pytest.mark.parametrize("name", PRESETS)
+def test_no_preset_turns_on_a_syn_flood_defence_or_rewrites(name: str) -> None:
+    """PAN-OS, FortiGate, Check Point and the SRX need a profile, policy or screen; Linux and pf a
+    rule; the ASA's TCP Intercept waits behind unlimited embryonic limits, and its randomisation
+    and MSS clamp stay commented out until the core's translation is proven end to end."""
+    policy = load_preset(name)
+    assert not policy.syn_flood.active
+    assert [p.name for p in policy.profiles if p.syn_flood.active] == []
+    assert not policy.rewrites
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_says_what_it_does_against_syn_floods(name: str) -> None:
+    assert "\n# SYN floods: " in _file(f"{name}.toml")
 
 
 def test_aws_nat_gateway_remembers_a_flow_past_a_default_keepalive_probe() -> None:

@@ -112,13 +112,16 @@ def test_the_cookie_proxy_carries_a_whole_connection_and_hides_the_servers_numbe
 
 def test_a_server_that_is_down_gets_the_client_a_rst_after_its_connect_succeeded() -> None:
     with endpoints(COOKIES) as ends:
-        outcome, client = ends.connect(port=PORT + 1)  # nothing listens there
-        assert outcome == "ok"  # the SYN-ACK came from fwemu
-        client.setblocking(True)
-        client.settimeout(ANSWER_WAIT)
         started = time.monotonic()
-        with pytest.raises(ConnectionResetError):
-            client.recv(1)
+        outcome, client = ends.connect(port=PORT + 1)  # nothing listens there
+        # Connected (fwemu's SYN-ACK), then reset: never refused, as without the proxy. The RST
+        # comes a round trip after the handshake, so connect()'s own result may already be it.
+        assert outcome in ("ok", "ECONNRESET")
+        if outcome == "ok":
+            client.setblocking(True)
+            client.settimeout(ANSWER_WAIT)
+            with pytest.raises(ConnectionResetError):
+                client.recv(1)
         assert time.monotonic() - started < 0.5
         reset = ends.fw.wait_for_event("reset", cause="proxy")
         assert reset["to"] == "client"

@@ -34,11 +34,13 @@ from fwemu.policy.model import (
     TIMEOUT_CAPS,
     FloodAction,
     FloodCount,
+    LimitAction,
     Limits,
     Normalise,
     SackBlocks,
     SynData,
     SynFlood,
+    SynProxy,
 )
 
 ORDER = 40  # place in `fwemu --help`
@@ -199,30 +201,8 @@ def _print_policy(console: Console, policy: Policy) -> None:
     for profile, match in _profiles(policy):
         _add_profile(table, profile, match)
     console.print(table)
-    for whose, limits in (
-        ("every flow", policy.limits),
-        *((f"rule {r.name}'s flows", r.profile.limits) for r in policy.rules),
-    ):
-        if limits.counted:
-            console.print(f"limits on {whose}: {limits_text(limits)}", soft_wrap=True)
-    for whose, flood in (
-        ("every flow", policy.syn_flood),
-        *((f"rule {r.name}'s flows", r.profile.syn_flood) for r in policy.rules),
-    ):
-        if flood.active:
-            console.print(f"SYN-flood defence on {whose}: {_flood_text(flood)}", soft_wrap=True)
-    for profile, _ in _profiles(policy):
-        if text := _normalise_text(profile.normalise):
-            console.print(f"normaliser for {profile.name}: {text}", soft_wrap=True)
-    if policy.rewrites:
-        proxy = policy.default.syn_proxy
-        wscale = "no window scale" if proxy.wscale is None else f"window scale {proxy.wscale}"
-        sack = "SACK" if proxy.sack_perm else "no SACK"
-        console.print(
-            f"when it answers SYNs itself: MSS {proxy.mss}, {wscale}, {sack}, no timestamps; "
-            "fwemu rewrites packets, so the queue copies them whole",
-            soft_wrap=True,
-        )
+    for line in _defence_lines(policy):
+        console.print(line, soft_wrap=True)
     rate = policy.answer_rate
     console.print(
         f"out-of-state answers (event, RST): at most {rate.per_source}/s from one source, "
@@ -292,6 +272,34 @@ def _out_of_state_text(oos: OutOfState) -> str:
     return ", ".join(parts)
 
 
+def _defence_lines(policy: Policy) -> list[str]:
+    """The limits, SYN-flood defences, normaliser and proxy, one line each where set."""
+    lines: list[str] = []
+    for whose, limits in (
+        ("every flow", policy.limits),
+        *((f"rule {r.name}'s flows", r.profile.limits) for r in policy.rules),
+    ):
+        if limits.counted:
+            lines.append(f"limits on {whose}: {limits_text(limits)}")
+    for whose, flood in (
+        ("every flow", policy.syn_flood),
+        *((f"rule {r.name}'s flows", r.profile.syn_flood) for r in policy.rules),
+    ):
+        if flood.active:
+            lines.append(f"SYN-flood defence on {whose}: {_flood_text(flood)}")
+    for profile, _ in _profiles(policy):
+        if text := _normalise_text(profile.normalise):
+            lines.append(f"normaliser for {profile.name}: {text}")
+    for profile, _ in _profiles(policy):
+        if _answers_syns(policy, profile):
+            lines.append(
+                f"{profile.name} answers SYNs itself with {_proxy_text(profile.syn_proxy)}"
+            )
+    if policy.rewrites:
+        lines.append("fwemu rewrites packets: the queue copies them whole")
+    return lines
+
+
 def _flood_text(flood: SynFlood) -> str:
     parts = []
     if flood.alarm is not None:
@@ -304,6 +312,20 @@ def _flood_text(flood: SynFlood) -> str:
         parts.append(f"{start}: {action}")
     counted = "per destination" if flood.count == FloodCount.DESTINATION else "in total"
     return f"{'; '.join(parts)} (counted {counted})"
+
+
+def _answers_syns(policy: Policy, profile: Profile) -> bool:
+    """Whether the profile's flows may meet the SYN proxy (cookies or TCP Intercept)."""
+    floods = (policy.syn_flood, profile.syn_flood)
+    limits = (policy.limits, profile.limits)
+    return any(f.active and f.action == FloodAction.SYN_COOKIES for f in floods) or any(
+        lim.on_embryonic == LimitAction.INTERCEPT for lim in limits
+    )
+
+
+def _proxy_text(proxy: SynProxy) -> str:
+    wscale = "no window scale" if proxy.wscale is None else f"window scale {proxy.wscale}"
+    return f"MSS {proxy.mss}, {wscale}, {'SACK' if proxy.sack_perm else 'no SACK'}, no timestamps"
 
 
 def _normalise_text(normalise: Normalise) -> str:

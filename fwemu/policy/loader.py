@@ -273,7 +273,7 @@ def _timestamps(value: Any) -> bool:
     if as_flag(value):
         fail(
             "not emulated: the middlebox would have to translate every timestamp",
-            "answer without them, the default, as Linux SYNPROXY does without --timestamp",
+            "answer without them, the default; SYNPROXY's --timestamp is not emulated",
         )
     return False
 

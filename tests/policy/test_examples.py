@@ -4,7 +4,6 @@ defaults (it is a preset plus what an admin configured), and sets what its comme
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -135,20 +134,16 @@ def test_the_asa_randomisation_example_breaks_sack_but_not_bgp() -> None:
     assert bgp.profile.normalise == Normalise(sack_blocks=SackBlocks.KEEP, mss=1380)
 
 
-def _commented(line: str) -> bool:
-    return line.startswith("# ")
-
-
-def test_the_asa_presets_commented_normaliser_is_the_randomisation_example() -> None:
-    """The preset holds the ASA's normaliser defaults commented out until the core turns them on:
-    uncommented, they are exactly what the example sets."""
-    lines = resources.files("fwemu.presets").joinpath("cisco-asa.toml").read_text().splitlines()
-    start = lines.index("# [normalise]")
-    block = [line.removeprefix("# ") for line in itertools.takewhile(_commented, lines[start:])]
-    normalise = tomllib.loads("\n".join(block))["normalise"]
-    assert normalise == {"isn_randomisation": True, "sack_blocks": "keep", "mss": 1380}
+def test_the_asa_presets_normaliser_is_the_randomisation_example() -> None:
+    """The ASA's normaliser defaults are the preset's, and exactly what the example sets."""
     example_table = tomllib.loads((EXAMPLES / "cisco-asa-randomisation.toml").read_text())
-    assert example_table["normalise"] == normalise
+    preset = load_preset("cisco-asa").default.normalise
+    assert example_table["normalise"] == {
+        "isn_randomisation": True,
+        "sack_blocks": "keep",
+        "mss": 1380,
+    }
+    assert example("cisco-asa-randomisation").default.normalise == preset
 
 
 def test_panos_syn_cookies_answer_every_syn_from_the_first() -> None:

@@ -229,14 +229,14 @@ def test_cisco_asa_says_dcd_is_off_and_there_is_no_lifetime() -> None:
 
 
 @pytest.mark.parametrize("name", PRESETS)
-def test_no_preset_turns_on_a_syn_flood_defence_or_rewrites(name: str) -> None:
+def test_no_preset_turns_on_a_syn_flood_defence_and_only_the_asa_rewrites(name: str) -> None:
     """PAN-OS, FortiGate, Check Point and the SRX need a profile, policy or screen; Linux and pf a
-    rule; the ASA's TCP Intercept waits behind unlimited embryonic limits, and its randomisation
-    and MSS clamp stay commented out until the core's translation is proven end to end."""
+    rule; the ASA's TCP Intercept waits behind unlimited embryonic limits. Only the ASA rewrites
+    packets out of the box: its sequence randomisation and MSS clamp are on by default."""
     policy = load_preset(name)
     assert not policy.syn_flood.active
     assert [p.name for p in policy.profiles if p.syn_flood.active] == []
-    assert not policy.rewrites
+    assert policy.rewrites == (name == "cisco-asa")
 
 
 @pytest.mark.parametrize("name", PRESETS)

@@ -13,18 +13,16 @@ kernel's window checks (`tcp_in_window()`, fwemu.core.window). Kernel version ma
 from __future__ import annotations
 
 import math
-import random
 from array import array
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
 from fwemu.core import packet as pk
-from fwemu.core import synflood
 from fwemu.core.addresses import address, flow_id
-from fwemu.core.cookies import Cookies, Offer
 from fwemu.core.dcd import Probes, probe
 from fwemu.core.decision import IGNORED, IN_STATE, Decision, Reason, Verdict, accept
+from fwemu.core.defences import CUT, TRANSLATED, SynDefences
 from fwemu.core.events import (
     Event,
     FlowDeleted,
@@ -36,11 +34,9 @@ from fwemu.core.events import (
     ProbeSent,
     ResetSent,
     StateChanged,
-    SynFloodAlarm,
 )
-from fwemu.core.limits import POLICY_SCOPE, LimitBook, Refusal
+from fwemu.core.limits import LimitBook, Refusal
 from fwemu.core.ratelimit import OutOfStateLimiter
-from fwemu.core.rewrite import rewrite
 from fwemu.core.states import (
     CLOSING_STATES,
     ORIGINAL,
@@ -53,8 +49,6 @@ from fwemu.core.states import (
     classify,
     flags_valid,
 )
-from fwemu.core.synflood import FloodGuard
-from fwemu.core.synproxy import Translation, answer, client_ack, open_syn, told_wscale
 from fwemu.core.timers import Timers
 from fwemu.core.window import (
     CLOSE_INIT,
@@ -69,13 +63,9 @@ from fwemu.core.window import (
 from fwemu.policy.model import (
     ExpireAction,
     LimitAction,
-    Normalise,
     OutOfStateAction,
     Policy,
     Profile,
-    SackBlocks,
-    SynData,
-    SynOption,
 )
 
 _SYN, _SYNACK, _FIN, _ACK, _RST = (
@@ -101,7 +91,6 @@ CHALLENGE_ACK_EXPECTED = 1 << 3  # a SYN was let through in LAST_ACK (IP_CT_EXP_
 LAST_WINDOW_SCALE = 1 << 4  # the ignored SYN offered window scaling
 LAST_SACK_PERM = 1 << 5  # ... and SACK
 PROBING = 1 << 6  # dead connection detection is probing the flow (off the fast path)
-TRANSLATED = 1 << 7  # its packets are rewritten (synproxy.Translation; off the fast path)
 _SLOW = PROBING | TRANSLATED
 _LAST_OPTIONS = LAST_WINDOW_SCALE | LAST_SACK_PERM
 # Which timer a flow's deadline comes from (the `_timer` column; FlowExpired.capped_by): the
@@ -251,8 +240,7 @@ class FlowTable:
     def __init__(self, policy: Policy, seed: int = 0) -> None:
         """`seed` makes the random choices (random early drop, randomised sequence numbers,
         the cookies' secret): pass a random one in production, a fixed one in tests."""
-        self._rng = random.Random(seed)
-        self.cookies = Cookies(self._rng.randbytes(16))
+        self.defences = SynDefences(self, seed)
         self.limiter = OutOfStateLimiter(0, 0, flow_id)
         self._use(policy)
         self._index: dict[bytes, int] = {}
@@ -275,9 +263,6 @@ class FlowTable:
         self._deadlines = self.timers.deadlines
         self.lifetimes = Timers()  # each flow's absolute lifetime, if its profile has one
         self.probes = Probes()
-        self._translations: dict[int, Translation] = {}
-        self._cookies_sent = False  # whether an ACK of no flow may carry a cookie
-        self.proxied = [0, 0]  # SYNs answered with a cookie, connections a cookie opened
         self._tombstones: dict[bytes, _Buried] = {}
         # FlowId per slot of recent flows: a connection's ~6 events share one.
         self._flow_ids: dict[int, FlowId] = {}
@@ -312,14 +297,7 @@ class FlowTable:
         self._liberal = [not p.out_of_state.window_check for p in self._profiles]
         self._lifetime = [p.timeouts.lifetime for p in self._profiles]
         self._dcd = [p.dcd for p in self._profiles]
-        top = FloodGuard(POLICY_SCOPE, policy.syn_flood, self._rng)
-        own = [FloodGuard(f"rule {p.name}", p.syn_flood, self._rng) for p in self._profiles]
-        self.guards = [g for g in (*own, top) if g.config.active]
-        # The [syn_flood] defences a new SYN of each profile meets: its rule's, then the policy's.
-        self._guards: list[tuple[FloodGuard, ...]] = [
-            tuple(g for g in (mine, top) if g.config.active) for mine in own
-        ]
-        self._normalises = [_syn_edits(p.normalise) for p in self._profiles]
+        self.defences.use(policy, self._profiles)
         # Per profile per State value: the timer while data is unacknowledged (the fast path's).
         self._unacked: list[tuple[tuple[float | None, int], ...]] = [
             tuple(
@@ -479,11 +457,11 @@ class FlowTable:
         machine's special cases."""
         flags = self._flags[slot]
         if flags & TRANSLATED:
-            return self._translated(slot, d, cls, old, seg, data, now)
-        if cls == _SYNACK and self._normalises[self._profile[slot]]:
-            edited = self._normalise(self._profile[slot], data)
+            return self.defences.translated(slot, d, cls, old, seg, data, now)
+        if cls == _SYNACK and self.defences.normalises[self._profile[slot]]:
+            edited = self.defences.normalise(self._profile[slot], data)
             if edited is None:
-                return _CUT
+                return CUT
             seg = pk.parse(edited)  # type: ignore[assignment]  # a normalised SYN-ACK parses
             out = self._transition(slot, d, cls, old, TRANSITIONS[d][cls][old], seg, now)
             return out._replace(rewrite=edited) if out.accepted else out
@@ -740,8 +718,9 @@ class FlowTable:
     def _no_flow(self, seg: pk.Segment, cls: int, now: float, data: bytes) -> Decision:
         self._forget_tombstones(now)
         if cls == _SYN:
-            return self._syn(seg, now, data)
-        if cls == _ACK and self._cookies_sent and (proxied := self._cookie_ack(seg, now)):
+            return self.defences.syn(seg, now, data)
+        defences = self.defences
+        if cls == _ACK and defences.cookies_sent and (proxied := defences.cookie_ack(seg, now)):
             return proxied
         tomb = self._tombstone(seg.key, now)
         if cls == _ACK:
@@ -758,50 +737,6 @@ class FlowTable:
         if seg.key in self._index or _CLASS_OF[seg.flags] != _ACK:
             return self.packet(seg, now)
         return self._new_flow(seg, _ACK, now, sender_is_client=sender_is_client)
-
-    def _syn(self, seg: pk.Segment, now: float, data: bytes) -> Decision:
-        """A SYN of no flow: the normaliser, the [syn_flood] defences, then a new flow (its SYN
-        rewritten if the flow's sequence numbers are randomised or its options normalised)."""
-        profile = self._profile_index(seg, None)
-        normalise = self._profiles[profile].normalise
-        if seg.payload_len and normalise.syn_data == SynData.DROP:
-            return _SYN_DATA_DROPPED
-        alarms: list[SynFloodAlarm] = []
-        if self._guards[profile] and (defended := self._flood(seg, profile, now, data, alarms)):
-            return defended
-        if self._normalises[profile]:
-            edited = self._normalise(profile, data)
-            if edited is None:
-                return _CUT
-            data = edited
-            seg = pk.parse(data)  # type: ignore[assignment]  # a normalised SYN parses
-        out = self._new_flow(seg, _SYN, now, profile, data=data)
-        if alarms:
-            out = out._replace(events=(*alarms, *out.events))
-        slot = self._index.get(seg.key)
-        if slot is None or not out.accepted:
-            return out
-        if normalise.isn_randomisation:
-            shift = (self._rng.getrandbits(32), self._rng.getrandbits(32))
-            self._translations[slot] = Translation(shift, normalise.sack_blocks)
-            self._flags[slot] |= TRANSLATED
-            return _rewritten(out, rewrite(data, seq=shift[ORIGINAL]))
-        return out._replace(rewrite=data) if self._normalises[profile] else out
-
-    def _flood(
-        self, seg: pk.Segment, profile: int, now: float, data: bytes, alarms: list[SynFloodAlarm]
-    ) -> Decision | None:
-        """The [syn_flood] defences' answer to a new SYN: dropped, answered with a cookie, or
-        None to let it open a flow (the alarms they raised are appended to `alarms`)."""
-        server, rule = _server(seg), self._profiles[profile].name
-        for guard in self._guards[profile]:
-            verdict = guard.judge(server, flow_id(seg.key, seg.forward), rule, now, alarms)
-            if verdict == synflood.DROP:
-                return Decision(Verdict.DROP, Reason.SYN_FLOOD, (), tuple(alarms), guard.name)
-            if verdict == synflood.COOKIE:
-                out = self._answer(seg, profile, now, data)
-                return out._replace(events=tuple(alarms)) if alarms else out
-        return None
 
     def _new_flow(
         self,
@@ -825,7 +760,7 @@ class FlowTable:
             verdict = self.book.admit(seg.key, forward, profile, cls == _SYN and not proven, now)
             if isinstance(verdict, Refusal):
                 if verdict.action == LimitAction.INTERCEPT:
-                    return self._answer(seg, profile, now, data)
+                    return self.defences.answer(seg, profile, now, data)
                 return self._refused(seg, profile, verdict, now)
             if verdict:
                 reason = "early drop: the table is full"
@@ -887,109 +822,6 @@ class FlowTable:
             events.append(ResetSent(now, flow, "client", rst.seq, rst.ack, "NONE", "limit", rule))
         detail = f"{refusal.limit} {refusal.value} reached by {refusal.counted}"
         return Decision(Verdict.DROP, Reason.LIMIT, inject, tuple(events), detail)
-
-    # ---------------------------------------------------------------- answering SYNs itself
-
-    def _answer(self, seg: pk.Segment, profile: int, now: float, data: bytes) -> Decision:
-        """Answer a SYN with a SYN cookie (fwemu.core.synproxy step 1); keep nothing."""
-        offer = Offer(pk.syn_mss(data), seg.wscale, seg.sack_perm)
-        cookie = self.cookies.make(_tuple(seg), seg.seq, offer, now)
-        synack, _ = answer(seg, cookie, self._profiles[profile].syn_proxy, offer)
-        self._cookies_sent = True
-        self.proxied[0] += 1
-        return Decision(Verdict.DROP, Reason.SYN_COOKIE, (synack,), (), "answered with a cookie")
-
-    def _cookie_ack(self, seg: pk.Segment, now: float) -> Decision | None:
-        """An ACK of no flow carrying a valid cookie: open to the server (step 2); None if it
-        carries none."""
-        isn = (seg.seq - 1) & _MASK32
-        offer = self.cookies.check(_tuple(seg), isn, (seg.ack - 1) & _MASK32, now)
-        if offer is None:
-            return None
-        profile = self._profile_index(seg, None)
-        syn = open_syn(seg, offer)
-        syn_seg = pk.parse(syn)
-        assert isinstance(syn_seg, pk.Segment)
-        out = self._new_flow(syn_seg, _SYN, now, profile, proven=True)
-        slot = self._index.get(seg.key)
-        if slot is None or not out.accepted:
-            return out  # a limit refused it: the client's connection hangs
-        tr = Translation((0, 0), SackBlocks.TRANSLATE)
-        tr.pending, tr.cookie, tr.client_window = True, (seg.ack - 1) & _MASK32, seg.window
-        tr.told = told_wscale(self._profiles[profile].syn_proxy, offer)
-        self._translations[slot] = tr
-        self._flags[slot] |= TRANSLATED
-        self.proxied[1] += 1
-        detail = "a valid cookie: opening to the server"
-        return Decision(Verdict.DROP, Reason.SYN_COOKIE, (syn,), out.events, detail)
-
-    def _translated(
-        self, slot: int, d: int, cls: int, old: int, seg: pk.Segment, data: bytes, now: float
-    ) -> Decision:
-        """A packet of a flow whose numbers are translated: as its sender sent it, with the
-        ACK moved back into the numbering of the side it acknowledges, for the table; then
-        rewritten for its receiver."""
-        tr = self._translations[slot]
-        if tr.pending:
-            return self._proxy_handshake(slot, d, cls, old, seg, now, tr)
-        if cls == _SYNACK and self._normalises[self._profile[slot]]:
-            edited = self._normalise(self._profile[slot], data)
-            if edited is None:
-                return _CUT
-            data = edited
-            seg = pk.parse(data)  # type: ignore[assignment]  # a normalised SYN-ACK parses
-        other = tr.shift[1 - d]
-        if other and seg.flags & pk.TCP_ACK:
-            seg.ack = (seg.ack - other) & _MASK32
-            seg.sack = (seg.sack - other) & _MASK32
-        out = self._transition(slot, d, cls, old, TRANSITIONS[d][cls][old], seg, now)
-        if not out.accepted:
-            return out
-        window = tr.window(seg.window) if d == REPLY and tr.rescale else None
-        sack = 0 if tr.sack == SackBlocks.KEEP else -other
-        return _rewritten(out, rewrite(data, seq=tr.shift[d], ack=-other, sack=sack, window=window))
-
-    def _proxy_handshake(
-        self, slot: int, d: int, cls: int, old: int, seg: pk.Segment, now: float, tr: Translation
-    ) -> Decision:
-        """A proxied flow waiting for the server (step 3): its SYN-ACK is answered for the
-        client, its RST turned into one for the client; the client's packets wait."""
-        if d == ORIGINAL or cls not in (_SYNACK, _RST):
-            return _PROXY_WAITS
-        out = self._transition(slot, d, cls, old, TRANSITIONS[d][cls][old], seg, now)
-        if cls == _RST:
-            rst = pk.build_rst(
-                seg.src, seg.sport, seg.dst, seg.dport, seq=tr.cookie + 1, ack=seg.ack
-            )
-            flow = flow_id(seg.key, not seg.forward)
-            rule = self._profiles[self._profile[slot]].name if slot in self._translations else ""
-            sent = ResetSent(
-                now, flow, "client", (tr.cookie + 1) & _MASK32, seg.ack, "SYN_SENT", "proxy", rule
-            )
-            return Decision(
-                Verdict.DROP, Reason.SYN_COOKIE, (rst,), (*out.events, sent), "the server refused"
-            )
-        if not out.accepted:
-            return out
-        tr.pending = False
-        tr.shift[REPLY] = (tr.cookie - seg.seq) & _MASK32
-        tr.windows(seg.wscale)
-        ack = client_ack(seg, tr.client_window)
-        ack_seg = pk.parse(ack)
-        assert isinstance(ack_seg, pk.Segment)
-        state = self._state[slot]
-        done = self._transition(
-            slot, ORIGINAL, _ACK, state, TRANSITIONS[ORIGINAL][_ACK][state], ack_seg, now
-        )
-        detail = "the server's SYN-ACK answered for the client"
-        return Decision(
-            Verdict.DROP, Reason.SYN_COOKIE, (ack,), (*out.events, *done.events), detail
-        )
-
-    def _normalise(self, profile: int, data: bytes) -> bytes | None:
-        """A SYN or SYN-ACK with the options the normaliser clears or clamps."""
-        clear, mss = self._normalises[profile]  # type: ignore[misc]  # only called when set
-        return rewrite(data, clear=clear, mss=mss)
 
     def _invalid(self, slot: int, seg: pk.Segment, now: float, reason: str) -> Decision:
         """A packet the state table rejects on a live flow. It never resets the flow's
@@ -1281,7 +1113,7 @@ class FlowTable:
 
     def _shift(self, slot: int, d: int) -> int:
         """What the receiver of direction d's packets sees added to their sequence numbers."""
-        tr = self._translations.get(slot) if self._flags[slot] & TRANSLATED else None
+        tr = self.defences.translations.get(slot) if self._flags[slot] & TRANSLATED else None
         return 0 if tr is None else tr.shift[d]
 
     def _endpoints_towards(self, slot: int, y: int) -> tuple[bytes, int, bytes, int]:
@@ -1356,7 +1188,7 @@ class FlowTable:
         if self._flags[slot] & PROBING:
             self.probes.stop(slot)
         if self._flags[slot] & TRANSLATED:
-            del self._translations[slot]
+            del self.defences.translations[slot]
         self._free.append(slot)
         if self.book.active:
             self.book.closed(slot, now)
@@ -1411,26 +1243,6 @@ def _seconds(timeout: float | None) -> float:
     return _INF if timeout is None else timeout
 
 
-def _tuple(seg: pk.Segment) -> bytes:
-    """The addresses and ports of a segment as sent, for cookies: its key and direction."""
-    return seg.key + (b"\x01" if seg.forward else b"\x00")
-
-
-def _server(seg: pk.Segment) -> bytes:
-    """The packed address and port a SYN goes to."""
-    return seg.dst + seg.dport.to_bytes(2)
-
-
-_SYN_OPTIONS = {SynOption.SACK: 4, SynOption.TIMESTAMPS: 8, SynOption.WINDOW_SCALE: 3}
-
-
-def _syn_edits(normalise: Normalise) -> tuple[frozenset[int], int | None] | None:
-    """What the normaliser does to SYN options (option kinds to clear, the MSS clamp), or None."""
-    if not normalise.clear and normalise.mss is None:
-        return None
-    return frozenset(_SYN_OPTIONS[o] for o in normalise.clear), normalise.mss
-
-
 def _source(seg: pk.Segment) -> bytes:
     """The sender's packed address (the key holds both endpoints, in a fixed order)."""
     key = seg.key
@@ -1439,21 +1251,6 @@ def _source(seg: pk.Segment) -> bytes:
 
 
 _SYN_RETRANSMIT: Final = accept(Reason.SYN_RETRANSMIT)
-_SYN_DATA_DROPPED: Final = Decision(Verdict.DROP, Reason.NORMALISED, detail="a SYN with data")
-# A packet to rewrite that the queue copied only in part: rewriting it would cut it.
-_CUT: Final = Decision(
-    Verdict.DROP, Reason.UNPARSEABLE, detail="cut by the copy range: not rewritten"
-)
-
-
-def _rewritten(out: Decision, packet: bytes | None) -> Decision:
-    """`out` accepting `packet` in place of the queued one; dropped if it could not be made."""
-    return _CUT if packet is None else out._replace(rewrite=packet)
-
-
-_PROXY_WAITS: Final = Decision(
-    Verdict.DROP, Reason.SYN_COOKIE, detail="waiting for the server to answer the proxy"
-)
 # A refusal past the answer rate: the verdict alone (summed up in a limit_summary event).
 _REFUSED_PAST_RATE: Final = Decision(Verdict.DROP, Reason.LIMIT, detail="past the answer rate")
 _EMBRYONIC = (_SYN_SENT, _SYN_RECV, _SYN_SENT2)  # the states a limit counts as handshakes

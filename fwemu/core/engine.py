@@ -83,9 +83,9 @@ class Engine:
         """What the SYN-flood defences did since fwemu started: SYNs seen, dropped and answered
         with a cookie per [syn_flood] table; cookies sent and connections they opened."""
         table = self.table
-        answered, opened = table.proxied
+        answered, opened = table.defences.proxied
         return {
-            "syn_flood": [guard.seen()._asdict() for guard in table.guards],
+            "syn_flood": [guard.seen()._asdict() for guard in table.defences.guards],
             "cookies": {"answered": answered, "opened": opened},
         }
 

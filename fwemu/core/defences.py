@@ -113,7 +113,7 @@ class SynDefences:
         None to let it open a flow (the alarms they raised are appended to `alarms`)."""
         server, rule = _server(seg), self.table._profiles[profile].name
         for guard in self._guards[profile]:
-            verdict = guard.judge(server, flow_id(seg.key, seg.forward), rule, now, alarms)
+            verdict = guard.judge(server, lambda: flow_id(seg.key, seg.forward), rule, now, alarms)
             if verdict == synflood.DROP:
                 return Decision(Verdict.DROP, Reason.SYN_FLOOD, (), tuple(alarms), guard.name)
             if verdict == synflood.COOKIE:

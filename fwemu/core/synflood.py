@@ -12,6 +12,7 @@ drop is steady while the flood is (PAN-OS: rising linearly from `activate` to 10
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from random import Random
 from typing import NamedTuple
 
@@ -56,10 +57,16 @@ class FloodGuard:
         self.syns = self.dropped = self.cookies = 0
 
     def judge(
-        self, server: bytes, flow: FlowId, rule: str, now: float, alarms: list[SynFloodAlarm]
+        self,
+        server: bytes,
+        flow: Callable[[], FlowId],
+        rule: str,
+        now: float,
+        alarms: list[SynFloodAlarm],
     ) -> int:
         """PASS, DROP or COOKIE for a new SYN to `server` (packed address and port); an alarm
-        the first time in a window the rate passes `alarm`, appended to `alarms`."""
+        the first time in a window the rate passes `alarm`, appended to `alarms` (naming the
+        SYN's `flow()`, made only then)."""
         if now >= self._end:
             self._roll(now)
         config = self.config
@@ -72,7 +79,7 @@ class FloodGuard:
         rate = max(counts.now, counts.last)
         if config.alarm is not None and rate > config.alarm and not counts.alarmed:
             counts.alarmed = True
-            alarm = SynFloodAlarm(now, flow, rate, config.alarm, self.name, key != b"", rule)
+            alarm = SynFloodAlarm(now, flow(), rate, config.alarm, self.name, key != b"", rule)
             alarms.append(alarm)
         activate = config.activate
         if activate is None or rate <= activate:

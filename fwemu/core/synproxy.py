@@ -18,6 +18,8 @@ of the side they acknowledge.
 
 from __future__ import annotations
 
+import functools
+
 from fwemu.core import packet as pk
 from fwemu.core.cookies import Offer
 from fwemu.policy.model import SackBlocks, SynProxy
@@ -62,11 +64,7 @@ def answer(seg: pk.Segment, cookie: int, proxy: SynProxy, offer: Offer) -> tuple
     """The middlebox's SYN-ACK to a client's SYN, and the window scale it tells the client
     (-1: none). Options are the middlebox's, offered only where the client offered them."""
     told = told_wscale(proxy, offer)
-    options = pk.encode_options(
-        mss=proxy.mss,
-        wscale=None if told < 0 else told,
-        sack_perm=proxy.sack_perm and offer.sack_perm,
-    )
+    options = _options(proxy.mss, told, proxy.sack_perm and offer.sack_perm)
     synack = pk.build_segment(
         seg.dst,
         seg.dport,
@@ -79,6 +77,12 @@ def answer(seg: pk.Segment, cookie: int, proxy: SynProxy, offer: Offer) -> tuple
         options=options,
     )
     return synack, told
+
+
+@functools.cache
+def _options(mss: int, wscale: int, sack_perm: bool) -> bytes:
+    """The SYN-ACK's options (a few combinations per policy: made once each)."""
+    return pk.encode_options(mss=mss, wscale=None if wscale < 0 else wscale, sack_perm=sack_perm)
 
 
 def told_wscale(proxy: SynProxy, offer: Offer) -> int:

@@ -1105,6 +1105,8 @@ class FlowTable:
             seq = win.end[row_x] + self._shift(slot, x)
         elif win.flags[row_y] & MAXACK_SET:
             seq = win.maxack[row_y]  # y's ACK is its rcv_nxt (a picked-up flow's silent side)
+        elif (told := self.defences.told_isn(slot, x)) is not None:
+            seq = told + 1  # the proxy answered for a silent server: the cookie is its ISN
         else:
             seq = 0
         ack = win.end[row_y] if self._pkts[y][slot] else None

@@ -72,6 +72,12 @@ class SynDefences:
         ]
         self.normalises = [syn_edits(p.normalise) for p in profiles]  # what SYN options get
 
+    def told_isn(self, slot: int, d: int) -> int | None:
+        """The ISN the proxy told the client direction d has, if the flow waits for a server
+        that has not answered (the client then knows the cookie, the table nothing)."""
+        tr = self.translations.get(slot)
+        return tr.cookie if tr is not None and tr.pending and d == REPLY else None
+
     def syn(self, seg: pk.Segment, now: float, data: bytes) -> Decision:
         """A SYN of no flow: the normaliser, the [syn_flood] defences, then a new flow (its SYN
         rewritten if the flow's sequence numbers are randomised or its options normalised)."""

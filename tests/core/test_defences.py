@@ -217,3 +217,16 @@ def test_a_packet_the_queue_cut_short_is_not_rewritten_into_a_cut_packet() -> No
     data = t._packet(t.c, t.s, "PA", 1000, 1001, cookie + 1)
     d = t.engine.handle_packet(data[:128], now=0.3)  # a copy range of 128 bytes
     assert (d.verdict, d.rewrite) == (Verdict.DROP, None) and "copy range" in d.detail
+
+
+def test_a_silent_servers_embryonic_expiry_resets_the_client_with_the_cookies_numbers() -> None:
+    t = Trace(
+        loads_policy(
+            COOKIES + '[timeouts]\nsyn_sent = "5s"\n[on_expire]\nembryonic = "reset-client"'
+        )
+    )
+    cookie = parsed(t.client("S", at=0.0, options=OFFER).inject[0]).seq
+    t.client("A", at=0.1, seq=1001, ack=cookie + 1)  # the server never answers the proxy's SYN
+    (rst,) = t.advance(5.1).inject
+    seg = parsed(rst)
+    assert (seg.seq, seg.ack) == ((cookie + 1) & 0xFFFFFFFF, 1001)  # what the client accepts

@@ -4,8 +4,9 @@ client namespace, as root: `python tests/e2e/flood.py SRC DST DPORT --rate R --s
 The mix is what a stress run used against fwemu: mid-stream ACKs and FINs of no flow, SYN|FIN
 (invalid flags) on random ports, TCP headers too short to parse, and, with --live SPORT, invalid
 flags on a live connection's own four-tuple. Every packet crosses the firewall (the kernel
-forwards without checking TCP); none can move a real connection's sequence numbers. Paced in
-bursts to `rate` packets a second; it stops after `seconds` and prints {"sent": N, "seconds": T}.
+forwards without checking TCP); none can move a real connection's sequence numbers. Sent and
+paced to `rate` packets a second as `fwemu flood` sends its SYNs (fwemu.lab.sender); it stops
+after `seconds` and prints {"sent": N, "seconds": T}.
 """
 
 from __future__ import annotations
@@ -13,15 +14,13 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import math
 import random
-import socket
 import struct
-import time
-from contextlib import suppress
+from contextlib import closing
 
 from fwemu.core import packet as pk
-
-BURST = 64
+from fwemu.lab.sender import RawSender, pace
 
 
 def junk(src: bytes, dst: bytes, dport: int, live: int | None, count: int) -> list[bytes]:
@@ -53,19 +52,18 @@ def main() -> None:
     args = parser.parse_args()
     src, dst = (ipaddress.ip_address(a).packed for a in (args.src, args.dst))
     packets = junk(src, dst, args.dport, args.live, 4096)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-    target = (args.dst, 0)
-    start = time.monotonic()
-    end, sent = start + args.seconds, 0
-    while (now := time.monotonic()) < end:
-        due = int((now - start) * args.rate)
-        while sent < due:
-            for p in packets[sent % 4096 : sent % 4096 + BURST]:
-                with suppress(OSError):  # ENOBUFS: the local queue is full; that one is lost
-                    sock.sendto(p, target)
-            sent += BURST
-        time.sleep(BURST / args.rate / 4)
-    print(json.dumps({"sent": sent, "seconds": round(time.monotonic() - start, 3)}))
+    at = 0
+
+    def send(count: int) -> tuple[int, int]:
+        nonlocal at
+        sender.load([packets[(at + i) % len(packets)] for i in range(count)])
+        at = (at + count) % len(packets)
+        return sender.send(count)
+
+    with closing(RawSender(args.dst, max(map(len, packets)))) as sender:
+        count = math.ceil(args.rate * args.seconds)
+        done = pace(send, count=count, rate=args.rate, seconds=args.seconds)
+    print(json.dumps({"sent": done.sent, "seconds": round(done.seconds, 3)}))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from fwemu.errors import FwemuError
-from fwemu.lab.plan import MAX_CLIENTS
+from fwemu.lab import flood
+from fwemu.lab.plan import MAX_CLIENTS, LabPlan
 from fwemu.policy import Policy, PolicyError, load_policy, load_preset, loads_policy
 from fwemu.policy.duration import brief, type_name
 from fwemu.policy.model import STATE_TIMEOUTS
@@ -48,6 +49,7 @@ from fwemu.scenario.model import (
     Scenario,
     Side,
     Step,
+    flood_spec,
     show_counts,
 )
 
@@ -139,6 +141,13 @@ def _up_to(limit: int) -> Converter:
         return number
 
     return convert
+
+
+def _rate(value: Any) -> float:
+    rate = _positive(value)
+    if not 1 <= rate <= flood.MAX_RATE:
+        fail(f"must be 1..{flood.MAX_RATE} SYNs a second, not {brief(value)}")
+    return rate
 
 
 def _port(value: Any) -> int:
@@ -257,8 +266,12 @@ _STEP: Mapping[str, Converter] = {
     "all": as_flag,
     "command": _command,
     "background": as_flag,
+    "rate": _rate,
+    "sources": _up_to(flood.MAX_SOURCES),
     **_EVENT,
 }
+# A syn-flood's count is SYNs, not connections held open.
+_FLOOD_STEP: Mapping[str, Converter] = {**_STEP, "count": _up_to(flood.MAX_COUNT)}
 _COMMON = ("do", "expect", "after", "within")
 # The keys each action takes besides _COMMON; (required ones first in the message).
 _ACTION_KEYS: Mapping[Action, tuple[str, ...]] = {
@@ -274,6 +287,7 @@ _ACTION_KEYS: Mapping[Action, tuple[str, ...]] = {
     Action.ABORT: ("all",),
     Action.RUN: ("command", "background", "timeout"),
     Action.WAIT: ("event", *_FIELDS, "timeout"),
+    Action.SYN_FLOOD: ("count", "rate", "sources", "for", "background"),
 }
 _REQUIRED: Mapping[Action, tuple[str, ...]] = {
     Action.SLEEP: ("for",),
@@ -285,6 +299,7 @@ _ONLY_ON: Mapping[Action, Side] = {
     Action.LISTEN: "server",
     Action.ACCEPT: "server",
     Action.CONNECT: "client",
+    Action.SYN_FLOOD: "client",
 }
 _TOP_LEVEL = ("scenario", *SIDES, "event", "no_event")
 
@@ -297,7 +312,7 @@ def _scenario(document: dict[str, Any], reader: Reader, base: Path) -> Scenario 
     meta = reader.read(reader.section(document, "scenario", ()), ("scenario",), _SCENARIO)
     policy = _policy(meta, reader, base)
     clients = meta.get("clients", 1)
-    steps = {side: _steps(document.get(side), side, reader, clients) for side in SIDES}
+    steps = {side: _steps(document.get(side), side, reader, meta) for side in SIDES}
     if not any(side in document for side in SIDES):
         reader.problem((), "no steps", "add [[client]] and [[server]] steps")
     events = _events(document.get("event"), "event", reader, timed=True)
@@ -368,11 +383,14 @@ def _array(value: Any, key: str, reader: Reader) -> list[dict[str, Any]]:
     return value
 
 
-def _steps(value: Any, side: Side, reader: Reader, clients: int) -> tuple[Step, ...]:
+def _steps(value: Any, side: Side, reader: Reader, meta: Mapping[str, Any]) -> tuple[Step, ...]:
+    """`side`'s steps; `meta` is the scenario's [scenario] table as read (clients, speed, ...)."""
+    clients = meta.get("clients", 1)
     steps = []
     for index, table in enumerate(_array(value, side, reader)):
         path: KeyPath = (side, index)
-        values = reader.read(table, path, _STEP)
+        flooding = table.get("do") == Action.SYN_FLOOD
+        values = reader.read(table, path, _FLOOD_STEP if flooding else _STEP)
         if "do" not in table:
             reader.problem(path, "missing 'do'", f"what the step does: {', '.join(Action)}")
         if "do" not in values:
@@ -380,10 +398,11 @@ def _steps(value: Any, side: Side, reader: Reader, clients: int) -> tuple[Step, 
         action = Action(values["do"])
         if not (
             _fits(action, side, table, values, path, reader)
-            and _counts_fit(values, path, reader, clients)
-        ):
+            and (_flood_fits(values, path, reader, meta) if flooding
+                 else _counts_fit(values, path, reader, clients))
+        ):  # fmt: skip
             continue
-        counts = _expected(values)
+        counts = None if flooding else _expected(values)
         steps.append(
             Step(
                 side=side,
@@ -403,6 +422,8 @@ def _steps(value: Any, side: Side, reader: Reader, clients: int) -> tuple[Step, 
                 every=values.get("all", False),
                 command=values.get("command"),
                 background=values.get("background", False),
+                rate=values.get("rate"),
+                sources=values.get("sources"),
                 wait_for=_pattern(values, reader, path) if action is Action.WAIT else None,
                 line=reader.lines.get(path),
             )
@@ -462,6 +483,32 @@ def _counts_fit(values: Mapping[str, Any], path: KeyPath, reader: Reader, client
         )
         fits = False
     return fits
+
+
+def _flood_fits(
+    values: Mapping[str, Any], path: KeyPath, reader: Reader, meta: Mapping[str, Any]
+) -> bool:
+    """Whether a syn-flood's values make a flood the scenario's lab can send (its count, rate
+    and time together, its sources among the client subnet's free addresses)."""
+    if "expect" in values and values["expect"] is not Outcome.OK:
+        reader.problem((*path, "expect"), "a syn-flood's outcome is ok", "leave expect out")
+        return False
+    step = Step(
+        "client",
+        0,
+        Action.SYN_FLOOD,
+        count=values.get("count"),
+        rate=values.get("rate"),
+        duration=values.get("for"),
+        sources=values.get("sources"),
+    )
+    try:
+        spec = flood_spec(step, DEFAULT_PORT, meta.get("ipv6", False), meta.get("speed", 1.0))
+        flood.spoofed_sources(LabPlan.create(clients=meta.get("clients", 1)), spec)
+    except flood.FloodError as err:
+        reader.problem(path, str(err))
+        return False
+    return True
 
 
 def _fits(

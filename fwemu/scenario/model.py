@@ -13,6 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
+from fwemu.lab.flood import FloodSpec
 from fwemu.policy import Policy
 
 Side = Literal["client", "server"]
@@ -45,6 +46,7 @@ class Action(StrEnum):
     ABORT = "abort"
     RUN = "run"
     WAIT = "wait"
+    SYN_FLOOD = "syn-flood"
 
 
 # What each of a count step's connections can come to (`expect = { ok = 64, timeout = 36 }`).
@@ -131,7 +133,7 @@ class Step:
     outcome it must observe, `after`/`within` bound when (seconds since the step began).
 
     A step with a `count` (connect, accept) makes that many connections at once and `counts` is
-    what it expects of them; its own `expect` stays ok.
+    what it expects of them; its own `expect` stays ok. A syn-flood's `count` is its SYNs.
     """
 
     side: Side
@@ -145,12 +147,14 @@ class Step:
     data: bytes | None = None  # send
     size: int | None = None  # recv: how many bytes in all
     keepalive: float | None = None  # connect: TCP keepalive idle time and probe interval
-    count: int | None = None  # connect, accept: how many connections at once
+    count: int | None = None  # connect, accept: how many connections at once; syn-flood: SYNs
     counts: Expected | None = None  # ... and how many of them each outcome may have
     source: int | None = None  # connect: which client address (1-based) it binds to
     every: bool = False  # close, abort: every connection of the side (`all = true`)
     command: tuple[str, ...] | str | None = None  # run: argv, or a shell command line
-    background: bool = False  # run: start it and go on; it is stopped when the scenario ends
+    background: bool = False  # run, syn-flood: start it and go on; stopped when the scenario ends
+    rate: float | None = None  # syn-flood: SYNs a wall-clock second
+    sources: int | None = None  # syn-flood: how many spoofed addresses (None: the whole subnet)
     wait_for: EventPattern | None = None  # wait
     line: int | None = None
 
@@ -192,3 +196,18 @@ class Scenario:
     def real(self, seconds: float) -> float:
         """Scenario time -> wall-clock seconds."""
         return seconds / self.speed
+
+
+def flood_spec(step: Step, port: int, ipv6: bool, speed: float) -> FloodSpec:
+    """What a syn-flood step sends to `port`: its count, rate and sources (where it leaves them
+    out, `fwemu flood`'s defaults), for its `for` at most, in wall-clock seconds at `speed`.
+    FloodError if they do not make a flood."""
+    default = FloodSpec()
+    return FloodSpec(
+        count=default.count if step.count is None else step.count,
+        rate=default.rate if step.rate is None else step.rate,
+        seconds=None if step.duration is None else step.duration / speed,
+        sources=step.sources,
+        port=port,
+        ipv6=ipv6,
+    )

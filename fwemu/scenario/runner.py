@@ -7,6 +7,11 @@ after it would mean little); the other side runs on.
 
 A step with a `count` opens (or accepts) that many connections at once and counts how each
 ended; those that connected stay open until a close or abort step, or the end.
+
+A syn-flood step floods the server from the client side (fwemu.lab.flood) and notes what the
+server and fwemu made of it; in the background, the steps after it run meanwhile, and it stops
+when both sides are done. fwemu's events about the spoofed sources' flows are summed up in one
+timeline line instead of one line each.
 """
 
 from __future__ import annotations
@@ -29,7 +34,18 @@ from functools import partial
 from typing import Any
 
 from fwemu.errors import FwemuError
-from fwemu.scenario.model import SIDES, Action, Expected, Outcome, Scenario, Side, Step, show_counts
+from fwemu.lab.flood import PER_FLOW_EVENTS, FloodError, run_flood
+from fwemu.scenario.model import (
+    SIDES,
+    Action,
+    Expected,
+    Outcome,
+    Scenario,
+    Side,
+    Step,
+    flood_spec,
+    show_counts,
+)
 from fwemu.scenario.peer import Peer, abort, hostport
 from fwemu.scenario.timeline import Entry, Notebook, fwemu_entries, merged
 from fwemu.testing import EventTimeout, Firewall, inline_firewall
@@ -204,6 +220,8 @@ class _Play:
         self.end = self.start
         self.timeline: list[Entry] = []
         self.events: list[dict[str, Any]] = []
+        self.floods: list[tuple[threading.Event, threading.Thread]] = []  # in the background
+        self.spoofed: set[str] = set()  # the addresses the floods spoofed
 
     # --- playing ----------------------------------------------------------------------------
 
@@ -225,13 +243,16 @@ class _Play:
                     thread.join(limit)
                     if thread.is_alive():
                         raise FwemuError(f"{self.scenario.name}: a side hung past {limit:.0f}s")
+            self._stop_floods()
             self.end = time.time()
             time.sleep(SETTLE)
             self.events = self.fw.events()
         self.fw.stop_children()
         self.timeline = merged(
             self.notebook.entries(_CASE),
-            fwemu_entries(self.events, _CASE, None, self.start, self.end + SETTLE),
+            fwemu_entries(
+                self.events, _CASE, None, self.start, self.end + SETTLE, spoofed=self.spoofed
+            ),
         )
 
     def _limit(self) -> float:
@@ -248,7 +269,7 @@ class _Play:
             began = time.monotonic()
             counts: Counter[Outcome] | None = None
             try:
-                if step.count is None:
+                if step.counts is None:
                     word, detail = self._do(step)
                 else:
                     counts = self._many(step)
@@ -313,6 +334,8 @@ class _Play:
                 return self._run(step, timeout)
             case Action.WAIT:
                 return self._wait(step, timeout)
+            case Action.SYN_FLOOD:
+                return self._flood(step)
         return self._on_connections(step, end, timeout)
 
     def _on_connections(self, step: Step, end: _Endpoint, timeout: float) -> tuple[str, str]:
@@ -482,6 +505,44 @@ class _Play:
             return "timeout", ""
         return "ok", ""
 
+    def _flood(self, step: Step) -> tuple[str, str]:
+        """A syn-flood step: the flood from the client side, its report noted when it ends."""
+        scenario, end = self.scenario, self.endpoints[step.side]
+        spec = flood_spec(step, scenario.port, scenario.ipv6, scenario.speed)  # checked at load
+        stop = threading.Event()
+
+        def flood() -> str:
+            try:
+                # The scenario's own steps listen and connect: the flood neither listens nor
+                # runs a legit client of its own.
+                report = run_flood(
+                    self.fw.plan, spec, fwemu=_FirewallView(self.fw), listen=False, stop=stop
+                )
+            except (FloodError, OSError) as err:
+                end.note(f"syn-flood failed: {err}")
+                return "error"
+            self.spoofed.update(report.sources.addresses)
+            end.note(f"syn-flood: {report.summary()}")
+            return "ok"
+
+        end.note(
+            f"syn-flood: {spec.count:,} SYNs at {spec.rate:,.0f}/s to {hostport(self.address)}"
+            + (", in the background" if step.background else "")
+        )
+        if not step.background:
+            return flood(), ""
+        thread = threading.Thread(target=flood, name="syn-flood", daemon=True)
+        self.floods.append((stop, thread))
+        thread.start()
+        return "ok", ""
+
+    def _stop_floods(self) -> None:
+        """End the floods still running in the background, and let them report."""
+        for stop, _ in self.floods:
+            stop.set()
+        for _, thread in self.floods:
+            thread.join(_SIDE_GRACE)
+
     # --- judging ----------------------------------------------------------------------------
 
     def step_results(self) -> tuple[StepResult, ...]:
@@ -516,6 +577,31 @@ class _Play:
             for record, t in seen:
                 if pattern.matches(record):
                     yield f"unexpected event {pattern.describe()} at {format_time(t)}"
+
+
+class _FirewallView:
+    """The scenario's fwemu as a flood watches it: its status through the control socket, its
+    events read back from its events file (`fwemu.lab.flood.FwemuView`)."""
+
+    def __init__(self, fw: Firewall) -> None:
+        self.fw = fw
+        self.where = fw.plan.fw_client_side.namespace
+        self.cut: str | None = None
+        self._since = math.inf
+
+    def status(self) -> Mapping[str, Any]:
+        return self.fw.status()
+
+    def follow(self) -> None:
+        self._since = time.time()
+
+    def events(self) -> Mapping[str, int]:
+        kinds = Counter(
+            str(record["event"])
+            for record in self.fw.events()
+            if record["ts"] >= self._since and record["event"] not in PER_FLOW_EVENTS
+        )
+        return dict(kinds)
 
 
 def _timeout(scenario: Scenario, step: Step) -> float:

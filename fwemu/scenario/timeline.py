@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -64,18 +65,38 @@ class Notebook:
 
 
 def fwemu_entries(
-    events: Iterable[Mapping[str, Any]], case: int, port: int | None, start: float, end: float
+    events: Iterable[Mapping[str, Any]],
+    case: int,
+    port: int | None,
+    start: float,
+    end: float,
+    *,
+    spoofed: Collection[str] = (),
 ) -> list[Entry]:
     """fwemu's events about connections to `port` (None: any) between `start` and `end`.
 
-    Events after `end` are left out: they come from closing the sockets afterwards.
+    Events after `end` are left out: they come from closing the sockets afterwards. Those about
+    flows from `spoofed` addresses (a SYN flood's: a few for each of thousands of SYNs) become
+    one entry, at the last of them, counting them by kind.
     """
-    return [
-        Entry(record["ts"], case, "fwemu", describe(record), record)
-        for record in events
-        if (port is None or port in (record["flow"]["sport"], record["flow"]["dport"]))
-        and start <= record["ts"] <= end
-    ]
+    entries, flooded = [], []
+    for record in events:
+        flow = record["flow"]
+        if (port is not None and port not in (flow["sport"], flow["dport"])) or not (
+            start <= record["ts"] <= end
+        ):
+            continue
+        if flow["src"] in spoofed:
+            flooded.append(record)
+        else:
+            entries.append(Entry(record["ts"], case, "fwemu", describe(record), record))
+    if flooded:
+        kinds = Counter(str(record["event"]) for record in flooded)
+        flows = len({(r["flow"]["src"], r["flow"]["sport"]) for r in flooded})
+        listed = ", ".join(f"{kind} {count:,}" for kind, count in kinds.most_common())
+        what = f"the flood's {flows:,} spoofed flows: {listed}"
+        entries.append(Entry(max(r["ts"] for r in flooded), case, "fwemu", what))
+    return entries
 
 
 def merged(*parts: Iterable[Entry]) -> list[Entry]:

@@ -138,7 +138,7 @@ def test_syntax_errors_and_empty_scenarios() -> None:
     assert problems('[[client]]\ndo = "sleep"\n[[server]]\nexpect = "ok"\n') == [
         "s.toml:1: client[1]: sleep needs 'for'",
         "s.toml:3: server[1]: missing 'do' (what the step does: listen, accept, connect, send, "
-        "recv, sleep, idle, half-close, close, abort, run, wait)",
+        "recv, sleep, idle, half-close, close, abort, run, wait, syn-flood)",
     ]
 
 

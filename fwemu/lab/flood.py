@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import json
 import math
 import os
 import socket
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -465,6 +467,41 @@ class _SynCount:
         self.added.clear()
 
 
+class _Neighbours:
+    """The fw namespace's neighbour entries for the spoofed sources, pointing at the client's
+    interface: packets to them (the server's SYN-ACKs, a firewall's own answers) then leave at
+    once, as they would towards a router, instead of each waiting for an ARP or neighbour
+    solicitation nobody answers (packets so held fill an injecting socket's send buffer, and a
+    firewall answering SYNs itself would stall on its real clients' answers)."""
+
+    def __init__(self, plan: LabPlan, sources: Sources) -> None:
+        self._fw = plan.fw_client_side
+        link = subprocess.run(
+            ["ip", "-j", "-n", plan.client.namespace, "link", "show", plan.client.ifname],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        mac = json.loads(link.stdout)[0]["address"]
+        self._addresses = sources.addresses
+        self._batch("replace", f"lladdr {mac} nud permanent")
+
+    def _batch(self, verb: str, rest: str = "") -> None:
+        lines = "".join(
+            f"neigh {verb} {address} {rest} dev {self._fw.ifname}\n" for address in self._addresses
+        )
+        subprocess.run(
+            ["ip", "-n", self._fw.namespace, "-force", "-batch", "-"],
+            input=lines,
+            text=True,
+            capture_output=True,
+            check=False,
+        )
+
+    def close(self) -> None:
+        self._batch("del")
+
+
 class _Listener:
     """The flood's own listening socket in the server namespace, for a port nothing listens on:
     it accepts what the legit client opens, and closes it."""
@@ -510,6 +547,8 @@ class _Server:
             own = _Listener(plan.server.namespace, self.address, port, backlog)
             self._cleanup.callback(own.close)
             self.listener = "the flood's own"
+        neighbours = _Neighbours(plan, sources)
+        self._cleanup.callback(neighbours.close)
         client = plan.client.ipv6 if ipv6 else plan.client.ipv4
         self._count = _SynCount(plan.name, port, client, sources)
         self._cleanup.callback(self._count.remove)

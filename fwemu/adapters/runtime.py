@@ -435,6 +435,6 @@ def _stop_line(
     unbound = "queue unbound" if config.workers == 1 or who == "worker" else "queues unbound"
     return (
         f"{who} stopped ({cause}): {c.packets} packets, {c.accepted} accepted{rewritten}, "
-        f"{verb}dropped {c.dropped}, {verb}injected {c.resets} RSTs{errors}, "
+        f"{verb}dropped {c.dropped}, {verb}injected {c.resets} packets{errors}, "
         f"{totals.get('flows', 0)} flows tracked; {removed}{unbound}"
     )

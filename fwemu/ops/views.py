@@ -194,7 +194,7 @@ def top_view(
         f"fwemu pid {status['pid']}{where} queue {status['queue']}  policy {status['policy']} "
         f"({status['origin']}) x{status['speed']:g}{dry}\n"
         f"packets {status['packets']}  accepted {status['accepted']}  dropped "
-        f"{status['dropped']}  RSTs {status['resets']}{rewritten}  flows {status['flows']}",
+        f"{status['dropped']}  injected {status['resets']}{rewritten}  flows {status['flows']}",
         style="bold",
     )
     if bypassed := status.get("bypassed"):

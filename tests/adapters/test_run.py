@@ -269,7 +269,7 @@ def test_expiry_rsts_leave_through_the_raw_sockets(
             with conn, pytest.raises(ConnectionResetError):
                 client.recv(1)  # idle until the established timer injects the RSTs
     assert fw.stop() == 0
-    assert "injected 2 RSTs" in fw.stderr.splitlines()[-1]
+    assert "injected 2 packets" in fw.stderr.splitlines()[-1]
 
 
 def bulk_echo(plan: LabPlan, payload: bytes, *, ipv6: bool) -> bytes:

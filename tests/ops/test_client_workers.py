@@ -239,7 +239,7 @@ def test_top_shows_the_run_as_one_firewall(
     assert result.code == 0
     lines = result.out.splitlines()
     assert lines[0].startswith("fwemu pid 100 queue 0-1 (2 workers)  policy web (fw.toml)")
-    assert lines[1] == "packets 30  accepted 18  dropped 2  RSTs 0  flows 3"
+    assert lines[1] == "packets 30  accepted 18  dropped 2  injected 0  flows 3"
 
 
 def test_a_worker_sends_its_whole_history_when_asked_for_more() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -365,25 +365,35 @@ def _read_options(data: bytes, at: int, end: int, ack: int, syn: int) -> tuple[i
     return wscale, sack_perm, sack
 
 
-def syn_mss(data: bytes) -> int:
-    """The MSS option of a SYN (whole IP packet as `parse` accepts), or 536 without one (RFC
-    9293 §3.7.1's default for IPv4; IPv6's 1220 is larger, and a proxy would round it down)."""
+def options(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(kind, offset, length) of each option of the TCP segment in an IP packet that `parse`
+    accepts, NOPs and the end of the list left out; a malformed list ends the walk, as in
+    `_read_options` (which inlines this walk: it runs on every segment with options)."""
     at = tcp_offset(data)
     end = min(at + ((data[at + 12] >> 4) << 2), len(data))
     at += _TCP_MIN_LEN
-    while at + 1 < end:
+    while at < end:
         kind = data[at]
         if kind == _OPT_END:
-            break
+            return
         if kind == _OPT_NOP:
             at += 1
             continue
+        if at + 1 >= end:
+            return
         length = data[at + 1]
-        if length < 2:
-            break
-        if kind == _OPT_MSS and length == 4 and at + 4 <= end:
-            return int.from_bytes(data[at + 2 : at + 4])
+        if length < 2 or at + length > end:
+            return
+        yield kind, at, length
         at += length
+
+
+def syn_mss(data: bytes) -> int:
+    """The MSS option of a SYN (whole IP packet as `parse` accepts), or 536 without one (RFC
+    9293 §3.7.1's default for IPv4; IPv6's 1220 is larger, and a proxy would round it down)."""
+    for kind, at, length in options(data):
+        if kind == _OPT_MSS and length == 4:
+            return int.from_bytes(data[at + 2 : at + 4])
     return _DEFAULT_MSS
 
 

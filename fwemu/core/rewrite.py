@@ -19,6 +19,7 @@ from fwemu.core import packet as pk
 _MASK32 = 0xFFFFFFFF
 _SEQ_ACK = struct.Struct("!II")
 _U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
 _OPT_NOP, _OPT_MSS, _OPT_SACK = 1, 2, 5
 _CHECKSUM = 16  # the TCP checksum's offset in the header
 _WINDOW = 14
@@ -54,7 +55,7 @@ def rewrite(
     if window is not None:
         _U16.pack_into(out, at + _WINDOW, window)
     if sack or clear or mss is not None:
-        _options(out, at + 20, at + header_len, sack, clear, mss)
+        _options(out, sack, clear, mss)
     new = bytes(out[at : at + header_len])
     if new != old:
         (checksum,) = _U16.unpack_from(data, at + _CHECKSUM)
@@ -62,22 +63,9 @@ def rewrite(
     return bytes(out)
 
 
-def _options(
-    out: bytearray, at: int, end: int, sack: int, clear: frozenset[int], mss: int | None
-) -> None:
-    """Edit the options in out[at:end]; a malformed list ends the walk (as `pk.parse`'s)."""
-    while at < end:
-        kind = out[at]
-        if kind == 0:
-            return
-        if kind == _OPT_NOP:
-            at += 1
-            continue
-        if at + 1 >= end:
-            return
-        length = out[at + 1]
-        if length < 2 or at + length > end:
-            return
+def _options(out: bytearray, sack: int, clear: frozenset[int], mss: int | None) -> None:
+    """Edit the TCP options of the packet in `out` in place."""
+    for kind, at, length in pk.options(out):
         if kind in clear:
             out[at : at + length] = bytes((_OPT_NOP,)) * length
         elif kind == _OPT_MSS and mss is not None and length == 4:
@@ -85,9 +73,8 @@ def _options(
             _U16.pack_into(out, at + 2, min(value, mss))
         elif kind == _OPT_SACK and sack and not (length - 2) % 8:
             for edge in range(at + 2, at + length, 4):
-                (value,) = struct.unpack_from("!I", out, edge)
-                struct.pack_into("!I", out, edge, (value + sack) & _MASK32)
-        at += length
+                (value,) = _U32.unpack_from(out, edge)
+                _U32.pack_into(out, edge, (value + sack) & _MASK32)
 
 
 def _updated(checksum: int, old: bytes, new: bytes) -> int:

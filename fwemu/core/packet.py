@@ -365,7 +365,7 @@ def _read_options(data: bytes, at: int, end: int, ack: int, syn: int) -> tuple[i
     return wscale, sack_perm, sack
 
 
-def options(data: bytes) -> Iterator[tuple[int, int, int]]:
+def options(data: bytes | bytearray) -> Iterator[tuple[int, int, int]]:
     """(kind, offset, length) of each option of the TCP segment in an IP packet that `parse`
     accepts, NOPs and the end of the list left out; a malformed list ends the walk, as in
     `_read_options` (which inlines this walk: it runs on every segment with options)."""
@@ -405,11 +405,11 @@ def whole(data: bytes) -> bool:
     return len(data) >= _IP6_HEADER_LEN + int.from_bytes(data[4:6])
 
 
-def tcp_offset(data: bytes) -> int:
+def tcp_offset(data: bytes | bytearray) -> int:
     """Where the TCP header starts in an IP packet that `parse` accepts as a Segment."""
     if data[0] == 0x45:
         return 20
-    located = _locate_tcp(data)
+    located = _locate_tcp(bytes(data))
     if isinstance(located, Unparseable):
         raise ValueError(f"not a TCP packet: {located.reason}")
     return located[1]

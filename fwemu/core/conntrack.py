@@ -730,13 +730,15 @@ class FlowTable:
         reason = "no flow" if cls != _INVALID_CLASS else "no flow, invalid TCP flags"
         return self._out_of_state(seg, now, reason, tomb)
 
-    def adopt(self, seg: pk.Segment, now: float, *, sender_is_client: bool) -> Decision:
+    def adopt(
+        self, seg: pk.Segment, now: float, *, sender_is_client: bool, data: bytes = b""
+    ) -> Decision:
         """Track the connection of a mid-stream ACK as ESTABLISHED, as loose pickup does,
         whatever the policy's `pickup` (a capture that starts mid-connection); the caller says
         which side is the client. Any other packet is handled as usual."""
         if seg.key in self._index or _CLASS_OF[seg.flags] != _ACK:
-            return self.packet(seg, now)
-        return self._new_flow(seg, _ACK, now, sender_is_client=sender_is_client)
+            return self.packet(seg, now, data)
+        return self._new_flow(seg, _ACK, now, sender_is_client=sender_is_client, data=data)
 
     def _new_flow(
         self,

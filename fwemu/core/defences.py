@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Final
 from fwemu.core import packet as pk
 from fwemu.core import synflood
 from fwemu.core.addresses import flow_id
-from fwemu.core.cookies import Cookies, Offer
+from fwemu.core.cookies import MSS_TABLE, Cookies, Offer
 from fwemu.core.decision import Decision, Reason, Verdict
 from fwemu.core.events import ResetSent, SynFloodAlarm
 from fwemu.core.limits import POLICY_SCOPE
@@ -129,7 +129,9 @@ class SynDefences:
 
     def answer(self, seg: pk.Segment, profile: int, now: float, data: bytes) -> Decision:
         """Answer a SYN with a SYN cookie (fwemu.core.synproxy step 1); keep nothing."""
-        offer = Offer(pk.syn_mss(data), seg.wscale, seg.sack_perm)
+        # No packet bytes where a SYN reopens a closed flow (the state machine has only its
+        # segment): the MSS a SYN without the option has, then.
+        offer = Offer(pk.syn_mss(data) if data else MSS_TABLE[0], seg.wscale, seg.sack_perm)
         cookie = self.cookies.make(_tuple(seg), seg.seq, offer, now)
         synack, _ = answer(seg, cookie, self.table._profiles[profile].syn_proxy, offer)
         self.cookies_sent = True

@@ -35,7 +35,7 @@ class Engine:
         given: for captures that begin after connections opened (`fwemu replay`)."""
         seg = pk.parse(data)
         if type(seg) is pk.Segment:
-            return self.table.adopt(seg, now, sender_is_client=sender_is_client)
+            return self.table.adopt(seg, now, sender_is_client=sender_is_client, data=data)
         return _not_ours(seg)  # type: ignore[arg-type]
 
     def next_deadline(self) -> float | None:

@@ -761,9 +761,7 @@ class FlowTable:
         if self.book.active:
             verdict = self.book.admit(seg.key, forward, profile, cls == _SYN and not proven, now)
             if isinstance(verdict, Refusal):
-                if verdict.action == LimitAction.INTERCEPT:
-                    return self.defences.answer(seg, profile, now, data)
-                return self._refused(seg, profile, verdict, now)
+                return self._refused(seg, profile, verdict, now, data)
             if verdict:
                 reason = "early drop: the table is full"
                 evicted = tuple(self._remove(victim, now, reason) for victim in verdict)
@@ -790,19 +788,27 @@ class FlowTable:
         out = self._transition(slot, direction, cls, _NONE, new, seg, now)
         return out._replace(events=(*evicted, *out.events)) if evicted else out
 
-    def _refused(self, seg: pk.Segment, profile: int, refusal: Refusal, now: float) -> Decision:
+    def _refused(
+        self, seg: pk.Segment, profile: int, refusal: Refusal, now: float, data: bytes
+    ) -> Decision:
         """A new flow a limit refuses: dropped, and for `reset` answered with a RST (as an
-        out-of-state answer: within the policy's answer rate)."""
+        out-of-state answer: within the policy's answer rate); for `intercept` answered with a
+        SYN cookie (always: the defence must not depend on the answer rate)."""
         rule = self._profiles[profile].name
         reset = refusal.action == LimitAction.RESET
         self.book.refused(refusal)
+        intercepted = (
+            self.defences.answer(seg, profile, now, data)
+            if refusal.action == LimitAction.INTERCEPT
+            else None
+        )
         source = _source(seg)
         if limit := self.limiter.admit(source, now):
             action = refusal.action.value
             self.limiter.hold(
                 source, limit, seg.key, seg.forward, action, rule, reset, refusal.limit
             )
-            return _REFUSED_PAST_RATE
+            return intercepted or _REFUSED_PAST_RATE
         flow = flow_id(seg.key, seg.forward)
         events: list[Event] = [
             LimitRefused(
@@ -822,6 +828,8 @@ class FlowTable:
             rst = pk.build_reply_rst(seg)
             inject = (rst.packet,)
             events.append(ResetSent(now, flow, "client", rst.seq, rst.ack, "NONE", "limit", rule))
+        if intercepted is not None:
+            return intercepted._replace(events=tuple(events))
         detail = f"{refusal.limit} {refusal.value} reached by {refusal.counted}"
         return Decision(Verdict.DROP, Reason.LIMIT, inject, tuple(events), detail)
 

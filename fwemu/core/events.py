@@ -6,13 +6,26 @@ values all the same: nothing mutates an event once made.
 
 `to_dict()` is the JSON-lines form (`fwemu run --events`): always `ts`, `event`, `flow`, `state`,
 `phase`, `action` and `rule`, plus the event's own fields. `describe()` is one readable line.
+
+Times (`ts` and the fields an event names in `TIMES`) are on the core's clock, whatever `now` it
+was given: the adapter maps them to wall-clock time, in its JSON (epoch seconds) and in the lines
+it prints (`describe(at)` with `at` writing a core time as the local time it maps to).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
+
+# Writes a core time for people (see the module's docstring).
+TimeText = Callable[[float], str]
+
+
+def core_seconds(t: float) -> str:
+    """A core time as it is: seconds on the core's clock (tests, and callers without a clock)."""
+    return f"{t:.3f}"
 
 
 class FlowId(NamedTuple):
@@ -44,6 +57,14 @@ def _own_fields(kind: type[Event]) -> tuple[str, ...]:
     return names
 
 
+def _plural(n: int, noun: str) -> str:
+    return noun if n == 1 else f"{noun}s"
+
+
+def _withheld(resets: int) -> str:
+    return f", {resets} {_plural(resets, 'RST')} withheld" if resets else ""
+
+
 def _hostport(addr: str, port: int) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
@@ -56,6 +77,8 @@ class Event:
     kind: ClassVar[str] = "event"
     # Keys every event's dict carries, so consumers can rely on them.
     _COMMON: ClassVar[tuple[str, ...]] = ("state", "phase", "action", "rule")
+    # The event's own fields that hold a core time (float or None), besides `ts`.
+    TIMES: ClassVar[tuple[str, ...]] = ()
 
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -68,7 +91,8 @@ class Event:
             out[name] = getattr(self, name)
         return out
 
-    def describe(self) -> str:
+    def describe(self, at: TimeText = core_seconds) -> str:
+        """One readable line; `at` writes the core times it shows (its `TIMES`)."""
         return f"{self.kind} {self.flow}"
 
 
@@ -79,7 +103,7 @@ class FlowNew(Event):
 
     kind: ClassVar[str] = "new"
 
-    def describe(self) -> str:
+    def describe(self, at: TimeText = core_seconds) -> str:
         return f"new      {self.flow} {self.state} (rule {self.rule})"
 
 
@@ -92,7 +116,7 @@ class StateChanged(Event):
 
     kind: ClassVar[str] = "state"
 
-    def describe(self) -> str:
+    def describe(self, at: TimeText = core_seconds) -> str:
         return f"state    {self.flow} {self.old_state} -> {self.state}"
 
 
@@ -107,7 +131,7 @@ class FlowDeleted(Event):
 
     kind: ClassVar[str] = "delete"
 
-    def describe(self) -> str:
+    def describe(self, at: TimeText = core_seconds) -> str:
         return f"delete   {self.flow} {self.state}: {self.reason}"
 
 
@@ -130,7 +154,7 @@ class FlowExpired(Event):
 
     kind: ClassVar[str] = "expire"
 
-    def describe(self) -> str:
+    def describe(self, at: TimeText = core_seconds) -> str:
         timer = self.phase if self.capped_by is None else f"{self.phase} ({self.capped_by})"
         why = "forced" if self.forced else f"{timer} timer {self.timeout:g}s"
         if self.silent:
@@ -148,12 +172,14 @@ class ResetSent(Event):
     seq: int
     ack: int | None
     state: str
-    cause: str  # "expire" or "out_of_state"
+    # "expire" (its flow's timer), "out_of_state" (answering a late packet), "limit" (refusing
+    # a new flow) or "proxy" (the server refused a proxied handshake: the client is told)
+    cause: str
     rule: str
 
     kind: ClassVar[str] = "reset"
 
-    def describe(self) -> str:
+    def describe(self, at: TimeText = core_seconds) -> str:
         ack = "" if self.ack is None else f" ack {self.ack}"
         why = f"{self.cause}, {self.state}"
         return f"reset    {self.flow} RST to {self.to} seq {self.seq}{ack} ({why})"
@@ -171,7 +197,7 @@ class ProbeSent(Event):
 
     kind: ClassVar[str] = "probe"
 
-    def describe(self) -> str:
+    def describe(self, at: TimeText = core_seconds) -> str:
         return f"probe    {self.flow} {self.state} idle: probes {self.round} of {self.retries} sent"
 
 
@@ -192,12 +218,13 @@ class OutOfState(Event):
     expired_phase: str | None = None
 
     kind: ClassVar[str] = "out_of_state"
+    TIMES: ClassVar[tuple[str, ...]] = ("expired_at",)
 
-    def describe(self) -> str:
+    def describe(self, at: TimeText = core_seconds) -> str:
         frm = f" from {self.side}" if self.side else ""
         gone = ""
         if self.expired_at is not None:
-            gone = f"; flow expired at {self.expired_at:.3f} by its {self.expired_phase} timer"
+            gone = f"; flow expired at {at(self.expired_at)} by its {self.expired_phase} timer"
         return f"oos      {self.flow} {self.reason}{frm}: {self.action}{gone}"
 
 
@@ -217,19 +244,20 @@ class OutOfStateSummary(Event):
 
     kind: ClassVar[str] = "out_of_state_summary"
 
-    def describe(self) -> str:
-        withheld = f", {self.resets_withheld} RSTs withheld" if self.resets_withheld else ""
+    def describe(self, at: TimeText = core_seconds) -> str:
         limit = "from one source" if self.limit == "per_source" else "in all"
         return (
-            f"oos      {self.packets} more out-of-state packets from {self.source} in the last "
-            f"second: {self.action}{withheld} (past {self.rate}/s {limit}, e.g. {self.flow})"
+            f"oos      {self.packets} more out-of-state {_plural(self.packets, 'packet')} from "
+            f"{self.source} in the last second: {self.action}{_withheld(self.resets_withheld)} "
+            f"(past {self.rate}/s {limit}, e.g. {self.flow})"
         )
 
 
 @dataclass(slots=True)
 class LimitRefused(Event):
     """A new flow a limit refused (fwemu/core/limits.py): no flow opened, and its packet got
-    `action`: dropped, or (reset) dropped and answered with a RST."""
+    `action`: dropped, dropped and answered with a RST (reset), or answered with a SYN cookie
+    (intercept: the flow opens if the client's ACK proves it)."""
 
     limit: str  # the Limits key: "max_flows", "per_client", "ports_per_destination", ...
     value: int  # its value
@@ -241,7 +269,7 @@ class LimitRefused(Event):
 
     kind: ClassVar[str] = "limit"
 
-    def describe(self) -> str:
+    def describe(self, at: TimeText = core_seconds) -> str:
         return (
             f"limit    {self.flow} refused: {self.limit} = {self.value} reached by "
             f"{self.counted} ({self.limits}): {self.action}"
@@ -265,11 +293,11 @@ class LimitSummary(Event):
 
     kind: ClassVar[str] = "limit_summary"
 
-    def describe(self) -> str:
-        withheld = f", {self.resets_withheld} RSTs withheld" if self.resets_withheld else ""
+    def describe(self, at: TimeText = core_seconds) -> str:
         return (
-            f"limit    {self.packets} more new flows from {self.source} refused by {self.limit} "
-            f"in the last second: {self.action}{withheld} (past {self.rate}/s, e.g. {self.flow})"
+            f"limit    {self.packets} more new {_plural(self.packets, 'flow')} from {self.source} "
+            f"refused by {self.limit} in the last second: "
+            f"{self.action}{_withheld(self.resets_withheld)} (past {self.rate}/s, e.g. {self.flow})"
         )
 
 
@@ -286,7 +314,7 @@ class SynFloodAlarm(Event):
 
     kind: ClassVar[str] = "syn_flood"
 
-    def describe(self) -> str:
+    def describe(self, at: TimeText = core_seconds) -> str:
         where = f"to {self.flow.dst}:{self.flow.dport}" if self.per_destination else "in total"
         return (
             f"flood    {self.rate} SYN/s {where}, past the alarm rate {self.alarm} ({self.scope})"

@@ -113,6 +113,8 @@ class TestCookieProxy:
         second.engine = e
         d = second.client("S", at=0.1, options=OFFER)
         assert d.reason is Reason.SYN_COOKIE and len(d.inject) == 1
+        (event,) = d.events
+        assert (event.limit, event.action) == ("embryonic", "intercept")  # type: ignore[attr-defined]
 
 
 def syns(e: Engine, count: int, at: float) -> list[Decision]:

@@ -1,5 +1,6 @@
 """What a running fwemu tells people: log lines on stderr and JSON-lines events, stamped with
-wall-clock time (fwemu.clock).
+wall-clock time (fwemu.clock). Every core time an event holds (its `ts` and its `TIMES`) is
+mapped: epoch seconds in JSON, the local time of day in log lines.
 
 Events cost nothing nobody consumes: watchers (the metrics, the control socket's history) get the
 core's Event objects as they are; the JSON form (half of the ~14 µs per connection packet that
@@ -71,12 +72,16 @@ class Reporter:
         self._log.flush()
 
     def _stamped(self, text: str, now: float) -> str:
+        return f"{self.local(now)} {text}\n"
+
+    def local(self, now: float) -> str:
+        """A core time as the local time of day it maps to, to the millisecond."""
         wall = self.clock.wall(now)
         second = int(wall)
         if second != self._second:  # strftime once a second: a mass expiry logs thousands
             self._second = second
             self._hms = time.strftime("%H:%M:%S", time.localtime(second))
-        return f"{self._hms}.{int(wall % 1 * 1000):03d} {text}\n"
+        return f"{self._hms}.{int(wall % 1 * 1000):03d}"
 
     def events(self, events: Iterable[Event]) -> None:
         """Hand the events to watchers, log them (one write for all the lines) and send their
@@ -87,7 +92,7 @@ class Reporter:
             for watcher in self._watchers:
                 watcher(event)
             if event.kind not in self._quiet:
-                lines.append(self._stamped(self._prefix + event.describe(), event.ts))
+                lines.append(self._stamped(self._prefix + event.describe(self.local), event.ts))
             if out is None and not listeners:
                 continue
             record = self.record(event)
@@ -102,9 +107,14 @@ class Reporter:
             out.flush()
 
     def record(self, event: Event) -> dict[str, Any]:
-        """The event's JSON form, with wall-clock `ts` (and `dry_run` in a dry run)."""
-        record = event.to_dict()
-        record["ts"] = round(self.clock.wall(event.ts), 6)
+        """The event's JSON form, its times in wall-clock epoch seconds (and `dry_run` in a dry
+        run)."""
+        record: dict[str, Any] = event.to_dict()
+        wall = self.clock.wall
+        record["ts"] = round(wall(event.ts), 6)
+        for name in event.TIMES:
+            if (t := record[name]) is not None:
+                record[name] = round(wall(t), 6)
         if self._dry_run:
             record["dry_run"] = True
         return record

@@ -1,15 +1,20 @@
-"""What `fwemu run` prints: wall-clock times, JSON lines, dry-run marks, rate-limited errors."""
+"""What `fwemu run` prints: wall-clock times (every time an event holds), JSON lines, dry-run
+marks, rate-limited errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import time
 
 import pytest
 
 from fwemu.adapters.output import Reporter
 from fwemu.clock import Clock
-from fwemu.core.events import FlowExpired, FlowId, FlowNew, StateChanged
+from fwemu.core.events import Event, FlowExpired, FlowId, FlowNew, StateChanged
+from fwemu.policy.model import OutOfStateAction
+from tests.core.trace import Trace, make_policy
 
 EVENT = FlowNew(
     ts=5.25, flow=FlowId("10.0.0.1", 40000, "10.0.0.2", 80), state="SYN_SENT", rule="web"
@@ -84,3 +89,38 @@ def test_new_flows_and_state_changes_are_logged_only_when_verbose(verbose: bool)
         "state",
         "expire",
     ]
+
+
+def test_every_time_an_event_holds_is_named_in_its_times() -> None:
+    """A float field is a core time (mapped to wall-clock time for output) or a duration: a new
+    one must be put on one side or the other."""
+    durations = {"FlowExpired": {"timeout", "idle"}}
+    for kind in _event_classes(Event):
+        floats = {
+            f.name for f in dataclasses.fields(kind) if "float" in str(f.type) and f.name != "ts"
+        }
+        assert floats == set(kind.TIMES) | durations.get(kind.__name__, set()), kind.__name__
+        assert set(kind.TIMES) <= {f.name for f in dataclasses.fields(kind)}
+
+
+def _event_classes(base: type[Event]) -> list[type[Event]]:
+    return [c for sub in base.__subclasses__() for c in (sub, *_event_classes(sub))]
+
+
+def test_a_late_packet_names_its_flow_s_expiry_in_wall_clock_time_like_the_expiry_itself() -> None:
+    """JSON in epoch seconds, log lines in local time: `expired_at` is the expiry's `ts` in both."""
+    policy = make_policy(established=10.0, oos=OutOfStateAction.RESET)
+    trace = Trace(policy)
+    trace.handshake(at=5.25)
+    [expired] = trace.advance(20.0).events
+    late = trace.client("PA", 4, at=21.0)
+    log, out = io.StringIO(), io.StringIO()
+    Reporter(CLOCK, log, out).events([expired, *late.events])
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [r["event"] for r in records] == ["expire", "out_of_state", "reset"]
+    expiry, oos = records[0], records[1]
+    assert expiry["ts"] == oos["expired_at"] == 1_700_000_000.0 + 10.0
+    expire_line, oos_line, _ = log.getvalue().splitlines()
+    stamp = expire_line.split()[0]
+    assert f"flow expired at {stamp} by its established timer" in oos_line
+    assert stamp == time.strftime("%H:%M:%S.000", time.localtime(1_700_000_010))

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
+from fwemu.cli.argtypes import number
 from fwemu.core.events import FlowId
 from fwemu.ops.capture import Capture, open_capture
 from fwemu.ops.replay import FlowReport, ReplayReport, Summary, replay
@@ -41,6 +42,7 @@ examples:
   fwemu replay lab.pcapng --policy mine.toml --timeline    with every flow's event timeline
   fwemu replay big.pcap --preset cisco-asa --flow 10.0.0.5:5432 --timeline   one server's flows
   fwemu replay traffic.pcap --preset linux --json | jq '.flows[].expired'
+  fwemu replay lab.pcap --preset aws-nlb --speed 100    a capture of 'fwemu run --speed 100'
 
 exit status: 0 when the capture was replayed (whatever it found), 2 when the capture or policy
 cannot be read (a capture cut off mid-packet is replayed up to there, with a warning).
@@ -64,6 +66,14 @@ def register(subparsers: Any) -> None:
     )
     which.add_argument("--policy", metavar="FILE", help="a policy TOML file")
     which.add_argument("--preset", metavar="NAME", help="a shipped preset, e.g. linux")
+    parser.add_argument(
+        "--speed",
+        type=number("speed", 0),
+        default=1.0,
+        metavar="F",
+        help="run every policy timer F times faster, as 'fwemu run --speed F' did while the "
+        "capture was taken (default: 1)",
+    )
     parser.add_argument(
         "--json", action="store_true", help="print the whole report as one JSON document"
     )
@@ -142,7 +152,11 @@ def _run(args: argparse.Namespace) -> int:
     try:
         with _progress(capture):
             report = replay(
-                capture, policy, assume_open=args.assume_open, select=_selector(args.flow)
+                capture,
+                policy,
+                speed=args.speed,
+                assume_open=args.assume_open,
+                select=_selector(args.flow),
             )
     finally:
         capture.close()
@@ -229,7 +243,8 @@ def _summary_lines(s: Summary, report: ReplayReport) -> list[Text]:
         lines.append(
             Text(f"        {s.out_of_order:,} packets out of time order (replayed in file order)")
         )
-    lines.append(Text.assemble(("policy  ", "bold"), f"{s.policy} ({s.policy_origin})"))
+    speed = f", every timer {s.speed:g} times faster (--speed)" if s.speed != 1 else ""
+    lines.append(Text.assemble(("policy  ", "bold"), f"{s.policy} ({s.policy_origin}){speed}"))
     if s.refusals:
         lines.append(Text(f"        {_count(s.refusals, 'new flow')} refused by a limit"))
     affected = [f for f in report.flows if f.affected]
@@ -328,4 +343,4 @@ def _print_flow(console: Console, flow: FlowReport, s: Summary, *, timeline: boo
         if flow.already_open:
             console.print(f"    {at(flow.opened or 0)}  (already open: tracked as ESTABLISHED)")
         for event in flow.events:
-            console.print(f"    {at(event.ts)}  {event.describe()}", soft_wrap=True)
+            console.print(f"    {at(event.ts)}  {event.describe(at)}", soft_wrap=True)

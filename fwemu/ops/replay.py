@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fwemu.core import packet as pk
+from fwemu.core.addresses import flow_id
 from fwemu.core.conntrack import FlowInfo
 from fwemu.core.decision import IN_STATE, Decision, Reason, Verdict
 from fwemu.core.engine import Engine
@@ -90,7 +91,9 @@ class FlowReport:
     expired: FlowExpired | None
     resets: tuple[ResetSent, ...]  # RSTs the policy injects when the flow expires
     late: tuple[LatePacket, ...]
-    echoes: tuple[float, ...]  # when the capture shows the policy's own RSTs (a live firewall's)
+    # When the capture shows the policy's own RSTs (a live firewall's): those sent at expiry, to
+    # a late packet, to a refused SYN, or by the proxy for a server that refused.
+    echoes: tuple[float, ...]
     gone_at: float | None  # for a flow known only from late packets: when its timer had run out
     gone_phase: str | None
     events: tuple[Event, ...]  # the core's events for this flow, in order
@@ -150,6 +153,7 @@ class Summary:
     link: str
     policy: str
     policy_origin: str
+    speed: float  # every timer this many times shorter (`fwemu run --speed`)
     packets: int  # records in the file
     tcp_packets: int
     not_ip: int  # frames carrying no IP packet (ARP, LLDP, ...)
@@ -174,6 +178,7 @@ class Summary:
             "link": self.link,
             "policy": self.policy,
             "policy_origin": self.policy_origin,
+            "speed": self.speed,
             "packets": self.packets,
             "tcp_packets": self.tcp_packets,
             "skipped": {"not_ip": self.not_ip, "not_tcp": self.not_tcp},
@@ -237,6 +242,7 @@ class _Record:
         "refused",
         "resets",
         "rule",
+        "sent",
     )
 
     def __init__(
@@ -259,6 +265,7 @@ class _Record:
         self.resets: list[ResetSent] = []
         self.late: list[LatePacket] = []
         self.echoes: list[float] = []
+        self.sent: set[tuple[str, int]] = set()  # (to, seq) of every RST the policy sent
         self.events: list[Event] = []
         self.refused: list[LimitRefused] = []
 
@@ -318,7 +325,8 @@ class _Tracker:
         self.flows += 1
 
     def events(self, events: tuple[Event, ...]) -> None:
-        """Events of live flows: state changes, deletions, expiries and their RSTs."""
+        """Events of live (or refused) flows: state changes, deletions, expiries and the RSTs
+        the policy sent (at expiry, to a refused SYN, for the proxy)."""
         for event in events:
             key = _key(event.flow)
             record = self.current.get(key)
@@ -326,7 +334,9 @@ class _Tracker:
                 continue
             record.events.append(event)
             if type(event) is ResetSent:
-                record.resets.append(event)
+                record.sent.add((event.to, event.seq))
+                if event.cause == "expire":
+                    record.resets.append(event)
             elif type(event) is FlowExpired:
                 record.expired = event
                 if event.phase not in _OPEN_PHASES:
@@ -335,8 +345,9 @@ class _Tracker:
                 self._ended(key, record)
 
     def _ended(self, key: _Key, record: _Record) -> None:
-        """A flow gone without harm: forgotten unless selected (then late packets join it)."""
-        if self._select is None or not self._select(record.flow):
+        """A flow gone without harm: forgotten unless selected (then late packets join it) or
+        the policy sent it a RST, which a capture behind a firewall shows afterwards."""
+        if (self._select is None or not self._select(record.flow)) and not record.sent:
             del self.current[key]
 
     def decision(self, ts: float, ip: bytes, decision: Decision) -> None:
@@ -354,8 +365,8 @@ class _Tracker:
                     ip,
                     already_open=event.state == "ESTABLISHED" and not self._known(event),
                 )
-            elif type(event) is not ResetSent or event.cause == "expire":
-                rest.append(event)
+            elif type(event) is not ResetSent or event.cause != "out_of_state":
+                rest.append(event)  # a late packet's RST goes with it (_late)
         self.events(tuple(rest))
         if oos is not None:
             self._late(ts, ip, decision, oos)
@@ -390,14 +401,14 @@ class _Tracker:
             record.events.append(reset)
         seg = pk.parse(ip)
         assert isinstance(seg, pk.Segment)  # only tracked TCP is ever out of state
-        if seg.flags & pk.TCP_RST and oos.side in _SIDES:
-            target = _SIDES[oos.side]
-            if any(r.to == target and r.seq == seg.seq for r in record.resets):
-                # The policy's own RST: the capture was taken behind a firewall that sent it.
-                record.echoes.append(ts)
-                record.events.pop()
-                return
+        sender = _sender(record.flow, seg)
+        if seg.flags & pk.TCP_RST and (_SIDES[sender], seg.seq) in record.sent:
+            # The policy's own RST: the capture was taken behind a firewall that sent it.
+            record.echoes.append(ts)
+            record.events.pop()
+            return
         if reset is not None:
+            record.sent.add((sender, reset.seq))  # the RST goes back to the packet's sender
             outcome = "answered with a RST"
         else:
             outcome = "dropped" if decision.verdict == Verdict.DROP else "accepted"
@@ -407,6 +418,12 @@ class _Tracker:
         for key in list(self.current):
             self._close(key)
         return sorted(self.done, key=lambda r: r.impact)
+
+
+def _sender(flow: FlowId, seg: pk.Segment) -> str:
+    """Which end of `flow` sent `seg`: "client" or "server"."""
+    travelled = flow_id(seg.key, seg.forward)
+    return "client" if (travelled.src, travelled.sport) == (flow.src, flow.sport) else "server"
 
 
 def _late_packet(
@@ -463,17 +480,19 @@ def replay(  # noqa: PLR0912, PLR0915
     capture: Capture,
     policy: Policy,
     *,
+    speed: float = 1.0,
     assume_open: bool = True,
     select: Callable[[FlowId], bool] | None = None,
 ) -> ReplayReport:
-    """Run `capture` through a fresh engine enforcing `policy` and report the flows it hits
-    (or, with `select`, every flow `select` accepts, hit or not).
+    """Run `capture` through a fresh engine enforcing `policy` with every timer `speed` times
+    shorter (a capture of `fwemu run --speed`), and report the flows it hits (or, with `select`,
+    every flow `select` accepts, hit or not).
 
     With `assume_open`, a connection already open when the capture began is tracked as
     ESTABLISHED from its first packet (a firewall running before the capture knew it);
     without, its packets meet the policy as a freshly started firewall would meet them.
     """
-    engine = Engine(policy)
+    engine = Engine(policy.scaled(speed))
     tracker = _Tracker(select)
     handle, next_deadline = engine.handle_packet, engine.next_deadline
     frames = not_ip = not_tcp = out_of_order = stray = unlisted = 0
@@ -542,6 +561,7 @@ def replay(  # noqa: PLR0912, PLR0915
         link=capture.link,
         policy=policy.name,
         policy_origin=policy.origin,
+        speed=speed,
         packets=frames,
         tcp_packets=frames - not_ip - not_tcp - stray,
         not_ip=not_ip,

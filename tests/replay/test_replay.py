@@ -1,9 +1,12 @@
 """Replaying captures: expiries at the capture's exact times, late packets and what the policy
-does to them, every link layer and both file formats, corrupt files, and the CLI."""
+does to them, every link layer and both file formats, corrupt files, the CLI, and captures taken
+behind fwemu (sped up, showing its own RSTs)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -353,3 +356,96 @@ def test_connections_a_limit_would_have_refused_are_reported_with_their_later_pa
     assert "1 new flow refused by a limit" in out
     assert "refused by a limit (ports_per_destination 2): reset" in out
     assert "ports_per_destination = 2 reached by client 10.9.0.2 to 10.9.1.2:8080" in out
+
+
+# --- captures taken behind fwemu ----------------------------------------------------------
+
+FWEMU = str(Path(sys.executable).with_name("fwemu"))  # the console script, as users run it
+
+
+def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [FWEMU, "replay", *argv], capture_output=True, text=True, check=False, timeout=60
+    )
+
+
+def quick_then_late() -> Conversation:
+    """Idle for 0.2 s, then data: within a 2 s timer, past it 100 times faster."""
+    flow = Conversation().handshake(0)
+    flow.client(0.2, "PA", b"late")
+    return flow
+
+
+def test_a_capture_of_a_sped_up_run_replays_with_its_speed(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.pcap", merged(quick_then_late()))
+    assert run(path).flows == ()
+
+    report = run(path, speed=100)
+    [flow] = report.flows
+    assert flow.expired is not None
+    assert flow.expired.ts - T0 == pytest.approx(0.002 + 2.0 / 100, abs=1e-6)
+    assert flow.expired.timeout == pytest.approx(0.02)
+    assert [p.outcome for p in flow.late] == ["dropped"]
+    assert report.summary.speed == 100
+
+
+def test_cli_speed_scales_the_policy_and_says_so(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.pcap", merged(quick_then_late()))
+    policy_file = tmp_path / "p.toml"
+    policy_file.write_text(SILENT)
+    argv = [str(path), "--policy", str(policy_file), "--speed", "100"]
+
+    done = cli(*argv, "--json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["summary"]["speed"] == 100
+    [flow] = doc["flows"]
+    assert flow["expired"]["ts"] == pytest.approx(T0 + 0.022)
+
+    done = cli(*argv)
+    assert "silent-2s (" in done.stdout and "every timer 100 times faster" in done.stdout
+    done = cli(*argv[:-1], "0")
+    assert done.returncode == 2 and "speed must be a number > 0, not '0'" in done.stderr
+
+
+def test_the_rst_a_live_firewall_sent_to_a_late_packet_is_recognised_not_listed(
+    tmp_path: Path,
+) -> None:
+    idle, active = idle_then_late()
+    # Behind a live fwemu, the client's late data at +5 s got a RST, spoofed from the server,
+    # its seq the late segment's ack (which is the server's next seq).
+    answer = Conversation(client_seq=idle.client_seq, server_seq=idle.server_seq)
+    answer.server(5.0005, "R")
+    path = write(tmp_path / "c.pcap", merged(idle, active, answer))
+    report = run(path, LATE_RESET)
+
+    [flow] = report.flows
+    [late] = flow.late
+    assert (late.ts - T0, late.outcome) == (pytest.approx(5.0), "answered with a RST")
+    assert [t - T0 for t in flow.echoes] == [pytest.approx(5.0005)]
+    assert [e.kind for e in flow.events][-2:] == ["out_of_state", "reset"]
+
+    policy_file = tmp_path / "p.toml"
+    policy_file.write_text(LATE_RESET)
+    out = cli(str(path), "--policy", str(policy_file), "--timeline").stdout
+    assert "1 later packet in the capture:" in out
+    assert "the capture shows the policy's own RST at" in out
+    assert "[R] " not in out  # the RST itself is neither a late packet nor in the timeline
+
+
+def test_the_rst_a_live_firewall_sent_to_a_refused_syn_is_recognised(tmp_path: Path) -> None:
+    """Behind a live fwemu the third connection is refused: its SYN answered by a RST (seq 0,
+    acknowledging the SYN), after which the client gives up."""
+    conversations = [Conversation(sport=40000 + i).handshake(0.1 * i) for i in range(2)]
+    refused = Conversation(sport=40002, server_seq=0)
+    refused.client(0.2, "S")
+    refused.server(0.2005, "RA")
+    path = write(tmp_path / "c.pcap", merged(*conversations, refused))
+    report = run(path, '[limits]\nports_per_destination = 2\non_exhausted = "reset"\n')
+
+    [flow] = report.flows
+    assert flow.flow.sport == 40002
+    assert [r.limit for r in flow.refused] == ["ports_per_destination"]
+    assert flow.late == ()
+    assert [t - T0 for t in flow.echoes] == [pytest.approx(0.2005)]
+    assert [e.kind for e in flow.events] == ["limit", "reset"]

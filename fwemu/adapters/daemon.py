@@ -29,7 +29,7 @@ from types import FrameType, TracebackType
 
 from fwemu.adapters.bypass import BypassWatch
 from fwemu.adapters.inject import Sender
-from fwemu.adapters.output import Reporter
+from fwemu.adapters.output import Reporter, counted
 from fwemu.adapters.queue import PacketQueue, QueuedPacket
 from fwemu.clock import Clock
 from fwemu.core.decision import IN_STATE, Decision
@@ -292,8 +292,8 @@ class Daemon:
             kept = self.engine.reload(policy)
             same = source.preset is not None and source == self.source
             message = (
-                f"reloaded policy {policy.name} ({policy.origin}): {kept} flows kept, their "
-                "timers re-armed from their last packet"
+                f"reloaded policy {policy.name} ({policy.origin}): {counted(kept, 'flow')} "
+                "kept, their timers re-armed from their last packet"
                 + ("; a preset does not change while fwemu runs: nothing changed" if same else "")
             )
             self.source, ok = source, True
@@ -335,4 +335,4 @@ class Daemon:
         except OSError as err:
             self.reporter.error(f"cannot write the state file {self._state_file}: {err}")
             return
-        self.reporter.line(f"wrote {len(flows)} flows to {self._state_file}")
+        self.reporter.line(f"wrote {counted(len(flows), 'flow')} to {self._state_file}")

@@ -25,6 +25,11 @@ ERROR_LOG_INTERVAL = 5.0
 VERBOSE_KINDS = frozenset({"new", "state"})
 
 
+def counted(n: int, noun: str) -> str:
+    """A count in a log line: 1 flow, 2 flows."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 # Sees each event as the core made it (cheap: the metrics, the control socket's history).
 Watcher = Callable[[Event], None]
 # Receives each event's JSON form (the control socket's followers).

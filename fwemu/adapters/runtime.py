@@ -24,7 +24,7 @@ from fwemu.adapters import host, iptables, nfqueue
 from fwemu.adapters.bypass import BypassWatch
 from fwemu.adapters.daemon import Counters, Daemon, Signals
 from fwemu.adapters.inject import Injector, Sender
-from fwemu.adapters.output import Reporter
+from fwemu.adapters.output import Reporter, counted
 from fwemu.adapters.queue import Handler, PacketQueue
 from fwemu.adapters.workers import Link, Supervisor, tagged, where
 from fwemu.clock import Clock
@@ -434,7 +434,7 @@ def _stop_line(
     errors += f", {c.bypassed} BYPASSED fwemu unseen" if c.bypassed else ""
     unbound = "queue unbound" if config.workers == 1 or who == "worker" else "queues unbound"
     return (
-        f"{who} stopped ({cause}): {c.packets} packets, {c.accepted} accepted{rewritten}, "
-        f"{verb}dropped {c.dropped}, {verb}injected {c.resets} packets{errors}, "
-        f"{totals.get('flows', 0)} flows tracked; {removed}{unbound}"
+        f"{who} stopped ({cause}): {counted(c.packets, 'packet')}, {c.accepted} accepted"
+        f"{rewritten}, {verb}dropped {c.dropped}, {verb}injected {counted(c.resets, 'packet')}"
+        f"{errors}, {counted(totals.get('flows', 0), 'flow')} tracked; {removed}{unbound}"
     )

@@ -547,7 +547,8 @@ def replay(  # noqa: PLR0912, PLR0915
     warnings = list(capture.warnings)
     if unlisted:
         warnings.append(
-            f"{unlisted} more new flows were refused by a limit past the policy's answer rate: "
+            f"{unlisted} more new {'flow was' if unlisted == 1 else 'flows were'} refused by a "
+            "limit past the policy's answer rate: "
             "counted, not listed per flow"
         )
     if stray:

@@ -94,7 +94,7 @@ def fwemu_entries(
         kinds = Counter(str(record["event"]) for record in flooded)
         flows = len({(r["flow"]["src"], r["flow"]["sport"]) for r in flooded})
         listed = ", ".join(f"{kind} {count:,}" for kind, count in kinds.most_common())
-        what = f"the flood's {flows:,} spoofed flows: {listed}"
+        what = f"the flood's {flows:,} spoofed {_plural(flows, 'flow')}: {listed}"
         entries.append(Entry(max(r["ts"] for r in flooded), case, "fwemu", what))
     return entries
 
@@ -148,8 +148,8 @@ def describe(record: Mapping[str, Any]) -> str:  # noqa: PLR0911, PLR0912 - one 
     if kind == "out_of_state_summary":
         action = _OUT_OF_STATE_ACTIONS.get(record["action"], record["action"])
         return (
-            f"{record['packets']} more out-of-state packets from {record['source']} past the "
-            f"answer rate: {action}, unanswered"
+            f"{record['packets']} more out-of-state {_plural(record['packets'], 'packet')} from "
+            f"{record['source']} past the answer rate: {action}, unanswered"
         )
     if kind == "limit":
         return (
@@ -158,8 +158,8 @@ def describe(record: Mapping[str, Any]) -> str:  # noqa: PLR0911, PLR0912 - one 
         )
     if kind == "limit_summary":
         return (
-            f"{record['packets']} more new flows refused by {record['limit']} past the answer "
-            f"rate: {record['action']}"
+            f"{record['packets']} more new {_plural(record['packets'], 'flow')} refused by "
+            f"{record['limit']} past the answer rate: {record['action']}"
         )
     if kind == "syn_flood":
         where = "to this destination" if record["per_destination"] else "in total"
@@ -167,6 +167,10 @@ def describe(record: Mapping[str, Any]) -> str:  # noqa: PLR0911, PLR0912 - one 
     if kind == "probe":
         return f"dead connection detection: probes {record['round']} of {record['retries']} sent"
     return f"{kind} {record}"
+
+
+def _plural(n: int, noun: str) -> str:
+    return noun if n == 1 else f"{noun}s"
 
 
 def _hostport(address: str, port: int) -> str:

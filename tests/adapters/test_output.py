@@ -10,10 +10,19 @@ import time
 
 import pytest
 
-from fwemu.adapters.output import Reporter
+from fwemu.adapters.output import Reporter, counted
 from fwemu.clock import Clock
-from fwemu.core.events import Event, FlowExpired, FlowId, FlowNew, StateChanged
+from fwemu.core.events import (
+    Event,
+    FlowExpired,
+    FlowId,
+    FlowNew,
+    LimitSummary,
+    OutOfStateSummary,
+    StateChanged,
+)
 from fwemu.policy.model import OutOfStateAction
+from fwemu.scenario import timeline
 from tests.core.trace import Trace, make_policy
 
 EVENT = FlowNew(
@@ -124,3 +133,18 @@ def test_a_late_packet_names_its_flow_s_expiry_in_wall_clock_time_like_the_expir
     stamp = expire_line.split()[0]
     assert f"flow expired at {stamp} by its established timer" in oos_line
     assert stamp == time.strftime("%H:%M:%S.000", time.localtime(1_700_000_010))
+
+
+def test_a_count_of_one_reads_in_the_singular_in_fwemu_s_lines_and_the_scenario_timeline() -> None:
+    one_flow = LimitSummary(
+        7.0, EVENT.flow, "10.0.0.1", 1, 1, "max_flows", "reset", "web", "per_source", 100
+    )
+    one_packet = OutOfStateSummary(
+        7.0, EVENT.flow, "10.0.0.1", 1, 1, "drop", "web", "per_source", 100
+    )
+    assert "1 more new flow from 10.0.0.1 refused" in one_flow.describe()
+    assert ": reset, 1 RST withheld " in one_flow.describe()
+    assert "1 more out-of-state packet from 10.0.0.1 " in one_packet.describe()
+    assert timeline.describe(one_flow.to_dict()).startswith("1 more new flow refused")
+    assert timeline.describe(one_packet.to_dict()).startswith("1 more out-of-state packet from")
+    assert counted(1, "flow") == "1 flow" and counted(0, "flow") == "0 flows"

@@ -339,7 +339,7 @@ def test_reload_retimes_flows_and_rejects_an_invalid_policy(
         # CLI call takes ~0.5 s); a 3 s timer made this test flaky under load.
         policy.write_text(policy_text("8s", name="short"))
         done = fwemu("reload", "--control", str(control))
-        assert done.code == 0 and "reloaded policy short" in done.out and "1 flows kept" in done.out
+        assert done.code == 0 and "reloaded policy short" in done.out and "1 flow kept" in done.out
         flow = the_flow(fwemu, control, conn)  # still tracked, re-timed from its last packet
         assert flow["state"] == "ESTABLISHED" and 0 < flow["expires_in"] <= 8
 

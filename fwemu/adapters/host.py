@@ -1,9 +1,10 @@
-"""The process's own situation: privileges and network namespace."""
+"""The process's own situation: privileges, network namespace, and the files it will write."""
 
 from __future__ import annotations
 
 import ctypes
 import os
+from pathlib import Path
 
 from fwemu.errors import FwemuError
 
@@ -12,7 +13,25 @@ CLONE_NEWNET = 0x40000000  # <linux/sched.h>; os.setns only exists from Python 3
 
 
 class HostError(FwemuError):
-    """fwemu cannot run here: missing privileges or namespace."""
+    """fwemu cannot run here: missing privileges or namespace, or a file it cannot write."""
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Refuse, at start and creating nothing, a file that could not be written when its time
+    comes (`what` names it): its directory must be writable (a state file is replaced by a
+    renamed one) and, if it exists, the file too."""
+    directory = path.parent
+    problem = None
+    if path.is_dir():
+        problem = "it is a directory"
+    elif not directory.is_dir():
+        problem = f"no directory {directory}"
+    elif not os.access(directory, os.W_OK | os.X_OK):
+        problem = f"directory {directory} is not writable"
+    elif path.exists() and not os.access(path, os.W_OK):
+        problem = "it is not writable"
+    if problem is not None:
+        raise HostError(f"cannot write {what} {path}: {problem}")
 
 
 def require_root(what: str) -> None:

@@ -139,21 +139,27 @@ HOST = Kernel()
 def run(config: RunConfig, kernel: Kernel = HOST) -> int:
     """`fwemu run`: check everything, then serve until SIGINT/SIGTERM (one loop, or a
     supervisor and its workers); 0 then. FwemuError before anything changed if it cannot."""
-    kernel.require_root("fwemu run")
-    seats = _seats(config)
-    if config.netns:
-        kernel.enter_netns(config.netns)
-    source = PolicySource(config.policy, config.preset, config.speed)
-    policy = source.load()
-    if not config.no_rules:
-        kernel.check_rules(config)
-    for seat in seats:
-        kernel.ensure_free(seat.queue)
-    clock = Clock.start()
-    setup = Setup(source, policy, clock, _run_identity(seats, clock), kernel)
-    if config.workers == 1:
-        return _serve(config, setup, seats[0])
-    return _supervise(config, setup, seats)
+    # The handlers before anything slow: SIGUSR1 would otherwise terminate fwemu, and a snapshot
+    # or a stop asked for while it checks and binds waits in its flag for the loop's first turn.
+    with Signals() as signals:
+        seats = _seats(config)
+        for seat in seats:
+            if seat.state_file is not None:
+                host.check_writable(seat.state_file, "the state file")
+        kernel.require_root("fwemu run")
+        if config.netns:
+            kernel.enter_netns(config.netns)
+        source = PolicySource(config.policy, config.preset, config.speed)
+        policy = source.load()
+        if not config.no_rules:
+            kernel.check_rules(config)
+        for seat in seats:
+            kernel.ensure_free(seat.queue)
+        clock = Clock.start()
+        setup = Setup(source, policy, clock, _run_identity(seats, clock), kernel)
+        if config.workers == 1:
+            return _serve(config, setup, seats[0], signals)
+        return _supervise(config, setup, seats, signals)
 
 
 def _seats(config: RunConfig) -> tuple[Seat, ...]:
@@ -202,7 +208,9 @@ def _run_identity(seats: tuple[Seat, ...], clock: Clock) -> dict[str, Any]:
     }
 
 
-def _serve(config: RunConfig, setup: Setup, seat: Seat, link: Link | None = None) -> int:
+def _serve(
+    config: RunConfig, setup: Setup, seat: Seat, signals: Signals, link: Link | None = None
+) -> int:
     """One queue's loop until SIGINT/SIGTERM: the whole of a lone `fwemu run` (with its rules),
     or one worker of several (no rules: the supervisor's; it reports to `link`)."""
     worker = link is not None
@@ -221,7 +229,6 @@ def _serve(config: RunConfig, setup: Setup, seat: Seat, link: Link | None = None
         if seat.metrics:
             metrics = Metrics(counters, engine, partial(nfqueue.read_queue_counters, seat.queue))
             reporter.watch(metrics.on_event)
-        signals = stack.enter_context(Signals())
         if worker:
             # A terminal's Ctrl-C reaches the whole process group: the supervisor alone decides.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -290,7 +297,7 @@ def _serve(config: RunConfig, setup: Setup, seat: Seat, link: Link | None = None
     return 0
 
 
-def _supervise(config: RunConfig, setup: Setup, seats: tuple[Seat, ...]) -> int:
+def _supervise(config: RunConfig, setup: Setup, seats: tuple[Seat, ...], signals: Signals) -> int:
     """Fork a worker per seat, install the balancing rules once all are bound, and supervise
     them until SIGINT/SIGTERM; everything is undone on every way out."""
     if config.events not in (None, "-"):
@@ -299,12 +306,12 @@ def _supervise(config: RunConfig, setup: Setup, seats: tuple[Seat, ...]) -> int:
     by_queue = {seat.queue: seat for seat in seats}
 
     def work(queue: int, link: Link) -> int:
-        return _serve(config, setup, by_queue[queue], link)
+        with Signals() as own:  # the worker's: the supervisor's wake-up socket is not for it
+            return _serve(config, setup, by_queue[queue], own, link)
 
     reporter = Reporter(setup.clock, sys.stderr)
     with ExitStack() as stack:
         stack.callback(_remove_dead_sockets, seats)
-        signals = stack.enter_context(Signals())
         supervisor = stack.enter_context(Supervisor((s.queue for s in seats), work, signals))
         started = supervisor.wait_ready()  # False: stopped by a signal before that
         if started:

@@ -61,12 +61,13 @@ examples:
   # Prometheus metrics, scraped from inside the namespace
   fwemu run --netns demo-fw --preset linux --metrics :9100 &
   ip netns exec demo-fw curl -s http://127.0.0.1:9100/metrics
-  # the flow table as JSON in a file, on SIGUSR1
-  fwemu run --preset linux --state-file /run/fwemu.json &  kill -USR1 $!;  cat /run/fwemu.json
+  # the flow table as JSON in a file, on SIGUSR1 (sent once fwemu has started)
+  fwemu run --preset linux --state-file /run/fwemu.json &
+  sleep 1; kill -USR1 $!; sleep 0.2; cat /run/fwemu.json
 
 signals: SIGINT/SIGTERM stop, SIGHUP reloads the policy (like 'fwemu reload'), SIGUSR1 writes
-the --state-file. With --workers, send them to the supervisor (the pid that 'fwemu run' has):
-it passes them on.
+the --state-file. One that comes while fwemu starts is acted on once it serves. With --workers,
+send them to the supervisor (the pid that 'fwemu run' has): it passes them on.
 
 exit status: 0 after SIGINT/SIGTERM, 2 when it refuses to start (nothing is changed then),
 1 on an internal error or when a worker dies (rules are removed, the other workers stopped and
@@ -121,7 +122,7 @@ def register(subparsers: Any) -> None:
         "--state-file",
         metavar="PATH",
         type=Path,
-        help="on SIGUSR1, write the flow table to PATH as JSON",
+        help="on SIGUSR1, write the flow table to PATH as JSON (its directory must be writable)",
     )
     parser.add_argument(
         "--control",

@@ -72,6 +72,8 @@ def register(subparsers: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     scenarios = _load(args.scenarios)
+    if args.junit is not None:
+        host.check_writable(args.junit, "the JUnit report")
     host.require_root("fwemu test")
     console = Console(highlight=False, soft_wrap=True)
     began = time.monotonic()

@@ -190,3 +190,49 @@ def test_a_policy_that_rewrites_is_served_whole_packets_and_its_rewrites_are_cou
         assert "4 packets, 4 accepted (would have rewritten 4), would have dropped 0" in log
     else:
         assert "4 packets, 4 accepted (rewritten 4), dropped 0" in log
+
+
+def test_sigusr1_while_fwemu_checks_and_binds_is_a_snapshot_on_the_loop_s_first_turn(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`fwemu run --state-file F & kill -USR1 $!`: the signal comes before the loop runs, while
+    the slow checks do. A handler of the test's own stands for the default (which would end
+    the process): fwemu's must be the one in place by then."""
+    missed: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: missed.append(signum))
+    try:
+        fake = FakeHost(lambda queue: queue.put(LastPacket(conversation(0)[0])))
+        kernel = dataclasses.replace(
+            fake.kernel(), check_rules=lambda config: os.kill(os.getpid(), signal.SIGUSR1)
+        )
+        state = tmp_path / "state.json"
+        config = RunConfig(preset="linux", control=tmp_path / "fw.sock", state_file=state)
+        assert runtime.run(config, kernel) == 0
+        assert missed == []
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert json.loads(state.read_text())["flows"] == []
+    log = capsys.readouterr().err
+    assert f"wrote 0 flows to {state}" in log
+    assert "stopped (SIGTERM): 1 packet, 1 accepted, dropped 0, injected 0 packets, 1 flow " in log
+
+
+@pytest.mark.parametrize(
+    ("workers", "problem"),
+    [(1, "it is a directory"), (2, "no directory {tmp}/missing")],
+)
+def test_a_state_file_that_cannot_be_written_is_refused_before_anything_starts(
+    tmp_path: Path, workers: int, problem: str
+) -> None:
+    """With --workers each has its own file (.q<queue>): here in a directory that is missing."""
+    fake = FakeHost(lambda queue: None)
+    (tmp_path / "state.json").mkdir()
+    path = tmp_path / "missing" / "state.json" if workers > 1 else tmp_path / "state.json"
+    config = RunConfig(preset="linux", state_file=path, workers=workers)
+    shown = runtime.per_queue(path, 0) if workers > 1 else path
+    with pytest.raises(FwemuError) as refused:
+        runtime.run(config, fake.kernel())
+    assert str(refused.value) == f"cannot write the state file {shown}: " + problem.format(
+        tmp=tmp_path
+    )
+    assert fake.steps == []

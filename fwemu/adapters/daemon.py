@@ -34,7 +34,7 @@ from fwemu.adapters.queue import PacketQueue, QueuedPacket
 from fwemu.clock import Clock
 from fwemu.core.decision import IN_STATE, Decision
 from fwemu.core.engine import Engine, Verdict
-from fwemu.core.events import Event
+from fwemu.core.events import Event, FlowId, OutOfState
 from fwemu.errors import FwemuError
 from fwemu.ops.control import ControlServer
 from fwemu.ops.metrics import LATENCY_SAMPLE, Metrics
@@ -52,6 +52,10 @@ TIMER_BATCH = 16
 TIMER_BUDGET = 0.001
 # Queue messages handled before the timers get a turn again, so a packet flood cannot starve them.
 PACKET_BATCH = 256
+# A dry run remembers which sides of which expired flows had a later packet reported (see
+# Daemon._reported_late), at most this many; past it the oldest is forgotten, and its flow's next
+# late packet reported again.
+DRY_RUN_LATE = 65536
 
 
 class Signals:
@@ -159,6 +163,7 @@ class Daemon:
         self._bypass = bypass
         self._whole_packets = whole_packets
         self._latency = None if metrics is None else metrics.latency
+        self._late: dict[tuple[FlowId, float, str | None], None] = {}  # see _reported_late
 
     def on_packet(self, packet: QueuedPacket) -> None:
         """The queue's handler. Every packet gets a verdict, whatever the engine does."""
@@ -189,8 +194,28 @@ class Daemon:
                 else:
                     packet.drop()
             # IN_STATE, the shared decision of most packets, has neither RSTs nor events.
-            if decision is not IN_STATE and (decision.inject or decision.events):
+            if (
+                decision is not IN_STATE
+                and (decision.inject or decision.events)
+                and not (self._dry_run and self._reported_late(decision.events))
+            ):
                 self.apply(decision.inject, decision.events)
+
+    def _reported_late(self, events: tuple[Event, ...]) -> bool:
+        """Whether these are a late packet's events (after its flow expired) from a side whose
+        first late packet was reported already; remembers the first. A dry run's connections go
+        on where the policy would have cut them: the first late packet from each side tells what
+        the policy would have done, the others would never have been sent."""
+        oos = events[0] if events else None  # a SYN cookie comes without an event
+        if type(oos) is not OutOfState or oos.expired_at is None:
+            return False
+        key = (oos.flow, oos.expired_at, oos.side)
+        if key in self._late:
+            return True
+        if len(self._late) >= DRY_RUN_LATE:
+            del self._late[next(iter(self._late))]
+        self._late[key] = None
+        return False
 
     def _timed(self, packet: QueuedPacket) -> Decision:
         """handle_packet, its duration observed by the latency histogram."""

@@ -148,7 +148,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="accept every packet and inject nothing; log what would happen",
+        help="accept every packet and inject nothing; log what would happen (after a flow's "
+        "expiry, only its first later packet from each side: what it would have met)",
     )
     parser.add_argument(
         "--fail-closed",

@@ -14,9 +14,11 @@ from netfilterqueue import NetfilterQueue
 from fwemu.adapters.daemon import PACKET_BATCH, Daemon
 from fwemu.adapters.inject import Injector
 from fwemu.adapters.nfqueue import NfqueueBinding
+from fwemu.adapters.output import Reporter
 from fwemu.clock import Clock
 from fwemu.core.engine import Engine
 from fwemu.ops.metrics import StateCounts
+from fwemu.policy.model import OutOfStateAction
 from fwemu.policy.source import PolicySource
 from tests.core.trace import Trace, make_policy
 
@@ -125,3 +127,54 @@ def test_events_reach_watchers_and_json_is_built_only_for_listeners() -> None:
     assert +states.counts == {"ESTABLISHED": 1}
     assert [r["state"] for r in records] == ["SYN_RECV", "ESTABLISHED"]
     assert reporter.built == 2
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_dry_run_reports_an_expired_flow_s_first_later_packet_from_each_side(
+    monkeypatch: pytest.MonkeyPatch, dry_run: bool
+) -> None:
+    """The flow's expiry, then each side's first late packet and the RST the policy would answer
+    it with; the connection going on, as nothing was cut, would not have happened."""
+    policy = make_policy(established=10.0, oos=OutOfStateAction.RESET)
+    captured: list[bytes] = []
+    trace = Trace(policy, tap=lambda side, data: captured.append(data))
+    trace.handshake(at=0.0)
+    for at in (21.0, 22.0, 23.0):
+        trace.client("PA", 10, at=at)
+        trace.server("A", at=at)
+    now = [0.0]
+    monkeypatch.setattr(Clock, "now", staticmethod(lambda: now[0]))
+    log, sent = io.StringIO(), Sent()
+    daemon = Daemon(
+        Engine(policy),
+        Reporter(Clock.start(), log, dry_run=dry_run),
+        cast(Injector, sent),
+        PolicySource(None, "linux", 1.0),
+        dry_run=dry_run,
+    )
+    for data in captured[:3]:
+        feed(daemon, data)
+    now[0] = 20.0
+    daemon._run_due(None)  # the expiry
+    for data in captured[3:]:
+        feed(daemon, data)
+
+    lines = [line.split(maxsplit=1)[1] for line in log.getvalue().splitlines()]
+    late = [line for line in lines if "oos " in line]
+    assert len([line for line in lines if "expire " in line]) == 1
+    if dry_run:
+        assert [line.split(" from ")[1].split(":")[0] for line in late] == ["client", "server"]
+        assert (daemon.counters.resets, sent.packets) == (2, [])
+    else:
+        assert len(late) == 6 and daemon.counters.resets == len(sent.packets) == 6
+
+
+class Sent:
+    """An injector that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.packets: list[bytes] = []
+
+    def send(self, packet: bytes) -> bool:
+        self.packets.append(packet)
+        return True

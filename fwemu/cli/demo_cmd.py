@@ -16,8 +16,11 @@ from rich.table import Table
 from rich.text import Text
 
 from fwemu.adapters import host
+from fwemu.cli.argtypes import whole_number
 from fwemu.demo.cases import CASES, CLIENT_TIMEOUT, Case
 from fwemu.demo.runner import DEFAULT_LAB, CaseResult, policy_text, run_demo, summary
+from fwemu.lab import DEFAULT_INDEX
+from fwemu.lab.plan import MAX_INDEX, MIN_INDEX
 from fwemu.scenario.timeline import Entry
 from fwemu.testing import Firewall
 
@@ -48,6 +51,7 @@ EPILOG = """\
 examples:
   fwemu demo                   all five cases (about 15 s)
   fwemu demo --case 4 --case 5 only the silent-expiry cases
+  fwemu demo --lab x --index 7 in lab x, up already with index 7 (its addresses 10.7.x.x)
   fwemu demo --json | jq .     the timeline as JSON lines: {"t", "case", "who", "what", "event"}
                                (fwemu's event record), then one {"case", "result", ...} per case
   fwemu demo --show-policy     the policy it runs; a starting point for your own
@@ -78,6 +82,14 @@ def register(subparsers: Any) -> None:
         help=f"name of the lab to create and remove (default: {DEFAULT_LAB})",
     )
     parser.add_argument(
+        "--index",
+        type=whole_number("index", MIN_INDEX, MAX_INDEX),
+        default=DEFAULT_INDEX,
+        metavar="N",
+        help=f"the lab's addresses, 10.N.1.0/24 and fd00:N:1::/64, as 'fwemu lab up --index' "
+        f"(default: {DEFAULT_INDEX})",
+    )
+    parser.add_argument(
         "--case",
         dest="cases",
         action="append",
@@ -103,7 +115,7 @@ def _run(args: argparse.Namespace) -> int:
     began = time.monotonic()
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        results = run_demo(cases, args.lab, printer)
+        results = run_demo(cases, args.lab, printer, args.index)
         printer.finish(results, time.monotonic() - began)
     except KeyboardInterrupt:
         print("fwemu demo: interrupted; the lab and fwemu are gone", file=sys.stderr)

@@ -88,9 +88,11 @@ class Listener(Protocol):
     def case_finished(self, result: CaseResult) -> None: ...
 
 
-def run_demo(cases: Sequence[Case], lab: str, listener: Listener) -> list[CaseResult]:
-    """Bring the lab and fwemu up, play `cases` in order, tear everything down (also on error
-    or Ctrl-C: the harness's context manager does)."""
+def run_demo(
+    cases: Sequence[Case], lab: str, listener: Listener, index: int = DEFAULT_INDEX
+) -> list[CaseResult]:
+    """Bring the lab (`lab`, addresses 10.`index`.x) and fwemu up, play `cases` in order, tear
+    everything down (also on error or Ctrl-C: the harness's context manager does)."""
     policy = load_policy()
     rules = {rule.name: rule for rule in policy.rules}
     for case in cases:
@@ -98,7 +100,7 @@ def run_demo(cases: Sequence[Case], lab: str, listener: Listener) -> list[CaseRe
             raise CaseError(f"case {case.number}: no rule named {case.rule!r} in {POLICY_ORIGIN}")
     notebook = Notebook()
     results = []
-    with inline_firewall(toml=policy_text(), name=lab, index=DEFAULT_INDEX) as fw:
+    with inline_firewall(toml=policy_text(), name=lab, index=index) as fw:
         listener.started(fw, time.time())
         for case in cases:
             stage = Stage(fw, rules[case.rule], case, notebook)

@@ -126,3 +126,28 @@ def test_show_policy_prints_the_policy_it_runs(capsys: pytest.CaptureFixture[str
     shown = loads_policy(capsys.readouterr().out, "shown")
     assert [rule.name for rule in shown.rules] == [rule.name for rule in runner.load_policy().rules]
     assert [rule.match.dst_port[0].low for rule in shown.rules] == [9001, 9002, 9003, 9004, 9005]
+
+
+def test_a_lab_up_with_another_index_is_run_with_the_index_its_error_names(
+    lab_name: str,
+) -> None:
+    index = 2 + os.getpid() % 190  # this run's own (not the default 201)
+    fwemu = [sys.executable, "-m", "fwemu"]
+    subprocess.run([*fwemu, "lab", "up", lab_name, "--index", str(index)], check=True, timeout=60)
+    try:
+        demo = [*fwemu, "demo", "--lab", lab_name, "--case", "5", "--json"]
+        refused = subprocess.run(demo, capture_output=True, text=True, timeout=60, check=False)
+        assert refused.returncode == 2
+        assert f"or use --index {index}" in refused.stderr
+
+        done = subprocess.run(
+            [*demo, "--index", str(index)], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        records = [json.loads(line) for line in done.stdout.splitlines()]
+        flows = [r["event"]["flow"] for r in records if r.get("event")]
+        assert flows and all(f["src"].startswith(f"10.{index}.") for f in flows)
+    finally:  # the demo removes its lab; this one too if it failed first
+        subprocess.run(
+            [*fwemu, "lab", "down", lab_name], capture_output=True, timeout=60, check=False
+        )

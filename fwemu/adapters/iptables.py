@@ -15,7 +15,10 @@ or SIGKILLed fwemu), per docs/tcp-rst-and-nfqueue.md §3.3.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
+import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -107,8 +110,11 @@ def missing_interfaces(capture: Capture) -> list[str]:
     ]
 
 
+_CHAIN = "FWEMU-Q"
+
+
 def chain_name(queue: int) -> str:
-    return f"FWEMU-Q{queue}"
+    return f"{_CHAIN}{queue}"
 
 
 def jump_rule(queue: int) -> tuple[str, ...]:
@@ -121,6 +127,92 @@ def queue_target(queue: int, count: int = 1) -> tuple[str, ...]:
     if count == 1:
         return ("-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass")
     return ("-j", "NFQUEUE", "--queue-balance", f"{queue}:{queue + count - 1}", "--queue-bypass")
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """fwemu rules already in this network namespace (another run's, or those a killed run left):
+    the queue its chain is named after, the queues its NFQUEUE targets send to, and each rule's
+    match arguments by family, as `Capture.selectors` makes them."""
+
+    queue: int
+    queues: frozenset[int]
+    matches: tuple[tuple[Family, tuple[str, ...]], ...]
+
+    def overlaps(self, capture: Capture) -> bool:
+        """Whether a packet both these rules and `capture`'s would queue exists: the run whose
+        jump comes first in FORWARD (the newest) would take it."""
+        return any(
+            _matches_overlap(found, ours)
+            for family, found in self.matches
+            for ours in capture.selectors(family)
+        )
+
+
+_JUMP_RE = re.compile(rf"^-A FORWARD .*-j {_CHAIN}(?P<queue>[0-9]+)$")
+_TARGET_RE = re.compile(
+    r"--queue-(?:num (?P<num>[0-9]+)|balance (?P<first>[0-9]+):(?P<last>[0-9]+))"
+)
+
+
+def found_rules() -> list[Found]:
+    """fwemu's chains that FORWARD jumps to in this network namespace, both families together,
+    by queue (read with `iptables -S`, which prints what `install` added the kernel's way)."""
+    queues: set[int] = set()
+    for family in FAMILIES:
+        queues.update(
+            int(jump["queue"]) for jump in map(_JUMP_RE.match, _listed(family, "FORWARD")) if jump
+        )
+    found = []
+    for queue in sorted(queues):
+        targets: set[int] = set()
+        matches = []
+        for family in FAMILIES:
+            for line in _listed(family, chain_name(queue)):
+                words = shlex.split(line)
+                if words[:2] != ["-A", chain_name(queue)] or "-j" not in words:
+                    continue
+                matches.append((family, tuple(words[2 : words.index("-j")])))
+                if target := _TARGET_RE.search(line):
+                    first = int(target["num"] or target["first"])
+                    targets.update(range(first, int(target["num"] or target["last"]) + 1))
+        found.append(Found(queue, frozenset(targets), tuple(matches)))
+    return found
+
+
+def _listed(family: Family, chain: str) -> list[str]:
+    """`iptables -S CHAIN`'s lines; none if there is no such chain."""
+    result = _iptables(family, "-S", chain)
+    return result.stdout.splitlines() if result.returncode == 0 else []
+
+
+def _matches_overlap(one: tuple[str, ...], other: tuple[str, ...]) -> bool:
+    """Whether some packet satisfies both rules' matches: -i, -o, -s and -d (absent: any)."""
+    first, second = _by_flag(one), _by_flag(other)
+    return all(_values_overlap(f, first[f], second[f]) for f in first.keys() & second.keys())
+
+
+def _by_flag(args: tuple[str, ...]) -> dict[str, str]:
+    return dict(zip(args[::2], args[1::2], strict=False))  # ("-i", "cli0") pairs
+
+
+def _values_overlap(flag: str, a: str, b: str) -> bool:
+    if flag in ("-i", "-o"):
+        return _names_overlap(a, b)
+    if flag in ("-s", "-d"):
+        return ipaddress.ip_network(a, strict=False).overlaps(ipaddress.ip_network(b, strict=False))
+    return True
+
+
+def _names_overlap(a: str, b: str) -> bool:
+    """Whether one interface name matches both iptables names (a '+' at the end: any suffix)."""
+    wild_a, wild_b = a.endswith("+"), b.endswith("+")
+    a, b = a.removesuffix("+"), b.removesuffix("+")
+    if wild_a and wild_b:
+        return a.startswith(b) or b.startswith(a)
+    if wild_a or wild_b:
+        return b.startswith(a) if wild_a else a.startswith(b)
+    return a == b
 
 
 def _iptables(family: Family, *args: str) -> subprocess.CompletedProcess[str]:

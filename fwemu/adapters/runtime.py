@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
-from fwemu.adapters import host, iptables, nfqueue
+from fwemu.adapters import host, iptables, nfqueue, peers
 from fwemu.adapters.bypass import BypassWatch
 from fwemu.adapters.daemon import Counters, Daemon, Signals
 from fwemu.adapters.inject import Injector, Sender
@@ -98,14 +98,16 @@ class Seat:
 
 
 def _check_rules(config: RunConfig) -> None:
-    """Refuse, changing nothing, rules that cannot be installed or would capture nothing."""
+    """Refuse, changing nothing, rules that cannot be installed, would capture nothing, or
+    would take another fwemu's traffic."""
     iptables.check_available(config.queue, config.workers)
+    where = f"network namespace {config.netns}" if config.netns else "this network namespace"
     if missing := iptables.missing_interfaces(config.capture):
-        where = f"network namespace {config.netns}" if config.netns else "this network namespace"
         raise FwemuError(
             f"no interface {', '.join(missing)} in {where}; see 'ip link' "
             "(a trailing '+' matches any interface with that prefix)"
         )
+    peers.check_overlap(config.queue, config.workers, config.capture, where)
 
 
 def _bind(
@@ -125,7 +127,7 @@ class Kernel:
     require_root: Callable[[str], None] = host.require_root
     enter_netns: Callable[[str], None] = host.enter_netns
     check_rules: Callable[[RunConfig], None] = _check_rules
-    ensure_free: Callable[[int], None] = nfqueue.ensure_free
+    ensure_free: Callable[[int], None] = peers.ensure_free
     # (queue, handler, fail_open, whole_packets)
     bind: Callable[[int, Handler, bool, bool], AbstractContextManager[PacketQueue]] = _bind
     rules: Rules = iptables.installed

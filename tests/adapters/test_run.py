@@ -194,8 +194,10 @@ def test_a_second_fwemu_on_a_busy_queue_is_refused_before_touching_rules(
     during = ruleset(fw_ns)
     second = run_fwemu(fw_args(lab_plan, "--in-interface", "cli0"))
     assert second.returncode == 2
-    assert second.stderr.startswith("fwemu: NFQUEUE 0 is already bound by another program")
-    assert len(second.stderr.splitlines()) == 1
+    assert second.stderr == (
+        f"fwemu: NFQUEUE 0 is already bound by another fwemu (pid {fw.process.pid}, policy "
+        "linux); stop it or pick another queue with --queue\n"
+    )
     assert ruleset(fw_ns) == during
     assert tcp_exchange(lab_plan) == b"ping"
     assert fw.stop() == 0

@@ -6,9 +6,23 @@ import os
 import socket
 import struct
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 from fwemu.lab import socket_in
+
+# The console script a user runs, from this interpreter's virtualenv.
+FWEMU = str(Path(sys.executable).with_name("fwemu"))
+# Commands to run in a lab that say "ready" once they are, then wait: one that SIGTERM ends,
+# and one that ignores it.
+_READY = "print('ready', flush=True); import time; time.sleep(600)"
+SLEEPER = [sys.executable, "-c", _READY]
+DEAF = [
+    sys.executable,
+    "-c",
+    f"import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); {_READY}",
+]
 
 
 def root_network() -> str:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from fwemu.adapters import peers
 from fwemu.lab import netns, plan
-from fwemu.lab.plan import DEFAULT_INDEX, DEFAULT_NAME, SIDES, LabPlan, namespace_name
+from fwemu.lab.plan import DEFAULT_INDEX, DEFAULT_NAME, SIDES, LabPlan, Side, namespace_name
 
 ORDER = 30  # place in `fwemu --help`
 
@@ -42,23 +44,30 @@ def register(subparsers: Any) -> None:
     up.add_argument(
         "--index",
         type=int,
-        default=DEFAULT_INDEX,
         metavar="N",
-        help=f"the N in 10.N.1.0/24 and fd00:N:1::/64, 1..250 (default {DEFAULT_INDEX})",
+        help="the N in 10.N.1.0/24 and fd00:N:1::/64, 1..250 (default: the one the lab is up "
+        f"with, else {DEFAULT_INDEX})",
     )
     up.set_defaults(func=_up)
 
-    down = actions.add_parser("down", help="remove the lab's namespaces and links")
+    down = actions.add_parser(
+        "down",
+        help="stop what runs in the lab (SIGTERM, then SIGKILL after "
+        f"{netns.STOP_GRACE:g} s), remove its namespaces and links",
+    )
     _add_name(down)
     down.set_defaults(func=_down)
 
-    listing = actions.add_parser("list", help="show the labs on this host")
+    listing = actions.add_parser(
+        "list", help="show the labs on this host, and the fwemu (or other queue) serving each"
+    )
     listing.add_argument("--json", action="store_true", help="print a JSON array instead")
     listing.set_defaults(func=_list)
 
     run = actions.add_parser(
         "exec",
-        help="run a command inside one namespace of a lab, exiting with its status",
+        help="run a command inside one namespace of a lab: it takes this process's place (its "
+        "pid, so signals reach it, and its exit status)",
         usage="fwemu lab exec NAME {client,fw,server} -- COMMAND [ARG ...]",
     )
     run.add_argument("name", metavar="NAME", help="the lab's name")
@@ -74,9 +83,12 @@ def _add_name(parser: argparse.ArgumentParser) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
-    lab = LabPlan.create(args.name, args.index)
-    netns.up(lab)
-    print(f"lab {lab.name} is up (index {lab.index}):")
+    index = args.index
+    if index is None:  # a lab that is up stays as it is, whatever its index
+        index = netns.up_index(args.name)
+    lab = LabPlan.create(args.name, DEFAULT_INDEX if index is None else index)
+    state = "is up" if netns.up(lab) else "was already up, unchanged"
+    print(f"lab {lab.name} {state} (index {lab.index}):")
     for end in lab.endpoints:
         print(f"  {end.namespace:<{len(lab.name) + 8}} {end.ifname:<5} {'  '.join(end.addresses)}")
     print(
@@ -90,6 +102,13 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
+    # Stopped first and each one named: left running, they would go on in namespaces with no
+    # name (fwemu keeping its control socket), and nothing should vanish unsaid.
+    for stop in netns.stop_processes(args.name):
+        how = "SIGTERM"
+        if stop.signal == signal.SIGKILL:
+            how = f"SIGKILL: still running {netns.STOP_GRACE:g} s after SIGTERM"
+        print(f"stopped {stop.process.describe()} ({how})")
     if netns.down(args.name):
         print(f"lab {args.name} removed")
     else:
@@ -99,14 +118,25 @@ def _down(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     labs = netns.list_labs()
+    served = {info.name: _served(info) for info in labs}
     if args.json:
-        print(json.dumps([info.to_dict() for info in labs], indent=2))
+        listed = [
+            {
+                **info.to_dict(),
+                "fwemu": [
+                    {"namespace": namespace_name(info.name, side), **peer.to_dict()}
+                    for side, peer in served[info.name]
+                ],
+            }
+            for info in labs
+        ]
+        print(json.dumps(listed, indent=2))
         return 0
     if not labs:
         print("no labs; create one with 'fwemu lab up'")
         return 0
     table = Table()
-    for heading in ("lab", "index", "state", *SIDES):
+    for heading in ("lab", "index", "state", *SIDES, "fwemu"):
         table.add_column(heading, overflow="fold")  # wrap rather than hide part of a name
     for info in labs:
         addresses = info.to_dict()["addresses"]
@@ -115,14 +145,26 @@ def _list(args: argparse.Namespace) -> int:
             "?" if info.index is None else str(info.index),
             "up" if info.up else "partial",
             *("\n".join(addresses.get(side, ["(missing)"])) for side in SIDES),
+            "\n".join(
+                peer.describe() if side == "fw" else f"{side}: {peer.describe()}"
+                for side, peer in served[info.name]
+            )
+            or "-",
         )
     # Rich assumes 80 columns when output is not a terminal; pipes and logs get whole rows.
     Console(width=None if sys.stdout.isatty() else _PIPE_WIDTH).print(table)
     return 0
 
 
+def _served(info: netns.LabInfo) -> list[tuple[Side, peers.Peer]]:
+    """What serves NFQUEUEs in each of the lab's namespaces: a fwemu, or another program."""
+    return [
+        (side, peer)
+        for side in info.namespaces
+        for peer in netns.call_in_netns(namespace_name(info.name, side), peers.running)
+    ]
+
+
 def _exec(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    returncode = netns.run_in(args.name, args.side, command).returncode
-    # A command killed by signal N reports -N; shells report that as 128 + N.
-    return 128 - returncode if returncode < 0 else returncode
+    netns.replace_with(args.name, args.side, command)

@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
@@ -52,6 +55,13 @@ _FAMILIES: Mapping[int, Literal[4, 6]] = {socket.AF_INET: 4, socket.AF_INET6: 6}
 _NETLINK_ERRORS = (OSError, NetlinkError)
 # Linkwatch needs about 1 s (measured on 6.18); far more means something is wrong.
 _RUNNING_TIMEOUT = 5
+# Seconds what runs in a lab has after SIGTERM before `down` kills it: fwemu removes its rules
+# and stops within a fraction of one, a server closes its connections; a program still there
+# after this ignores SIGTERM or hangs.
+STOP_GRACE = 3.0
+# Seconds to wait for SIGKILLed processes to be gone: only one stuck in the kernel (state D)
+# takes longer, and that one no signal can end.
+_KILL_WAIT = 5.0
 
 
 def require_root() -> None:
@@ -130,6 +140,25 @@ def run_in(
 ) -> subprocess.CompletedProcess[Any]:
     """Run `argv` to completion inside namespace NAME-side; subprocess.run keywords pass through."""
     return subprocess.run(_in_lab_argv(name, side, argv), check=False, **run_kwargs)
+
+
+def replace_with(name: str, side: Side, argv: Sequence[str]) -> NoReturn:
+    """Become `argv` run inside namespace NAME-side (`fwemu lab exec`): `ip netns exec` enters
+    it and execs the command in turn, so the command keeps this process's pid. Whatever signals
+    this process gets (a job's `kill %1`, a script's `kill $!`) reach the command itself, with
+    nothing left behind, and its exit status is this process's.
+
+    Python ignores SIGPIPE and SIGXFSZ for itself, and ignored signals stay ignored across
+    exec: they are given back their default first, as subprocess does (restore_signals)."""
+    command = _in_lab_argv(name, side, argv)
+    for signum in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(signum, signal.SIG_DFL)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvp(command[0], command)
+    except OSError as err:
+        raise LabError(f"cannot run {command[0]}: {err.strerror}") from None
 
 
 # --- observing what exists ------------------------------------------------------------------
@@ -310,17 +339,19 @@ def _lab_info(name: str) -> LabInfo:
 # --- creating and removing ------------------------------------------------------------------
 
 
-def up(plan: LabPlan) -> None:
-    """Make lab `plan.name` exist exactly as planned.
+def up(plan: LabPlan) -> bool:
+    """Make lab `plan.name` exist exactly as planned; False if it already did (nothing changed).
 
-    A complete lab is left alone; a partial one (e.g. after a crash) is removed and rebuilt.
+    A complete lab is left alone; a partial one (e.g. after a crash) is removed and rebuilt,
+    unless processes run in it (removing their namespaces would leave them running, detached).
     A complete lab with another index is an error rather than torn down under its users.
     If building fails or is interrupted, whatever was created is removed again.
     """
     require_root()
     observed = _observe_lab(plan.name)
-    if not _problems(plan, observed):
-        return
+    problems = _problems(plan, observed)
+    if not problems:
+        return False
     index = _index_of(plan.name, observed)
     if index not in (None, plan.index) and not _problems(
         LabPlan.create(plan.name, index), observed
@@ -329,18 +360,46 @@ def up(plan: LabPlan) -> None:
             f"lab {plan.name} is already up with index {index}; "
             f"run 'fwemu lab down {plan.name}' first or use --index {index}"
         )
-    down(plan.name)
+    if running := processes_in(plan.name):
+        others = f" and {len(running) - 1} more" if len(running) > 1 else ""
+        raise LabError(
+            f"lab {plan.name} is incomplete ({problems[0]}) and processes run in it "
+            f"({running[0].describe()}{others}); 'fwemu lab down {plan.name}' stops them "
+            "and removes the lab"
+        )
+    _remove(plan.name)
     try:
         _build(plan)
     except BaseException:
-        down(plan.name)
+        _remove(plan.name)
         raise
+    return True
+
+
+def up_index(name: str) -> int | None:
+    """The index lab `name` is up with; None if it is not (absent, or incomplete)."""
+    require_root()
+    info = _lab_info(validate_name(name))
+    return info.index if info.up else None
 
 
 def down(name: str) -> bool:
-    """Remove lab `name`'s namespaces (and with them its veths); False if there were none."""
+    """Remove lab `name`: stop what runs in it (`stop_processes`), then remove its namespaces,
+    and with them its veths; False if it had none.
+
+    A process left running would keep its namespace alive, detached from its name: out of
+    reach of `fwemu lab exec` and `ip netns`, and a fwemu in it would go on holding its control
+    socket (/run/fwemu/NAME-fw.q0.sock), so the next `fwemu run` in a lab of that name would be
+    refused.
+    """
     require_root()
     validate_name(name)
+    stop_processes(name)
+    return _remove(name)
+
+
+def _remove(name: str) -> bool:
+    """Remove lab `name`'s namespaces (and with them its veths); False if there were none."""
     present = set(netns.listnetns())
     removed = False
     for namespace in (namespace_name(name, side) for side in SIDES):
@@ -349,6 +408,191 @@ def down(name: str) -> bool:
                 netns.remove(namespace)
             removed = True
     return removed
+
+
+# --- what runs in a lab ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Process:
+    """A process whose network namespace is one of a lab's (as `ip netns pids` finds them)."""
+
+    pid: int
+    namespace: str
+    command: str  # its command line, as ps(1) shows it
+
+    def describe(self) -> str:
+        return f"pid {self.pid} in {self.namespace}: {self.command}"
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """A process `stop_processes` ended, and the signal that ended it."""
+
+    process: Process
+    signal: signal.Signals
+
+
+def processes_in(name: str) -> list[Process]:
+    """The processes running in lab `name`'s namespaces, by pid (this process excepted)."""
+    require_root()
+    namespaces = _lab_namespaces(validate_name(name))
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            namespace = namespaces.get(_netns_of(int(entry)))
+            if namespace is not None:
+                found.append(Process(int(entry), namespace, _command_line(int(entry))))
+    return sorted(found, key=lambda process: process.pid)
+
+
+def stop_processes(name: str, grace: float = STOP_GRACE) -> list[Stopped]:
+    """End what runs in lab `name`: SIGTERM, then SIGKILL for whatever is there `grace` seconds
+    later (still, or started meanwhile); each process with the signal that ended it, by pid.
+
+    SIGTERM goes to the outermost processes only, those whose parent is outside the lab, and
+    to the next ones as their parents exit: a parent stops its own children (fwemu's supervisor
+    its workers, which would otherwise stop first and look to it like a crash). Signals go
+    through pidfds opened while the process was in the lab, so a pid reused meanwhile is never
+    signalled, and exits are awaited, not polled for.
+    """
+    seen = {process.pid: process for process in processes_in(name)}
+    namespaces = _lab_namespaces(name)
+    opened: list[int] = []
+    try:
+        _terminate(name, namespaces, seen, opened, time.monotonic() + grace)
+        killed = _kill(name, namespaces, seen, opened)
+    finally:
+        for fd in opened:
+            os.close(fd)
+    return [
+        Stopped(seen[pid], signal.SIGKILL if pid in killed else signal.SIGTERM)
+        for pid in sorted(seen)
+    ]
+
+
+def _terminate(
+    name: str,
+    namespaces: Mapping[tuple[int, int] | None, str],
+    seen: dict[int, Process],
+    opened: list[int],
+    deadline: float,
+) -> None:
+    """SIGTERM the lab's outermost processes, then those each exit makes outermost, until
+    nothing runs in the lab or `deadline` passes; `seen` gains those signalled (what starts and
+    ends meanwhile, as fwemu's iptables calls, is not worth naming), `opened` their pidfds."""
+    poller = select.poll()
+    termed: set[int] = set()
+    waiting = 0
+    while running := processes_in(name):
+        pids, before = {process.pid for process in running}, len(termed)
+        for process in running:
+            if process.pid in termed or _parent(process.pid) in pids:
+                continue
+            fd = _signal(process, signal.SIGTERM, namespaces)
+            termed.add(process.pid)
+            seen.setdefault(process.pid, process)
+            if fd is not None:
+                opened.append(fd)
+                poller.register(fd, select.POLLIN)
+                waiting += 1
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        if not waiting:
+            if len(termed) == before:
+                return  # nothing left to wait for that a SIGTERM could end
+            continue  # what was signalled exited before its pidfd opened: look again
+        exits = poller.poll(left * 1000)
+        if not exits:
+            return
+        for fd, _ in exits:
+            poller.unregister(fd)
+            waiting -= 1
+
+
+def _kill(
+    name: str,
+    namespaces: Mapping[tuple[int, int] | None, str],
+    seen: dict[int, Process],
+    opened: list[int],
+) -> set[int]:
+    """SIGKILL whatever runs in lab `name`; the pids killed, returned once they are gone (or
+    after _KILL_WAIT)."""
+    poller = select.poll()
+    killed = set()
+    for process in processes_in(name):
+        fd = _signal(process, signal.SIGKILL, namespaces)
+        if fd is not None:
+            opened.append(fd)
+            poller.register(fd, select.POLLIN)
+            killed.add(process.pid)
+            seen.setdefault(process.pid, process)
+    waiting, deadline = len(killed), time.monotonic() + _KILL_WAIT
+    while waiting and (left := deadline - time.monotonic()) > 0:
+        for fd, _ in poller.poll(left * 1000):
+            poller.unregister(fd)
+            waiting -= 1
+    return killed
+
+
+def _signal(
+    process: Process, signum: signal.Signals, namespaces: Mapping[tuple[int, int] | None, str]
+) -> int | None:
+    """`signum` sent to `process`; its pidfd (the caller closes it), None if it is gone."""
+    try:
+        fd = os.pidfd_open(process.pid)
+    except OSError:
+        return None
+    # Still in the lab once the pidfd is open: the fd is that process, not a reuse of its pid.
+    if _netns_of(process.pid) not in namespaces:
+        os.close(fd)
+        return None
+    with suppress(ProcessLookupError):  # it exited meanwhile
+        signal.pidfd_send_signal(fd, signum)
+    return fd
+
+
+def _lab_namespaces(name: str) -> dict[tuple[int, int] | None, str]:
+    """(device, inode) -> name of each of lab `name`'s namespaces that exists."""
+    found: dict[tuple[int, int] | None, str] = {}
+    for namespace in (namespace_name(name, side) for side in SIDES):
+        try:
+            st = os.stat(f"{netns.NETNS_RUN_DIR}/{namespace}")
+        except OSError:
+            continue
+        found[(st.st_dev, st.st_ino)] = namespace
+    return found
+
+
+def _netns_of(pid: int) -> tuple[int, int] | None:
+    """(device, inode) of process `pid`'s network namespace; None once it has exited."""
+    try:
+        st = os.stat(f"/proc/{pid}/ns/net")
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _parent(pid: int) -> int:
+    """Process `pid`'s parent (0 if it is gone): /proc/PID/stat's 4th field, after the name in
+    parentheses, which may itself hold spaces and parentheses."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rpartition(b")")[2].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _command_line(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().rstrip(b"\0").split(b"\0")
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            comm = f.read().strip()
+    except OSError:
+        return "?"
+    return b" ".join(argv).decode(errors="replace") or f"[{comm.decode(errors='replace')}]"
 
 
 # The harness's and the test suite's lab names carry their creator's pid: "fwemu-<pid>-<n>",
@@ -366,8 +610,6 @@ def reap_orphans() -> list[str]:
     for name in _lab_names():
         match = _OWNED_LAB_RE.fullmatch(name)
         if match and not _alive(int(match["pid"])):
-            for side in SIDES:
-                _kill_processes_in(namespace_name(name, side))
             down(name)
             reaped.append(name)
     return reaped
@@ -381,23 +623,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _kill_processes_in(namespace: str) -> None:
-    """SIGKILL every process whose network namespace is `namespace` (as `ip netns pids`)."""
-    try:
-        target = os.stat(f"/run/netns/{namespace}")
-    except OSError:
-        return
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            ns = os.stat(f"/proc/{entry}/ns/net")
-            if (ns.st_dev, ns.st_ino) == (target.st_dev, target.st_ino):
-                os.kill(int(entry), signal.SIGKILL)
-        except OSError:
-            continue  # it exited meanwhile
 
 
 @contextmanager

@@ -7,16 +7,28 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 from pyroute2 import netns as pr_netns
 
-from fwemu.lab import LabError, LabPlan, down, exec_in, lab, list_labs, run_in, socket_in, up
+from fwemu.lab import (
+    LabError,
+    LabPlan,
+    Side,
+    down,
+    exec_in,
+    lab,
+    list_labs,
+    processes_in,
+    run_in,
+    socket_in,
+    up,
+)
 from fwemu.lab import netns as lab_netns
 
-from .helpers import ping, root_network
+from .helpers import DEAF, SLEEPER, ping, root_network
 
 pytestmark = pytest.mark.usefixtures("needs_root")
 
@@ -158,7 +170,7 @@ def test_socket_in_an_unknown_namespace_is_a_lab_error() -> None:
 def test_second_up_changes_nothing(make_lab: Callable[[], LabPlan]) -> None:
     plan = make_lab()
     inodes = _ns_inodes(plan)
-    up(plan)
+    assert up(plan) is False
     assert _ns_inodes(plan) == inodes
 
 
@@ -277,24 +289,91 @@ def test_reap_orphans_removes_a_dead_runs_lab_and_what_runs_in_it(
     kept = LabPlan.create(lab_name(), index=13)  # this process's: alive
     up(orphan)
     up(kept)
-    leaked = exec_in(orphan.name, "fw", ["sleep", "600"])
     try:
-        _wait_until_in(leaked.pid, orphan.fw_client_side.namespace)
-        assert lab_netns.reap_orphans() == [orphan.name]
-        assert leaked.wait(timeout=5) == -signal.SIGKILL
-        assert not _namespaces(orphan.name)
-        assert _namespaces(kept.name) == set(kept.namespaces)
+        with _started(orphan, "fw", SLEEPER) as leaked:
+            assert lab_netns.reap_orphans() == [orphan.name]
+            assert leaked.wait(timeout=5) == -signal.SIGTERM
+            assert not _namespaces(orphan.name)
+            assert _namespaces(kept.name) == set(kept.namespaces)
     finally:
-        leaked.kill()
-        leaked.wait()
         down(orphan.name)
 
 
-def _wait_until_in(pid: int, namespace: str) -> None:
-    """Until `ip netns exec` has moved process `pid` into `namespace` (it setns(2)es, then
-    execs the command)."""
-    target = os.stat(f"/run/netns/{namespace}")
-    deadline = time.monotonic() + 5
-    while os.stat(f"/proc/{pid}/ns/net").st_ino != target.st_ino:
-        assert time.monotonic() < deadline, f"process {pid} never entered {namespace}"
-        time.sleep(0.001)
+# Blocks SIGTERM, says it is ready, then prints the pid that sent it SIGTERM and exits.
+CHILD = (
+    "import signal; signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}); "
+    "print('ready', flush=True); print(signal.sigwaitinfo({signal.SIGTERM}).si_pid)"
+)
+# Stops its child on SIGTERM, as fwemu's supervisor stops its workers; passes on its output.
+PARENT = f"""
+import signal, subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", {CHILD!r}], stdout=subprocess.PIPE, text=True)
+signal.signal(signal.SIGTERM, lambda *_: child.terminate())
+print(child.stdout.readline(), end="", flush=True)
+print(child.stdout.read(), end="", flush=True)
+sys.exit(child.wait())
+"""
+
+
+@contextmanager
+def _started(plan: LabPlan, side: Side, argv: list[str]) -> Iterator[subprocess.Popen[str]]:
+    """`argv` running in the lab once it printed its first line; killed at the end, if need be."""
+    with exec_in(plan.name, side, argv, stdout=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stdout is not None
+            assert process.stdout.readline() == "ready\n"
+            yield process
+        finally:
+            process.kill()
+
+
+def test_stop_processes_kills_what_outlives_sigterm(make_lab: Callable[[], LabPlan]) -> None:
+    plan = make_lab()
+    with _started(plan, "server", SLEEPER) as polite, _started(plan, "client", DEAF) as deaf:
+        stopped = lab_netns.stop_processes(plan.name, grace=0.2)
+        assert [
+            (s.process.pid, s.process.namespace, s.process.command, s.signal) for s in stopped
+        ] == sorted(
+            [
+                (polite.pid, plan.server.namespace, " ".join(SLEEPER), signal.SIGTERM),
+                (deaf.pid, plan.client.namespace, " ".join(DEAF), signal.SIGKILL),
+            ]
+        )
+        assert (polite.wait(5), deaf.wait(5)) == (-signal.SIGTERM, -signal.SIGKILL)
+        assert processes_in(plan.name) == []
+    assert lab_netns.stop_processes(plan.name) == []
+
+
+def test_stop_processes_lets_a_parent_stop_its_children(make_lab: Callable[[], LabPlan]) -> None:
+    """SIGTERM goes to the outermost process: fwemu's workers stopping before their supervisor
+    knew it should stop would look to it like a crash."""
+    plan = make_lab()
+    with _started(plan, "fw", [sys.executable, "-c", PARENT]) as parent:
+        (child,) = (p for p in processes_in(plan.name) if p.pid != parent.pid)
+        stopped = lab_netns.stop_processes(plan.name)
+        assert [(s.process.pid, s.signal) for s in stopped] == sorted(
+            [(parent.pid, signal.SIGTERM), (child.pid, signal.SIGTERM)]
+        )
+        assert parent.stdout is not None
+        assert parent.stdout.read() == f"{parent.pid}\n"  # the child's SIGTERM came from it
+        assert parent.wait(5) == 0
+
+
+def test_up_refuses_to_rebuild_a_partial_lab_something_runs_in(
+    make_lab: Callable[[], LabPlan],
+) -> None:
+    """Removing its namespaces would leave the process running in a namespace with no name."""
+    plan = make_lab()
+    with _started(plan, "fw", SLEEPER) as sleeper:
+        pr_netns.remove(plan.server.namespace)
+        with pytest.raises(LabError) as refused:
+            up(plan)
+        assert str(refused.value) == (
+            f"lab {plan.name} is incomplete (namespace {plan.server.namespace} is missing) and "
+            f"processes run in it (pid {sleeper.pid} in {plan.fw_client_side.namespace}: "
+            f"{' '.join(SLEEPER)}); 'fwemu lab down {plan.name}' stops them and removes the lab"
+        )
+        assert down(plan.name) is True
+        assert sleeper.wait(5) == -signal.SIGTERM
+    assert up(plan) is True
+    assert ping(plan.client.namespace, plan.server.ipv4)

@@ -112,7 +112,7 @@ def test_state_file_holds_the_flow_table_on_sigusr1(
                 client.sendall(b"x")
                 assert conn.recv(1) == b"x"
                 fw.process.send_signal(signal.SIGUSR1)
-                fw.wait_for(f"wrote 1 flows to {state}")
+                fw.wait_for(f"wrote 1 flow to {state}")
     snapshot = json.loads(state.read_text())
     [flow] = snapshot["flows"]
     assert flow["flow"]["src"] == lab_plan.client.ipv4

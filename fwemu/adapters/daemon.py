@@ -34,7 +34,7 @@ from fwemu.adapters.queue import PacketQueue, QueuedPacket
 from fwemu.clock import Clock
 from fwemu.core.decision import IN_STATE, Decision
 from fwemu.core.engine import Engine, Verdict
-from fwemu.core.events import Event, FlowId, OutOfState
+from fwemu.core.events import Event, FlowExpired, FlowId, OutOfState, OutOfStateSummary
 from fwemu.errors import FwemuError
 from fwemu.ops.control import ControlServer
 from fwemu.ops.metrics import LATENCY_SAMPLE, Metrics
@@ -127,9 +127,22 @@ class Counters:
     rewritten: int = 0  # accepted packets sent on rewritten (Decision.rewrite), of `accepted`
     errors: int = 0  # packets accepted because the engine raised
     bypassed: int = 0  # packets the kernel let past fwemu unseen (adapters/bypass.py)
+    expired: int = 0  # flows expired, by their timers or by `fwemu expire`
+    # Packets of no flow or invalid in theirs, as the metrics count them: one per out_of_state
+    # event, and those past the answer rate when their out_of_state_summary comes.
+    out_of_state: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+    def on_event(self, event: Event) -> None:
+        """Count what `fwemu top` shows of the events (the reporter's watcher)."""
+        if isinstance(event, FlowExpired):
+            self.expired += 1
+        elif isinstance(event, OutOfState):
+            self.out_of_state += 1
+        elif isinstance(event, OutOfStateSummary):
+            self.out_of_state += event.packets
 
 
 class Daemon:
@@ -156,6 +169,7 @@ class Daemon:
         self.reporter = reporter
         self.source = source
         self.counters = counters or Counters()
+        reporter.watch(self.counters.on_event)
         self._injector = injector
         self._dry_run = dry_run
         self._state_file = state_file

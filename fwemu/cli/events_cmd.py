@@ -61,7 +61,7 @@ def register(subparsers: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     selector = parse_selector(args.filter, EVENT_KEYS)
     req = Request("events", selector=selector, follow=args.follow, history=args.history)
-    targets = client.find_run(args.control)
+    targets = client.chosen_run(args)
     for event in client.merged_events(targets, req):
         print(views.event_line(event) if args.lines else json.dumps(event), flush=True)
     if args.follow:

@@ -85,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
     req = Request("expire", selector=selector, all=args.all, action=action, seconds=args.seconds)
     summary: Counter[str] = Counter()
     # Every worker of a run: each expires (or re-times) the matching flows it holds.
-    for _, record in client.request_all(client.find_run(args.control), req):
+    for _, record in client.request_all(client.chosen_run(args), req):
         if "event" in record:
             event = record["event"]
             print(json.dumps(event) if args.json else views.event_line(event), flush=True)

@@ -61,7 +61,7 @@ def register(subparsers: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     text = args.match + (f" state={args.state}" if args.state else "")
     req = Request("flows", selector=parse_selector(text))
-    targets = client.find_run(args.control)
+    targets = client.chosen_run(args)
     records = client.request_all(targets, req)
     flows = views.by_deadline(r["flow"] for _, r in records if "flow" in r)
     if args.summary:
@@ -73,7 +73,7 @@ def _run(args: argparse.Namespace) -> int:
     if not flows:
         console.print("no flows match" if text.strip() else "no flows")
         return 0
-    console.print(views.flows_table(flows))
+    console.print(views.flows_table(flows, console.width))
     console.print(f"{len(flows)} flows: {views.state_counts(flows)}")
     return 0
 

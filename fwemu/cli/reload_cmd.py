@@ -53,19 +53,10 @@ def _run(args: argparse.Namespace) -> int:
     # The daemon's working directory is not ours: send an absolute path.
     policy = None if args.policy is None else os.path.abspath(args.policy)
     req = Request("reload", policy=policy, preset=args.preset)
-    targets = client.find_run(args.control)
-    if len(targets) == 1:
-        for record in client.request(targets[0].path, req):
-            print(record["message"])
-        return 0
     # Every worker of a run reloads on its own; each says how it went.
-    rejected = []
-    for target in targets:
-        try:
-            for record in client.request(target.path, req):
-                print(target.tag + record["message"])
-        except ControlError as err:
-            rejected.append(f"{target.tag}{err}")
+    said, rejected = client.reload_each(client.chosen_run(args), req)
+    for line in said:
+        print(line)
     if rejected:
         raise ControlError("\n".join(rejected))
     return 0

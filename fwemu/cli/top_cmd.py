@@ -12,28 +12,28 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from rich.console import RenderableType
+from rich.console import Console, RenderableType
 from rich.live import Live
 
 from fwemu.cli.argtypes import number
 from fwemu.ops import client, views
+from fwemu.ops.control import ControlError
 from fwemu.ops.filters import EVERYTHING
 from fwemu.ops.protocol import Request
 
 ORDER = 23  # place in `fwemu --help`
-
-RECENT_EVENTS = 8
-# Lines of the screen that are not flow rows: header, counts, table head, events, footer.
-_CHROME = 8 + RECENT_EVENTS
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "top",
         help="live view of a running fwemu: flows, counts per state, recent events",
-        description="A refreshing view of the running fwemu: its counters, how many flows are "
-        "in each state, the flows whose timers run out soonest, and the latest events. "
-        "q or Ctrl-C quits.",
+        description="A refreshing view of the running fwemu: its counters (packets, verdicts, "
+        "injected packets, expiries, out-of-state packets), how many flows are in each state, "
+        "the flows whose timers run out soonest, and the latest events. When fwemu stops or "
+        "restarts, it waits and reconnects. q or Ctrl-C quits.",
+        epilog="The flow table keeps STATE, TIMER, LEFT and RULE whole: in a narrow terminal "
+        "its BYTES, PKTS and AGE columns go first (fwemu flows --json has them all).",
     )
     parser.add_argument(
         "--interval",
@@ -50,26 +50,39 @@ def register(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    targets = client.find_run(args.control)
     console = views.stdout_console()
-    events_req = Request("events", selector=EVERYTHING, history=RECENT_EVENTS)
-
-    def screen() -> RenderableType:
-        # The workers of one run, summed up as one firewall.
-        statuses = [r for _, r in client.request_all(targets, Request("status"))]
-        flows = [r["flow"] for _, r in client.request_all(targets, Request("flows")) if "flow" in r]
-        events = list(client.merged_events(targets, events_req))
-        return views.top_view(
-            views.merged_status(statuses), flows, events, console.height - _CHROME
-        )
-
+    targets = client.chosen_run(args)
     if args.once:
-        console.print(screen())
+        # A line fewer: the shell's prompt comes after it, and must not scroll the header away.
+        console.print(_screen(targets, console, console.height - 1))
         return 0
-    with _keys() as pressed, Live(screen(), console=console, auto_refresh=False) as live:
+    with (
+        _keys() as pressed,
+        Live(_screen(targets, console), console=console, auto_refresh=False) as live,
+    ):
         while pressed(args.interval) != "q":
-            live.update(screen(), refresh=True)
+            try:
+                # After a fwemu went away: find it again, as it was chosen (it may come back
+                # with other workers, or another may have started beside it).
+                targets = targets or client.chosen_run(args)
+                screen = _screen(targets, console)
+            except ControlError as err:
+                targets, screen = (), views.waiting_view(str(err))
+            live.update(screen, refresh=True)
     return 0
+
+
+def _screen(
+    targets: tuple[client.Target, ...], console: Console, height: int | None = None
+) -> RenderableType:
+    """One screen (of `height` lines, the terminal's by default) of the workers of one run,
+    summed up as one firewall."""
+    statuses = [r for _, r in client.request_all(targets, Request("status"))]
+    flows = [r["flow"] for _, r in client.request_all(targets, Request("flows")) if "flow" in r]
+    events_req = Request("events", selector=EVERYTHING, history=views.RECENT_EVENTS)
+    events = list(client.merged_events(targets, events_req))
+    status = client.merged_status(statuses)
+    return views.top_view(status, flows, events, console.width, height or console.height)
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from fwemu.core.engine import Engine
 from fwemu.core.events import Event
 from fwemu.ops.control import Reply
 from fwemu.ops.filters import EVERYTHING, Selector
-from fwemu.ops.protocol import Request, error_reply, flow_record
+from fwemu.ops.protocol import PROTOCOL_VERSION, Request, error_reply, flow_record
 
 # Flows expired per reply step, as the daemon's timers expire per handle_timer call
 # (daemon.TIMER_BATCH): the control server stops building a reply after TURN_BUDGET, so a step
@@ -78,6 +78,7 @@ class Commands:
         policy = daemon.engine.policy
         return {
             "ok": True,
+            "version": PROTOCOL_VERSION,
             **self._status,
             "pid": os.getpid(),
             "policy": policy.name,

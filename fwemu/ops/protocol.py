@@ -9,6 +9,9 @@ A request is one object with `cmd` and that command's fields (see `FIELDS`):
     {"cmd": "reload", "policy": "/etc/fwemu/fw.toml"}                  (or "preset", or neither)
     {"cmd": "status"}
 
+The `status` reply carries `version`, `PROTOCOL_VERSION`: docs/control-protocol.md says what
+changes it and what may change without it.
+
 A request line is at most `MAX_REQUEST` bytes; its newline may be left out by a client that then
 shuts down its sending side. The reply is zero or more item lines ({"flow": {...}} or
 {"event": {...}}) and then one final line with "ok": {"ok": true, ...summary} or {"ok": false,
@@ -35,6 +38,10 @@ from fwemu.ops.filters import (
 )
 from fwemu.policy import ExpireAction
 
+# Raised when a request or reply changes so that a client or daemon of the previous version
+# would misread it (a field removed, renamed or meaning something else); new fields in replies
+# and new commands or request fields do not change it (docs/control-protocol.md, "Versions").
+PROTOCOL_VERSION = 1
 # A request is a few hundred bytes: a filter of a few dozen terms, or a policy path (PATH_MAX is
 # 4096). The bound is also one on the daemon's work per request: parsing a filter of 8 KiB (of
 # addresses) takes 5.6 ms, one of 54 KiB 40 ms, time during which no packet gets its verdict.
@@ -124,7 +131,7 @@ def parse_request(line: bytes) -> Request:
             follow=_typed(data, "follow", bool, False),
             history=_typed(data, "history", int, DEFAULT_HISTORY),
             all=_typed(data, "all", bool, False),
-            action=_action(_typed(data, "action", str, None)),
+            action=parse_action(_typed(data, "action", str, None)),
             policy=_typed(data, "policy", str, None),
             preset=_typed(data, "preset", str, None),
             seconds=_seconds(data.get("in")),
@@ -159,7 +166,8 @@ def _seconds(value: Any) -> float | None:
     return float(value)
 
 
-def _action(value: str | None) -> ExpireAction | None:
+def parse_action(value: str | None) -> ExpireAction | None:
+    """An expiry action by its name; ProtocolError naming the choices."""
     if value is None:
         return None
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from rich import box
@@ -19,6 +19,7 @@ from rich.text import Text
 
 from fwemu.core.events import FlowId
 from fwemu.core.states import PHASE_OF
+from fwemu.ops.client import queue_range
 
 _NEVER = "never"  # a state without a timer
 
@@ -56,27 +57,65 @@ def by_deadline(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: (r["expires_in"] is None, r["expires_in"] or 0.0))
 
 
-def flows_table(records: Sequence[dict[str, Any]]) -> Table:
-    """One row per flow, as `conntrack -L` lists them: who, state, timer, rule, counters, age."""
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-    for header in ("FLOW (client > server)", "STATE", "TIMER", "LEFT", "RULE"):
-        table.add_column(header, no_wrap=True)
-    for header in ("PKTS c/s", "BYTES c/s", "AGE"):
-        table.add_column(header, justify="right", no_wrap=True)
-    for r in records:
-        (pc, ps), (bc, bs) = r["packets"], r["bytes"]
-        cells = (
-            flow_name(r),
-            r["state"],
-            r["phase"],
-            seconds(r["expires_in"]),
-            r["rule"],
-            f"{amount(pc)}/{amount(ps)}",
-            f"{amount(bc)}/{amount(bs)}",
-            seconds(r["age"]),
+# The flow table's columns, as shown: header, right-aligned, cell. Within a width, the counters
+# and the age go first (bytes, packets, then age), so that the state, the timer, its countdown
+# and the rule stay whole.
+_COLUMNS: tuple[tuple[str, bool, Callable[[dict[str, Any]], str]], ...] = (
+    ("FLOW (client > server)", False, flow_name),
+    ("STATE", False, lambda r: str(r["state"])),
+    ("TIMER", False, lambda r: str(r["phase"])),
+    ("LEFT", False, lambda r: seconds(r["expires_in"])),
+    ("RULE", False, lambda r: str(r["rule"])),
+    ("PKTS c/s", True, lambda r: "/".join(map(amount, r["packets"]))),
+    ("BYTES c/s", True, lambda r: "/".join(map(amount, r["bytes"]))),
+    ("AGE", True, lambda r: seconds(r["age"])),
+)
+_DROPPED_FIRST = (6, 5, 7)  # bytes, packets, age
+# Between two columns: padding on both sides of rich's column divider, then on one side only.
+_GAP, _NARROW_GAP = 3, 2
+
+
+def flows_table(records: Sequence[dict[str, Any]], width: int | None = None) -> Table:
+    """One row per flow, as `conntrack -L` lists them: who, state, timer, rule, counters, age.
+    Narrower than `width` if given: the optional columns go, then the gaps narrow, then the
+    flows' names are cut short, so the other cells are never cut."""
+    rows = [[cell(r) for _, _, cell in _COLUMNS] for r in records]
+    widths = [
+        max([len(header), *(len(row[i]) for row in rows)])
+        for i, (header, _, _) in enumerate(_COLUMNS)
+    ]
+    shown, gap = list(range(len(_COLUMNS))), _GAP
+
+    def needed() -> int:
+        return sum(widths[i] for i in shown) + gap * (len(shown) - 1)
+
+    flow_width = None
+    if width is not None:
+        for column in _DROPPED_FIRST:
+            if needed() <= width:
+                break
+            shown.remove(column)
+        if needed() > width:
+            gap = _NARROW_GAP
+        # The flows' names take what is left (at least their first word), cut with an ellipsis.
+        flow_width = max(widths[0] - max(needed() - width, 0), 4)
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        show_edge=False,
+        padding=(0, 1) if gap == _GAP else (0, 1, 0, 0),
+    )
+    for i in shown:
+        header, right, _ = _COLUMNS[i]
+        table.add_column(
+            header,
+            justify="right" if right else "left",
+            no_wrap=True,
+            max_width=flow_width if i == 0 else None,
         )
+    for row in rows:
         # Text, not markup: "[fd00::1]:80" must not be read as a style tag.
-        table.add_row(*map(Text, cells))
+        table.add_row(*(Text(row[i]) for i in shown))
     return table
 
 
@@ -161,61 +200,87 @@ def limits_table(usages: Sequence[dict[str, Any]], busiest: int) -> Table:
     return table
 
 
-# The counters of `status` that add up over the workers of a run.
-SUMMED = ("packets", "accepted", "dropped", "resets", "rewritten", "errors", "bypassed", "flows")
+def runs_table(records: Sequence[dict[str, Any]]) -> Table:
+    """`fwemu ps`: one row per run (its `--json` records), its workers' sockets as the first
+    and how many more."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for header in ("NETNS", "QUEUE", "POLICY"):
+        table.add_column(header, no_wrap=True)
+    for header in ("FLOWS", "UP", "PID"):
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("CONTROL", no_wrap=True)
+    for r in records:
+        sockets = [w["control"] for w in r["workers"]]
+        more = f" +{len(sockets) - 1}" if len(sockets) > 1 else ""
+        cells = (
+            r["netns"] or "-",
+            queue_range(r["queues"]),
+            f"{r['policy']} ({r['origin']})" + ("  DRY RUN" if r["dry_run"] else ""),
+            f"{r['flows']:,}",
+            seconds(r["uptime"]),
+            str(r["pid"]),
+            sockets[0] + more,
+        )
+        table.add_row(*map(Text, cells))
+    return table
 
 
-def merged_status(statuses: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The `status` of one fwemu, or the workers of one run as one: counters summed, the
-    supervisor's pid, and the queues as a range ("0-3 (4 workers)")."""
-    if len(statuses) == 1:
-        return statuses[0]
-    queues = sorted(int(s["queue"]) for s in statuses)
-    return {
-        **statuses[0],
-        **{key: sum(int(s.get(key, 0)) for s in statuses) for key in SUMMED},
-        "pid": statuses[0].get("supervisor", statuses[0]["pid"]),
-        "queue": f"{queues[0]}-{queues[-1]} ({len(queues)} workers)",
-    }
+# Lines of `fwemu top` besides the header, the limits and the flow rows: the counts per state,
+# the flow table's head (2), its "... and N more", the events' title, and the footer.
+_TOP_CHROME = 6
+RECENT_EVENTS = 8  # at most, and a third of the lines left after the chrome
 
 
 def top_view(
     status: dict[str, Any],
     flows: Sequence[dict[str, Any]],
     events: Sequence[dict[str, Any]],
-    rows: int,
+    width: int,
+    height: int,
 ) -> RenderableType:
-    """`fwemu top`'s screen: a header, counts per state, the flows that expire soonest (at most
-    `rows`), the latest events."""
+    """`fwemu top`'s screen within `width` x `height`: a header with the counters, counts per
+    state, the flows that expire soonest (as many as fit), the latest events."""
     where = f" netns {status['netns']}" if status.get("netns") else ""
     dry = "  DRY RUN" if status.get("dry_run") else ""
     rewritten = f"  rewritten {n}" if (n := status.get("rewritten")) else ""
-    header = Text(
+    lines = [
         f"fwemu pid {status['pid']}{where} queue {status['queue']}  policy {status['policy']} "
-        f"({status['origin']}) x{status['speed']:g}{dry}\n"
+        f"({status['origin']}) x{status['speed']:g}{dry}",
         f"packets {status['packets']}  accepted {status['accepted']}  dropped "
-        f"{status['dropped']}  injected {status['resets']}{rewritten}  flows {status['flows']}",
-        style="bold",
-    )
+        f"{status['dropped']}{rewritten}  flows {status['flows']}",
+        # An older fwemu's status lacks the last two.
+        f"injected {status['resets']}  expired {status.get('expired', 0)}  out-of-state "
+        f"{status.get('out_of_state', 0)}",
+    ]
+    header = Text("\n".join(lines), style="bold")
     if bypassed := status.get("bypassed"):
-        header.append(
-            f"\nBYPASSED {bypassed} packets: the queue overflowed, timers cannot be trusted",
-            style="bold red",
-        )
+        lines.append(f"BYPASSED {bypassed} packets: the queue overflowed, timers cannot be trusted")
+        header.append(f"\n{lines[-1]}", style="bold red")
+    # The header wraps; the rest is one line each.
+    left = height - _TOP_CHROME - sum(-(-max(len(line), 1) // width) for line in lines)
     parts: list[RenderableType] = [header, state_counts(flows)]
     if usages := status.get("limits"):
         parts.append(limits_table(usages, busiest=1))
-        rows -= 2 + sum(len(u["values"]) for u in usages)  # its head, rule and a row per limit
+        left -= 2 + sum(len(u["values"]) for u in usages)  # its head, rule and a row per limit
+    recent = list(events)[max(len(events) - min(RECENT_EVENTS, max(left, 0) // 3), 0) :]
     ordered = by_deadline(flows)
-    shown = ordered[: max(rows, 0)]
-    more = len(ordered) - len(shown)
-    parts.append(flows_table(shown))
-    if more:
+    shown = ordered[: max(left - len(recent), 0)]
+    parts.append(flows_table(shown, width))
+    if more := len(ordered) - len(shown):
         parts.append(Text(f"... and {more} more flows (fwemu flows lists them all)"))
     parts.append(Text("recent events", style="bold"))
-    parts.extend(Text(event_line(e)) for e in events)
+    parts.extend(Text(event_line(e), no_wrap=True, overflow="ellipsis") for e in recent)
     parts.append(Text("q or Ctrl-C quits", style="dim"))
     return Group(*parts)
+
+
+def waiting_view(reason: str) -> RenderableType:
+    """`fwemu top`'s screen while no fwemu answers (it stopped, or is restarting)."""
+    return Group(
+        Text("waiting for fwemu...", style="bold"),
+        Text(reason),
+        Text("q or Ctrl-C quits", style="dim"),
+    )
 
 
 # Output width when stdout is not a terminal: wide enough for an IPv6 flow row without wrapping.

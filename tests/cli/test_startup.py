@@ -15,7 +15,7 @@ import pytest
 from fwemu.cli import build_parser, command_names
 
 HEAVY = ("pyroute2", "fwemu.testing", "fwemu.demo", "fwemu.lab.netns", "fwemu.adapters.runtime")
-OPS = ("flows", "events", "top", "expire", "reload", "check")
+OPS = ("flows", "events", "top", "expire", "reload", "ps", "check")
 
 
 def loaded_after(argv: list[str]) -> set[str]:

@@ -3,6 +3,7 @@ workers: control sockets that answer like a worker's, from canned flows and even
 
 from __future__ import annotations
 
+import argparse
 import json
 import socket
 import threading
@@ -54,8 +55,9 @@ class FakeWorker:
         events: list[dict[str, Any]],
         *,
         reload_error: str | None = None,
+        netns: str | None = None,
     ) -> None:
-        self.path, self.queue, self.run = path, queue, run
+        self.path, self.queue, self.run, self.netns = path, queue, run, netns
         self.flows, self.events = flows, events
         self.reload_error = reload_error
         self.requests: list[dict[str, Any]] = []
@@ -92,7 +94,7 @@ class FakeWorker:
         if command == "status":
             yield {
                 "ok": True, "queue": self.queue, "run": self.run, "supervisor": 100,
-                "pid": 100 + self.queue + 1, "netns": None, "speed": 1.0, "dry_run": False,
+                "pid": 100 + self.queue + 1, "netns": self.netns, "speed": 1.0, "dry_run": False,
                 "policy": "web", "origin": "fw.toml", "flows": len(self.flows),
                 "packets": 10 * (self.queue + 1), "accepted": 9, "dropped": 1, "resets": 0,
                 "errors": 0,
@@ -161,10 +163,105 @@ def test_sockets_of_different_runs_stay_ambiguous(run_dir: tuple[Path, list[Fake
             client.find_run(None, directory)
     finally:
         other.close()
+    # Issue 15: what to type, not socket paths; a run of workers is one fwemu.
     assert str(err.value) == (
-        f"2 fwemus are running ({directory}/fw.q0.sock + {directory}/fw.q1.sock, "
-        f"{directory}/other.q5.sock); choose one with --control"
+        "2 fwemus are running; choose one: --queue 0 (queues 0-1, policy web), "
+        "--queue 5 (queue 5, policy web)"
     )
+
+
+@pytest.fixture
+def labs(tmp_path: Path) -> Iterator[Path]:
+    """Two labs' fwemus: lab1-fw's of two workers (queues 0-1), lab2-fw's on queues 0 and 3."""
+    made = [
+        FakeWorker(tmp_path / "lab1-fw.q0.sock", 0, "r1", [flow(1001, 0)], [], netns="lab1-fw"),
+        FakeWorker(tmp_path / "lab1-fw.q1.sock", 1, "r1", [flow(2001, 1)], [], netns="lab1-fw"),
+        FakeWorker(tmp_path / "lab2-fw.q0.sock", 0, "r2", [flow(3001, 0)], [], netns="lab2-fw"),
+        FakeWorker(tmp_path / "lab2-fw.q3.sock", 3, "r3", [], [], netns="lab2-fw"),
+    ]
+    yield tmp_path
+    for worker in made:
+        worker.close()
+
+
+def test_netns_chooses_every_worker_of_its_run(labs: Path) -> None:
+    assert client.find_run(None, labs, netns="lab1-fw") == (
+        client.Target(labs / "lab1-fw.q0.sock", 0),
+        client.Target(labs / "lab1-fw.q1.sock", 1),
+    )
+    # Any queue of a run chooses all of it.
+    assert client.find_run(None, labs, netns="lab1-fw", queue=1) == client.find_run(
+        None, labs, netns="lab1-fw"
+    )
+    assert client.find_run(None, labs, netns="lab2-fw", queue=3) == (
+        client.Target(labs / "lab2-fw.q3.sock"),
+    )
+    assert client.find_run(None, labs, queue=3) == (client.Target(labs / "lab2-fw.q3.sock"),)
+
+
+def test_a_choice_that_fits_several_or_none_says_what_to_type(labs: Path) -> None:
+    with pytest.raises(ControlError) as several:
+        client.find_run(None, labs, netns="lab2-fw")
+    assert str(several.value) == (
+        "2 fwemus are running; choose one: --netns lab2-fw --queue 0 (queue 0, policy web), "
+        "--queue 3 (queue 3, policy web)"
+    )
+    with pytest.raises(ControlError) as none:
+        client.find_run(None, labs, netns="lab3-fw", queue=1)
+    assert str(none.value) == (
+        "no fwemu in netns lab3-fw serving queue 1 is running; running: --netns lab1-fw "
+        "(queues 0-1, policy web), --netns lab2-fw --queue 0 (queue 0, policy web), --queue 3 "
+        "(queue 3, policy web)"
+    )
+    with pytest.raises(ControlError, match=r"^no fwemu in the host's namespace is running"):
+        client.find_run(None, labs, netns="")
+    with pytest.raises(ControlError, match="is one fwemu's socket: it takes no --netns"):
+        client.find_run(labs / "lab2-fw.q3.sock", labs, netns="lab2-fw")
+
+
+def test_the_environment_chooses_unless_the_command_line_does(labs: Path) -> None:
+    def chosen(environ: dict[str, str], **given: Any) -> tuple[client.Target, ...]:
+        args = argparse.Namespace(**{"netns": None, "queue": None, "control": labs, **given})
+        return client.chosen_run(args, environ)
+
+    lab1 = client.find_run(None, labs, netns="lab1-fw")
+    assert chosen({"FWEMU_NETNS": "lab1-fw"}) == lab1
+    assert chosen({"FWEMU_NETNS": "lab2-fw"}, netns="lab1-fw") == lab1
+    assert chosen({"FWEMU_NETNS": "lab2-fw", "FWEMU_QUEUE": "3"}) == (
+        client.Target(labs / "lab2-fw.q3.sock"),
+    )
+    one = labs / "lab2-fw.q3.sock"  # --control on a socket: the environment does not apply
+    assert chosen({"FWEMU_NETNS": "lab1-fw"}, control=one) == (client.Target(one),)
+    with pytest.raises(ControlError, match=r"^\$FWEMU_QUEUE must be a queue number 0..65535, "):
+        chosen({"FWEMU_QUEUE": "zero"})
+    with pytest.raises(ControlError, match=r"^--queue must be a queue number 0..65535, not '-1'"):
+        chosen({}, queue="-1")
+
+
+def test_running_lists_a_run_of_workers_once(labs: Path) -> None:
+    runs = client.running(labs)
+    assert [(run.netns, run.queues) for run in runs] == [
+        ("lab1-fw", (0, 1)),
+        ("lab2-fw", (0,)),
+        ("lab2-fw", (3,)),
+    ]
+    assert runs[0].status["flows"] == 2 and runs[0].status["pid"] == 100
+    assert [run.choice(runs) for run in runs] == [
+        "--netns lab1-fw",
+        "--netns lab2-fw --queue 0",
+        "--queue 3",
+    ]
+
+
+def test_the_ops_commands_take_netns_and_queue(labs: Path, fwemu: Cli) -> None:
+    result = fwemu("flows", "--control", str(labs), "--netns", "lab1-fw", "--json")
+    assert result.code == 0, result.err
+    assert sorted(f["sport"] for f in json.loads(result.out)) == [1001, 2001]
+    for command in (["top", "--once"], ["events"], ["expire", "--all"], ["reload"]):
+        chosen = fwemu(*command, "--control", str(labs), "--netns", "lab2-fw", "--queue", "3")
+        assert chosen.code in (0, 1), (command, chosen.err)  # expire: 1 for nothing expired
+        ambiguous = fwemu(*command, "--control", str(labs), "--netns", "lab2-fw")
+        assert ambiguous.code == 2 and "choose one: --netns lab2-fw --queue 0" in ambiguous.err
 
 
 def test_flows_lists_every_workers_flows_once_with_its_queue(
@@ -239,7 +336,10 @@ def test_top_shows_the_run_as_one_firewall(
     assert result.code == 0
     lines = result.out.splitlines()
     assert lines[0].startswith("fwemu pid 100 queue 0-1 (2 workers)  policy web (fw.toml)")
-    assert lines[1] == "packets 30  accepted 18  dropped 2  injected 0  flows 3"
+    assert lines[1:3] == [
+        "packets 30  accepted 18  dropped 2  flows 3",
+        "injected 0  expired 0  out-of-state 0",
+    ]
 
 
 def test_a_worker_sends_its_whole_history_when_asked_for_more() -> None:

@@ -491,7 +491,7 @@ def test_connecting_to_nothing_says_so(tmp_path: Path) -> None:
 def test_an_unforeseen_os_error_is_one_line_not_a_traceback(
     fwemu: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(control: Path | None) -> tuple[client.Target, ...]:
+    def broken(control: Path | None, **choice: object) -> tuple[client.Target, ...]:
         raise OSError(errno.EIO, "Input/output error", "/run/fwemu")
 
     monkeypatch.setattr(client, "find_run", broken)

@@ -93,18 +93,112 @@ def test_event_lines() -> None:
     )
 
 
+STATUS = {
+    "pid": 42, "netns": "demo-fw", "queue": 0, "policy": "web", "origin": "fw.toml",
+    "speed": 60.0, "dry_run": False, "packets": 9, "accepted": 8, "dropped": 1, "resets": 2,
+    "expired": 3, "out_of_state": 4, "flows": 3,
+}  # fmt: skip
+
+
+def render_at(renderable: object, width: int) -> list[str]:
+    out = io.StringIO()
+    Console(file=out, width=width, highlight=False).print(renderable)
+    return out.getvalue().splitlines()
+
+
 def test_top_shows_status_counts_the_soonest_flows_and_events() -> None:
-    status = {
-        "pid": 42, "netns": "demo-fw", "queue": 0, "policy": "web", "origin": "fw.toml",
-        "speed": 60.0, "dry_run": False, "packets": 9, "accepted": 8, "dropped": 1, "resets": 2,
-        "flows": 3,
-    }  # fmt: skip
     flows = [flow(1, expires_in=30), flow(2, expires_in=5), flow(4, expires_in=None)]
-    text = render(views.top_view(status, flows, [], rows=2))
-    assert "fwemu pid 42 netns demo-fw queue 0  policy web (fw.toml) x60" in text
-    assert "ESTABLISHED 3" in text
+    # 11 lines: 3 of header, 6 of chrome, 2 flows (and no room for events).
+    lines = render_at(views.top_view(STATUS, flows, [], 160, 11), 160)
+    assert lines[:4] == [
+        "fwemu pid 42 netns demo-fw queue 0  policy web (fw.toml) x60",
+        "packets 9  accepted 8  dropped 1  flows 3",
+        "injected 2  expired 3  out-of-state 4",
+        "ESTABLISHED 3",
+    ]
+    text = "\n".join(lines)
     assert text.index("10.0.1.2:2 >") < text.index("10.0.1.2:1 >")
     assert "10.0.1.2:4 >" not in text and "... and 1 more flows" in text
     assert "BYPASSED" not in text
-    overflowed = render(views.top_view({**status, "bypassed": 17}, flows, [], rows=2))
+    overflowed = "\n".join(
+        render_at(views.top_view({**STATUS, "bypassed": 17}, flows, [], 160, 12), 160)
+    )
     assert "BYPASSED 17 packets: the queue overflowed" in overflowed
+
+
+def event(sport: int) -> dict:
+    return {
+        "ts": 0.5, "event": "expire", "flow": {"src": "10.201.1.2", "sport": sport,
+        "dst": "10.201.2.2", "dport": 5432}, "state": "ESTABLISHED", "phase": "established",
+        "idle": 3.04, "action": "reset-both", "forced": False,
+    }  # fmt: skip
+
+
+def test_top_at_80x24_keeps_state_timer_left_and_rule_whole() -> None:
+    # Issue 15: rich used to cut them to "ESTABL…" at 80 columns.
+    flows = [
+        {**flow(sport), "src": "10.201.1.2", "dst": "10.201.2.2", "dport": 5432,
+         "rule": "postgres", "expires_in": 431000.0 + sport - 51000}
+        for sport in range(51000, 51030)
+    ]  # fmt: skip
+    events = [event(sport) for sport in range(40000, 40010)]
+    lines = render_at(views.top_view(STATUS, flows, events, 80, 24), 80)
+    assert len(lines) == 24 and max(map(len, lines)) <= 80
+    head = next(line for line in lines if line.startswith("FLOW"))
+    assert head.split()[-5:] == ["server)", "STATE", "TIMER", "LEFT", "RULE"]  # no counters
+    rows = [line for line in lines if line.startswith("10.201.1.2:51")]
+    assert len(rows) == 10  # what fits beside 5 events
+    assert rows[0].split() == [
+        "10.201.1.2:51000", ">", "10.201.2.2:5432", "ESTABLISHED", "established", "4d23h",
+        "postgres",
+    ]  # fmt: skip
+    assert "... and 20 more flows" in "\n".join(lines)
+    shown = [line for line in lines if " expire " in line]
+    assert len(shown) == 5 and all(line.endswith("…") for line in shown)  # cut, not wrapped
+    assert lines[-1] == "q or Ctrl-C quits"
+
+
+@pytest.mark.parametrize(
+    ("width", "columns"),
+    [
+        (160, ["PKTS", "BYTES", "AGE"]),
+        (100, ["PKTS", "AGE"]),  # bytes go first
+        (90, ["AGE"]),  # then packets
+        (80, []),  # then the age, and the gaps narrow
+    ],
+)
+def test_a_narrow_flow_table_drops_counters_then_age(width: int, columns: list[str]) -> None:
+    records = [{**flow(51820), "src": "10.201.1.2", "dst": "10.201.2.2", "dport": 5432}]
+    [head, _, row] = render_at(views.flows_table(records, width), width)
+    assert [word for word in head.split() if word in ("PKTS", "BYTES", "AGE")] == columns
+    assert len(row) <= width
+    assert row.split()[3:7] == ["ESTABLISHED", "established", "12.3s", "web"]
+
+
+def test_an_ipv6_flow_s_name_is_cut_before_any_other_cell() -> None:
+    records = [{**flow(3), "src": "fd00:201:1::2", "dst": "fd00:201:2::2"}]
+    [_, _, row] = render_at(views.flows_table(records, 60), 60)
+    assert row.split()[-4:] == ["ESTABLISHED", "established", "12.3s", "web"]
+    assert row.startswith("[fd00:201:1::2]:3 > ") and "…" in row
+
+
+def test_top_waits_for_fwemu_with_the_reason() -> None:
+    lines = render_at(views.waiting_view("no running fwemu found"), 80)
+    assert lines == ["waiting for fwemu...", "no running fwemu found", "q or Ctrl-C quits"]
+
+
+def test_ps_shows_a_run_of_workers_as_one_row() -> None:
+    record = {
+        "netns": "lab1-fw", "queues": [0, 1], "policy": "linux", "origin": "preset",
+        "flows": 1200, "uptime": 185.0, "pid": 4242, "dry_run": False,
+        "workers": [{"control": "/run/fwemu/lab1-fw.q0.sock"},
+                    {"control": "/run/fwemu/lab1-fw.q1.sock"}],
+    }  # fmt: skip
+    host = {**record, "netns": None, "queues": [3], "workers": [{"control": "/run/fwemu/q3.sock"}]}
+    lines = render_at(views.runs_table([record, host]), 160)
+    assert lines[0].split() == ["NETNS", "QUEUE", "POLICY", "FLOWS", "UP", "PID", "CONTROL"]
+    assert lines[2].split() == [
+        "lab1-fw", "0-1", "linux", "(preset)", "1,200", "3m05s", "4242",
+        "/run/fwemu/lab1-fw.q0.sock", "+1",
+    ]  # fmt: skip
+    assert lines[3].split()[:2] == ["-", "3"]

@@ -21,6 +21,7 @@ from fwemu.demo.cases import CASES, CLIENT_TIMEOUT, Case
 from fwemu.demo.runner import DEFAULT_LAB, CaseResult, policy_text, run_demo, summary
 from fwemu.lab import DEFAULT_INDEX
 from fwemu.lab.plan import MAX_INDEX, MIN_INDEX
+from fwemu.policy import format_duration
 from fwemu.scenario.timeline import Entry
 from fwemu.testing import Firewall
 
@@ -202,4 +203,5 @@ class TextPrinter:
         self.console.print(table)
         failed = sum(not r.passed for r in results)
         verdict = f"{failed} of {len(results)} cases FAILED" if failed else "all cases passed"
-        self.console.print(f"{verdict} in {seconds:.1f}s; lab {self.lab} and fwemu removed")
+        took = format_duration(seconds, resolution=0.1)
+        self.console.print(f"{verdict} in {took}; lab {self.lab} and fwemu removed")

@@ -167,17 +167,25 @@ def _checked(seconds: float, shown: str) -> float:
     return float(seconds)
 
 
-def format_duration(seconds: float | None) -> str:
-    """The canonical readable form, which `parse_duration` reads back: "1h30m", "5m50s",
-    "1s500ms", "never". Sub-millisecond parts (only from `--speed` scaling) are rounded."""
+def format_duration(seconds: float | None, resolution: float = 0.001) -> str:
+    """A duration for people, in the one form fwemu prints (and `parse_duration` reads back):
+    "1h30m", "5m50s", "1.5s", "250ms", "never". Rounded to `resolution` seconds (a measured time
+    to a tenth, say); below a millisecond (only from `--speed` scaling) three digits of ms."""
     if seconds is None:
         return "never"
-    millis = round(seconds * 1000)
+    if seconds < 0:
+        return f"-{format_duration(-seconds, resolution)}"
+    millis = round(round(seconds / resolution) * resolution * 1000)
     if millis == 0:
         return "0s" if seconds == 0 else f"{seconds * 1000:.3g}ms"
+    if millis < 1000:
+        return f"{millis}ms"
     parts: list[str] = []
-    for unit, size in _UNITS.items():
-        count, millis = divmod(millis, round(size * 1000))
+    for unit in ("d", "h", "m"):
+        count, millis = divmod(millis, round(_UNITS[unit] * 1000))
         if count:
             parts.append(f"{count}{unit}")
+    if millis:
+        whole, fraction = divmod(millis, 1000)
+        parts.append(f"{whole}.{fraction:03d}".rstrip("0").rstrip(".") + "s")
     return "".join(parts)

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 
+from fwemu.policy import format_duration
+
 # How long `poll` waits per round in `quiet`, so it notices the end of its wait promptly.
 _POLL_MS = 50
 # A payload longer than this is noted by its size rather than its text.
@@ -85,7 +87,7 @@ class Peer:
             if poller.poll(_POLL_MS):
                 return self._woken(started)
         still = "" if end is not None else " (still waiting)"
-        self.note(f"saw nothing for {time.monotonic() - started:.1f}s{still}")
+        self.note(f"saw nothing for {format_duration(time.monotonic() - started, 0.1)}{still}")
         return "nothing"
 
     def _woken(self, started: float) -> str:
@@ -97,7 +99,7 @@ class Peer:
         # Linux reports a RST received in CLOSE_WAIT as EPIPE, elsewhere ECONNRESET (tcp_reset()
         # in net/ipv4/tcp_input.c).
         self.note(
-            f"socket reset after {time.monotonic() - started:.1f}s quiet: {name} "
+            f"socket reset after {format_duration(time.monotonic() - started, 0.1)} quiet: {name} "
             f"({os.strerror(code).lower()})"
         )
         return name
@@ -106,7 +108,7 @@ class Peer:
         if received:
             self.note(f"received {_shown(received)}")
         if isinstance(err, TimeoutError) or err.errno is None:
-            self.note(f"{call}: no answer within {timeout:g}s (its socket timeout)")
+            self.note(f"{call}: no answer within {format_duration(timeout)} (its socket timeout)")
             return "timeout"
         name = errno.errorcode.get(err.errno, str(err.errno))
         self.note(f"{call}: {name} ({os.strerror(err.errno).lower()})")

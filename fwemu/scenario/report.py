@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from fwemu.policy import format_duration
 from fwemu.scenario.model import show_counts
 from fwemu.scenario.runner import ScenarioResult, StepResult, format_time
 
@@ -27,7 +26,7 @@ def headline(result: ScenarioResult) -> str:
     scenario = result.scenario
     return (
         f"{verdict(result):<5} {scenario.name}  {scenario.policy.name} at speed "
-        f"{scenario.speed:g}, {result.seconds:.1f}s  ({scenario.origin})"
+        f"{scenario.speed:g}, {format_time(result.seconds)}  ({scenario.origin})"
     )
 
 
@@ -73,7 +72,7 @@ def _step_line(result: StepResult) -> str:
 def totals(results: Iterable[ScenarioResult], seconds: float) -> str:
     results = list(results)
     failed = sum(not r.passed for r in results)
-    took = format_duration(round(seconds, 1))
+    took = format_time(seconds)
     if not failed:
         return f"all {len(results)} scenarios passed in {took}"
     return f"{failed} of {len(results)} scenarios FAILED in {took}"

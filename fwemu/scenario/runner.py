@@ -35,6 +35,7 @@ from typing import Any
 
 from fwemu.errors import FwemuError
 from fwemu.lab.flood import PER_FLOW_EVENTS, FloodError, run_flood
+from fwemu.policy import format_duration
 from fwemu.scenario.model import (
     SIDES,
     Action,
@@ -315,7 +316,7 @@ class _Play:
                 try:
                     conn, peer_address = end.listener.accept()
                 except TimeoutError:
-                    end.note(f"accept: no connection within {timeout:g}s")
+                    end.note(f"accept: no connection within {format_duration(timeout)}")
                     return "timeout", ""
                 end.adopt(step, conn)
                 end.note(f"accepted {hostport(peer_address)}")
@@ -478,7 +479,7 @@ class _Play:
         try:
             done = self.fw.run(step.side, argv, env=env, timeout=timeout)
         except subprocess.TimeoutExpired:
-            end.note(f"`{shown}` still running after {timeout:g}s: killed")
+            end.note(f"`{shown}` still running after {format_duration(timeout)}: killed")
             return "timeout", ""
         output = (done.stdout + done.stderr).strip().splitlines()
         said = f": {output[-1]}" if output else ""
@@ -501,7 +502,7 @@ class _Play:
         try:
             self.fw.wait_for_event(pattern.event, timeout, **pattern.fields)
         except EventTimeout:
-            end.note(f"no {pattern.describe()} within {timeout:g}s")
+            end.note(f"no {pattern.describe()} within {format_duration(timeout)}")
             return "timeout", ""
         return "ok", ""
 
@@ -660,12 +661,9 @@ def _window(after: float | None, within: float | None) -> str:
 
 
 def format_time(seconds: float) -> str:
-    """Scenario time for people: "3.5s", "5m51.2s", "2h0m3.0s"."""
-    minutes, rest = divmod(seconds, 60)
-    hours, minutes = divmod(int(minutes), 60)
-    if hours:
-        return f"{hours}h{minutes}m{rest:.1f}s"
-    return f"{minutes}m{rest:.1f}s" if minutes else f"{rest:.1f}s"
+    """Scenario time for people, measured, so to a tenth of a second: "3.5s", "5m51.2s",
+    "2h3s" (the one duration format, fwemu.policy.format_duration)."""
+    return format_duration(seconds, resolution=0.1)
 
 
 def _close(action: Action, peers: Sequence[Peer], note: Callable[[str], None]) -> tuple[str, str]:

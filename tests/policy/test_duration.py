@@ -141,14 +141,24 @@ def test_duration_errors_are_user_errors() -> None:
         (5400, "1h30m"),
         (432000, "5d"),
         (90061, "1d1h1m1s"),
-        (1.5, "1s500ms"),
+        (1.5, "1.5s"),
         (0.25, "250ms"),
-        (120 / 7, "17s143ms"),  # --speed 7 of 2 minutes: rounded to the millisecond
+        (120 / 7, "17.143s"),  # --speed 7 of 2 minutes: rounded to the millisecond
+        (60.5, "1m0.5s"),
+        (9015.25, "2h30m15.25s"),
         (0.0001, "0.1ms"),
     ],
 )
 def test_format(seconds: float | None, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(6.3, "6.3s"), (12.34, "12.3s"), (360.04, "6m"), (7203.0, "2h3s"), (-0.3, "-300ms")],
+)
+def test_format_to_a_tenth_as_measured_times_are(seconds: float, text: str) -> None:
+    assert format_duration(seconds, resolution=0.1) == text
 
 
 @given(st.integers(min_value=0, max_value=365 * 86400 * 1000))

@@ -35,6 +35,13 @@ fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
+# pip only when something is missing: it rewrites .venv/bin/fwemu even when nothing changed (a
+# fwemu starting meanwhile would not find it). installed.py says what is missing, if anything.
+if .venv/bin/python scripts/installed.py; then
+    echo "setup: ready (.venv/bin/fwemu): nothing to install" >&2
+    exit 0
+fi
+echo "setup: installing fwemu into .venv" >&2
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
 echo "setup: ready (.venv/bin/fwemu)" >&2

@@ -119,3 +119,50 @@ def test_replay_names_the_flows_and_times_the_live_run_expired(
     # The client-side capture shows the RST the live fwemu injected: recognised as the policy's.
     assert len(reset["own_resets_seen"]) == 1
     assert reset["late_packets"] == []
+
+
+SPED_UP = f"""
+[policy]
+name = "replay-parity-sped-up"
+
+[[rule]]
+name = "late-reset"
+match = {{ dst_port = {RESET_PORT} }}
+timeouts = {{ established = "100s" }}
+on_expire = {{ established = "silent" }}
+out_of_state = {{ from_client = "reset" }}
+"""
+SPEED = 100  # the established timer lasts 1 s live
+
+
+def test_a_capture_of_a_sped_up_run_replays_with_its_speed_and_knows_its_late_rst(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Behind `fwemu run --speed 100`, the client's late data gets fwemu's RST: `fwemu replay
+    --speed 100` expires the flow when the live run did, and takes the RST for the policy's."""
+    require_root()
+    capture = tmp_path / "lab.pcap"
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text(SPED_UP)
+    with inline_firewall(policy_file, speed=SPEED) as fw, tcpdump(fw, capture):
+        sockets = connect(fw, RESET_PORT)
+        try:
+            expired = fw.wait_for_event("expire", dport=RESET_PORT)
+            sockets[1].sendall(b"late")
+            reset = fw.wait_for_event("reset", dport=RESET_PORT, cause="out_of_state")
+            with pytest.raises(ConnectionResetError):
+                sockets[1].recv(16)
+        finally:
+            for sock in sockets:
+                sock.close()
+    oos = next(e for e in fw.events() if e["event"] == "out_of_state")
+    assert oos["expired_at"] == pytest.approx(expired["ts"], abs=TOLERANCE)  # both epoch seconds
+
+    capsys.readouterr()
+    argv = ["replay", str(capture), "--policy", str(policy_file), "--speed", str(SPEED), "--json"]
+    assert main(argv) == 0
+    [flow] = json.loads(capsys.readouterr().out)["flows"]
+    assert flow["expired"]["ts"] == pytest.approx(expired["ts"], abs=TOLERANCE)
+    [late] = flow["late_packets"]
+    assert (late["outcome"], late["reset"]["seq"]) == ("answered with a RST", reset["seq"])
+    assert len(flow["own_resets_seen"]) == 1

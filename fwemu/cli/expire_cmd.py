@@ -109,10 +109,15 @@ def _summary(summary: Counter[str], seconds: float | None) -> str:
         if not summary["retimed"]:
             return "no flow matched: no timer set"
         return (
-            f"set the timers of {summary['retimed']} flows to run out in "
+            f"set the timers of {_flows(summary['retimed'])} to run out in "
             f"{format_duration(seconds)}, unless a packet comes first"
         )
     expired, injected = summary["expired"], summary["injected"]
     if not expired:
         return "no flow matched: nothing expired"
-    return f"expired {expired} flows, injected {injected} RSTs"
+    rsts = f"{injected} RST" + ("" if injected == 1 else "s")
+    return f"expired {_flows(expired)}, injected {rsts}"
+
+
+def _flows(n: int) -> str:
+    return f"{n} flow" + ("" if n == 1 else "s")

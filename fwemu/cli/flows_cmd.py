@@ -74,7 +74,7 @@ def _run(args: argparse.Namespace) -> int:
         console.print("no flows match" if text.strip() else "no flows")
         return 0
     console.print(views.flows_table(flows, console.width))
-    console.print(f"{len(flows)} flows: {views.state_counts(flows)}")
+    console.print(f"{views.flow_count(len(flows))}: {views.state_counts(flows)}")
     return 0
 
 
@@ -95,7 +95,7 @@ def _summary(flows: list[dict[str, Any]], targets: tuple[client.Target, ...], as
         print(json.dumps({"flows": len(flows), "states": states, "limits": limits}, indent=2))
         return 0
     console = views.stdout_console()
-    console.print(f"{len(flows)} flows: {views.state_counts(flows)}")
+    console.print(f"{views.flow_count(len(flows))}: {views.state_counts(flows)}")
     if limits:
         console.print(views.limits_table(limits, _BUSIEST))
     else:

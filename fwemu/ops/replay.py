@@ -11,6 +11,7 @@ The capture files themselves are read by fwemu/ops/capture.py.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,7 +31,7 @@ from fwemu.core.events import (
     ResetSent,
 )
 from fwemu.ops.capture import Capture
-from fwemu.policy.model import Phase, Policy
+from fwemu.policy.model import FloodAction, LimitAction, Limits, Phase, Policy, Profile, SynFlood
 
 __all__ = ["FlowReport", "LatePacket", "ReplayReport", "Summary", "replay"]
 
@@ -453,6 +454,36 @@ def _late_packet(
 # --- the replay loop ------------------------------------------------------------------------
 
 
+def _without_rewriting(policy: Policy) -> Policy:
+    """`policy` minus what rewrites packets: no sequence randomisation or SYN option edits, no
+    SYN cookies (their alarm stays), no TCP Intercept (those handshake limits are lifted)."""
+
+    def profile(p: Profile, limits: Limits, flood: SynFlood) -> tuple[Profile, Limits, SynFlood]:
+        normalise = dataclasses.replace(p.normalise, isn_randomisation=False, clear=(), mss=None)
+        if limits.on_embryonic == LimitAction.INTERCEPT:
+            limits = dataclasses.replace(
+                limits, embryonic=None, per_client_embryonic=None, on_embryonic=LimitAction.DROP
+            )
+        if flood.action == FloodAction.SYN_COOKIES:
+            flood = SynFlood(alarm=flood.alarm, count=flood.count)
+        return dataclasses.replace(p, normalise=normalise), limits, flood
+
+    default, limits, flood = profile(policy.default, policy.limits, policy.syn_flood)
+    rules = []
+    for rule in policy.rules:
+        own, own_limits, own_flood = profile(
+            rule.profile, rule.profile.limits, rule.profile.syn_flood
+        )
+        rules.append(
+            dataclasses.replace(
+                rule, profile=dataclasses.replace(own, limits=own_limits, syn_flood=own_flood)
+            )
+        )
+    return dataclasses.replace(
+        policy, default=default, rules=tuple(rules), limits=limits, syn_flood=flood
+    )
+
+
 def _adoptable(seg: pk.Segment | pk.Unparseable) -> bool:
     """A mid-connection packet: an ACK without SYN or RST."""
     return (
@@ -492,6 +523,14 @@ def replay(  # noqa: PLR0912, PLR0915
     ESTABLISHED from its first packet (a firewall running before the capture knew it);
     without, its packets meet the policy as a freshly started firewall would meet them.
     """
+    notes: list[str] = []
+    if policy.rewrites:
+        policy = _without_rewriting(policy)
+        notes.append(
+            "the policy rewrites packets (SYN cookies, TCP Intercept, sequence randomisation or "
+            "the normaliser's option edits): replayed without them, since a capture holds the "
+            "endpoints' own numbers and options; what they would do is not reported"
+        )
     engine = Engine(policy.scaled(speed))
     tracker = _Tracker(select)
     handle, next_deadline = engine.handle_packet, engine.next_deadline
@@ -544,7 +583,7 @@ def replay(  # noqa: PLR0912, PLR0915
         tracker.decision(ts, ip, decision)
     if first is not None:
         _run_timers(engine, tracker, last)
-    warnings = list(capture.warnings)
+    warnings = [*capture.warnings, *notes]
     if unlisted:
         warnings.append(
             f"{unlisted} more new {'flow was' if unlisted == 1 else 'flows were'} refused by a "

@@ -119,6 +119,11 @@ def flows_table(records: Sequence[dict[str, Any]], width: int | None = None) -> 
     return table
 
 
+def flow_count(n: int) -> str:
+    """"1 flow", "2 flows"."""
+    return f"{n} flow" + ("" if n == 1 else "s")
+
+
 def state_counts(records: Iterable[dict[str, Any]]) -> Text:
     """`ESTABLISHED 12  TIME_WAIT 3` in the order states come in a connection's life."""
     counts = Counter(r["state"] for r in records)
@@ -267,7 +272,7 @@ def top_view(
     shown = ordered[: max(left - len(recent), 0)]
     parts.append(flows_table(shown, width))
     if more := len(ordered) - len(shown):
-        parts.append(Text(f"... and {more} more flows (fwemu flows lists them all)"))
+        parts.append(Text(f"... and {more} more (fwemu flows lists them all)"))
     parts.append(Text("recent events", style="bold"))
     parts.extend(Text(event_line(e), no_wrap=True, overflow="ellipsis") for e in recent)
     parts.append(Text("q or Ctrl-C quits", style="dim"))

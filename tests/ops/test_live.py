@@ -157,7 +157,7 @@ def test_expire_match_resets_the_client_at_once_and_forgets_the_flow(
         "expire", "--control", str(control), "--match", "dport=8121", "--action", "reset-both"
     )
     assert result.code == 0, result.err
-    assert "expired 1 flows, injected 2 RSTs" in result.out
+    assert "expired 1 flow, injected 2 RSTs" in result.out
     assert f":{conn.sport} > {fw.server_address()}:8121" in result.out
     assert "RST to client" in result.out and "RST to server" in result.out
     started = time.monotonic()
@@ -208,7 +208,7 @@ def test_expire_in_sets_an_idle_flow_s_timer(
     result = fwemu("expire", "--control", str(control), name, "--in", "1s")
     assert result.code == 0, result.err
     assert f"retimed  {name.replace('>', ' > ')} ESTABLISHED: expires in" in result.out
-    assert "set the timers of 1 flows to run out in 1s, unless a packet comes first" in result.out
+    assert "set the timers of 1 flow to run out in 1s, unless a packet comes first" in result.out
     assert 0 < the_flow(fwemu, control, conn)["expires_in"] <= 1.0  # Linux's would be 5 days
     event = fw.wait_for_event("expire", timeout=5, dport=8171, capped_by="fwemu expire --in")
     assert (event["timeout"], event["forced"]) == (1.0, False)

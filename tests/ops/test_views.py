@@ -118,7 +118,7 @@ def test_top_shows_status_counts_the_soonest_flows_and_events() -> None:
     ]
     text = "\n".join(lines)
     assert text.index("10.0.1.2:2 >") < text.index("10.0.1.2:1 >")
-    assert "10.0.1.2:4 >" not in text and "... and 1 more flows" in text
+    assert "10.0.1.2:4 >" not in text and "... and 1 more (fwemu flows" in text
     assert "BYPASSED" not in text
     overflowed = "\n".join(
         render_at(views.top_view({**STATUS, "bypassed": 17}, flows, [], 160, 12), 160)
@@ -152,7 +152,7 @@ def test_top_at_80x24_keeps_state_timer_left_and_rule_whole() -> None:
         "10.201.1.2:51000", ">", "10.201.2.2:5432", "ESTABLISHED", "established", "4d23h",
         "postgres",
     ]  # fmt: skip
-    assert "... and 20 more flows" in "\n".join(lines)
+    assert "... and 20 more (fwemu flows" in "\n".join(lines)
     shown = [line for line in lines if " expire " in line]
     assert len(shown) == 5 and all(line.endswith("…") for line in shown)  # cut, not wrapped
     assert lines[-1] == "q or Ctrl-C quits"

@@ -14,6 +14,7 @@ import pytest
 from fwemu.cli import main
 from fwemu.ops.capture import CaptureError, open_capture
 from fwemu.ops.replay import ReplayReport, replay
+from fwemu.policy import resolve_policy
 from tests.replay.captures import LINKS, T0, Conversation, merged, write
 from tests.replay.policies import LATE_RESET, RESET_BOTH, SILENT, policy
 
@@ -449,3 +450,16 @@ def test_the_rst_a_live_firewall_sent_to_a_refused_syn_is_recognised(tmp_path: P
     assert flow.late == ()
     assert [t - T0 for t in flow.echoes] == [pytest.approx(0.2005)]
     assert [e.kind for e in flow.events] == ["limit", "reset"]
+
+
+def test_a_policy_that_rewrites_packets_is_replayed_without_rewriting(tmp_path: Path) -> None:
+    """The capture holds the endpoints' own numbers: the ASA's sequence randomisation must not
+    turn every later packet into an invalid one."""
+    _, active = idle_then_late()
+    capture = open_capture(write(tmp_path / "c.pcap", merged(active)))
+    try:
+        report = replay(capture, resolve_policy("cisco-asa"))
+    finally:
+        capture.close()
+    assert report.flows == () and report.summary.flows == 1
+    assert any("rewrites packets" in w for w in report.summary.warnings)

@@ -21,7 +21,12 @@ from typing import Any, Literal
 Who = Literal["client", "server", "fwemu"]
 
 _OUT_OF_STATE_ACTIONS = {"drop": "dropped", "reset": "answered with a RST", "accept": "accepted"}
-_RESET_CAUSES = {"expire": "on expiry", "out_of_state": "for the out-of-state packet"}
+_RESET_CAUSES = {
+    "expire": "on expiry",
+    "out_of_state": "for the out-of-state packet",
+    "limit": "refusing a new flow over a limit",
+    "proxy": "the server refused the SYN proxy",
+}
 
 
 @dataclass(frozen=True, slots=True)

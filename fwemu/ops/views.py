@@ -120,7 +120,7 @@ def flows_table(records: Sequence[dict[str, Any]], width: int | None = None) -> 
 
 
 def flow_count(n: int) -> str:
-    """"1 flow", "2 flows"."""
+    """The count of flows, in words: "1 flow", "2 flows"."""
     return f"{n} flow" + ("" if n == 1 else "s")
 
 

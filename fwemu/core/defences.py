@@ -19,7 +19,14 @@ from fwemu.core.limits import POLICY_SCOPE
 from fwemu.core.rewrite import rewrite
 from fwemu.core.states import ORIGINAL, REPLY, TRANSITIONS, PacketClass
 from fwemu.core.synflood import FloodGuard
-from fwemu.core.synproxy import Translation, answer, client_ack, open_syn, told_wscale
+from fwemu.core.synproxy import (
+    Translation,
+    answer,
+    client_ack,
+    open_syn,
+    told_wscale,
+    window_update,
+)
 from fwemu.policy.model import Normalise, Policy, Profile, SackBlocks, SynData, SynOption
 
 if TYPE_CHECKING:
@@ -238,9 +245,10 @@ class SynDefences:
         done = self.table._transition(
             slot, ORIGINAL, _ACK, state, TRANSITIONS[ORIGINAL][_ACK][state], ack_seg, now
         )
-        detail = "the server's SYN-ACK answered for the client"
+        update = window_update(seg, tr.cookie, tr.told)
+        detail = "the server's SYN-ACK answered for the client, its window passed on"
         return Decision(
-            Verdict.DROP, Reason.SYN_COOKIE, (ack,), (*out.events, *done.events), detail
+            Verdict.DROP, Reason.SYN_COOKIE, (ack, update), (*out.events, *done.events), detail
         )
 
     def normalise(self, profile: int, data: bytes) -> bytes | None:

@@ -25,7 +25,10 @@ from fwemu.core.cookies import Offer
 from fwemu.policy.model import SackBlocks, SynProxy
 
 _MASK32 = 0xFFFFFFFF
-_WINDOW = 0xFFFF  # the middlebox's own window on its SYN-ACK (unscaled, as on a SYN)
+# The window of the middlebox's SYN-ACK: 0, as Linux's SYNPROXY sends it
+# (synproxy_send_client_synack()), so the client sends no data before the server has answered;
+# the server's window reaches the client in a window update then (synproxy_send_client_ack()).
+_WINDOW = 0
 
 
 class Translation:
@@ -109,6 +112,21 @@ def open_syn(ack: pk.Segment, offer: Offer) -> bytes:
         ack=0,
         window=window,
         options=options,
+    )
+
+
+def window_update(synack: pk.Segment, cookie: int, told: int) -> bytes:
+    """The ACK that opens the client's window once the server answered: as from the server,
+    in the cookie's numbering, the server's SYN-ACK window in the scale the client was told."""
+    return pk.build_segment(
+        synack.src,
+        synack.sport,
+        synack.dst,
+        synack.dport,
+        flags=pk.TCP_ACK,
+        seq=(cookie + 1) & _MASK32,
+        ack=synack.ack,
+        window=synack.window >> max(told, 0),
     )
 
 

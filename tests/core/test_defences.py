@@ -44,8 +44,11 @@ def proxied(text: str = COOKIES) -> tuple[Trace, int]:
     assert (parsed(syn).seq, parsed(syn).wscale, parsed(syn).sack_perm) == (1000, 7, True)
     d = t.server("SA", at=0.2, seq=5000, ack=1001, options=pk.encode_options(mss=1400, wscale=3))
     assert d.verdict == Verdict.DROP
-    (ack,) = d.inject
+    ack, update = d.inject
     assert (parsed(ack).seq, parsed(ack).ack, parsed(ack).flags) == (1001, 5001, pk.TCP_ACK)
+    # The client's window opens now, with the server's window in the scale it was told (7).
+    assert (parsed(update).seq, parsed(update).ack) == ((cookie + 1) & 0xFFFFFFFF, 1001)
+    assert parsed(update).window == 0xFFFF >> 7
     assert t.state() == "ESTABLISHED"
     return t, cookie
 
@@ -56,6 +59,7 @@ class TestCookieProxy:
         d = t.client("S", at=0.0, options=OFFER)
         seg = parsed(d.inject[0])
         assert seg.flags == pk.TCP_SYN | pk.TCP_ACK and seg.ack == 1001
+        assert seg.window == 0  # as Linux's SYNPROXY: no data before the server has answered
         assert (pk.syn_mss(d.inject[0]), seg.wscale, seg.sack_perm) == (1380, 9, False)
         assert len(t.engine) == 0 and d.events == ()
 

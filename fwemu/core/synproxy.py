@@ -68,17 +68,8 @@ def answer(seg: pk.Segment, cookie: int, proxy: SynProxy, offer: Offer) -> tuple
     (-1: none). Options are the middlebox's, offered only where the client offered them."""
     told = told_wscale(proxy, offer)
     options = _options(proxy.mss, told, proxy.sack_perm and offer.sack_perm)
-    synack = pk.build_segment(
-        seg.dst,
-        seg.dport,
-        seg.src,
-        seg.sport,
-        flags=pk.TCP_SYN | pk.TCP_ACK,
-        seq=cookie,
-        ack=seg.seq + 1,
-        window=_WINDOW,
-        options=options,
-    )
+    flags = pk.TCP_SYN | pk.TCP_ACK
+    synack = _along(seg, True, flags, cookie, seg.seq + 1, _WINDOW, options)
     return synack, told
 
 
@@ -102,43 +93,35 @@ def open_syn(ack: pk.Segment, offer: Offer) -> bytes:
         wscale=None if offer.wscale < 0 else offer.wscale,
         sack_perm=offer.sack_perm,
     )
-    return pk.build_segment(
-        ack.src,
-        ack.sport,
-        ack.dst,
-        ack.dport,
-        flags=pk.TCP_SYN,
-        seq=(ack.seq - 1) & _MASK32,
-        ack=0,
-        window=window,
-        options=options,
-    )
+    return _along(ack, False, pk.TCP_SYN, ack.seq - 1, 0, window, options)
 
 
 def window_update(synack: pk.Segment, cookie: int, told: int) -> bytes:
     """The ACK that opens the client's window once the server answered: as from the server,
     in the cookie's numbering, the server's SYN-ACK window in the scale the client was told."""
-    return pk.build_segment(
-        synack.src,
-        synack.sport,
-        synack.dst,
-        synack.dport,
-        flags=pk.TCP_ACK,
-        seq=(cookie + 1) & _MASK32,
-        ack=synack.ack,
-        window=synack.window >> max(told, 0),
-    )
+    return _along(synack, False, pk.TCP_ACK, cookie + 1, synack.ack, synack.window >> max(told, 0))
 
 
 def client_ack(synack: pk.Segment, client_window: int) -> bytes:
     """The ACK the middlebox sends the server for the client, completing its handshake."""
+    return _along(synack, True, pk.TCP_ACK, synack.ack, synack.seq + 1, client_window)
+
+
+def _along(
+    seg: pk.Segment,
+    back: bool,
+    flags: int,
+    seq: int,
+    ack: int,
+    window: int,
+    options: bytes = b"",
+) -> bytes:
+    """A segment of `seg`'s connection, the way `seg` went or (`back`) the other way."""
+    ends = (
+        (seg.dst, seg.dport, seg.src, seg.sport)
+        if back
+        else (seg.src, seg.sport, seg.dst, seg.dport)
+    )
     return pk.build_segment(
-        synack.dst,
-        synack.dport,
-        synack.src,
-        synack.sport,
-        flags=pk.TCP_ACK,
-        seq=synack.ack,
-        ack=(synack.seq + 1) & _MASK32,
-        window=client_window,
+        *ends, flags=flags, seq=seq & _MASK32, ack=ack & _MASK32, window=window, options=options
     )

@@ -109,15 +109,11 @@ def _summary(summary: Counter[str], seconds: float | None) -> str:
         if not summary["retimed"]:
             return "no flow matched: no timer set"
         return (
-            f"set the timers of {_flows(summary['retimed'])} to run out in "
+            f"set the timers of {views.flow_count(summary['retimed'])} to run out in "
             f"{format_duration(seconds)}, unless a packet comes first"
         )
     expired, injected = summary["expired"], summary["injected"]
     if not expired:
         return "no flow matched: nothing expired"
     rsts = f"{injected} RST" + ("" if injected == 1 else "s")
-    return f"expired {_flows(expired)}, injected {rsts}"
-
-
-def _flows(n: int) -> str:
-    return f"{n} flow" + ("" if n == 1 else "s")
+    return f"expired {views.flow_count(expired)}, injected {rsts}"

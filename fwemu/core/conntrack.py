@@ -455,18 +455,17 @@ class FlowTable:
     ) -> Decision:
         """A packet off the fast path: translated flows, normalised SYN-ACKs, then the state
         machine's special cases."""
-        flags = self._flags[slot]
-        if flags & TRANSLATED:
-            return self.defences.translated(slot, d, cls, old, seg, data, now)
+        edited = None
         if cls == _SYNACK and self.defences.normalises[self._profile[slot]]:
             edited = self.defences.normalise(self._profile[slot], data)
             if edited is None:
                 return CUT
-            seg = pk.parse(edited)  # type: ignore[assignment]  # a normalised SYN-ACK parses
-            out = self._transition(slot, d, cls, old, TRANSITIONS[d][cls][old], seg, now)
-            return out._replace(rewrite=edited) if out.accepted else out
-        new = TRANSITIONS[d][cls][old]
-        return self._transition(slot, d, cls, old, new, seg, now)
+            data = edited
+            seg = pk.parse(data)  # type: ignore[assignment]  # a normalised SYN-ACK parses
+        if self._flags[slot] & TRANSLATED:
+            return self.defences.translated(slot, d, cls, old, seg, data, now)
+        out = self._transition(slot, d, cls, old, TRANSITIONS[d][cls][old], seg, now)
+        return out._replace(rewrite=edited) if edited is not None and out.accepted else out
 
     # nf_conntrack_tcp_packet()'s tail, in its order: one branch per case it distinguishes.
     def _transition(  # noqa: PLR0912

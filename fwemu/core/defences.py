@@ -179,18 +179,12 @@ class SynDefences:
         data: bytes,
         now: float,
     ) -> Decision:
-        """A packet of a flow whose numbers are translated: as its sender sent it, with the
-        ACK moved back into the numbering of the side it acknowledges, for the table; then
-        rewritten for its receiver."""
+        """A packet of a flow whose numbers are translated (a SYN-ACK already normalised): as
+        its sender sent it, with the ACK moved back into the numbering of the side it
+        acknowledges, for the table; then rewritten for its receiver."""
         tr = self.translations[slot]
         if tr.pending:
             return self.proxy_handshake(slot, d, cls, old, seg, now, tr)
-        if cls == _SYNACK and self.normalises[self.table._profile[slot]]:
-            edited = self.normalise(self.table._profile[slot], data)
-            if edited is None:
-                return CUT
-            data = edited
-            seg = pk.parse(data)  # type: ignore[assignment]  # a normalised SYN-ACK parses
         other = tr.shift[1 - d]
         if other and seg.flags & pk.TCP_ACK:
             seg.ack = (seg.ack - other) & _MASK32

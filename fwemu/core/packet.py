@@ -400,8 +400,8 @@ def syn_mss(data: bytes) -> int:
 def whole(data: bytes) -> bool:
     """Whether an IP packet holds all the bytes its header's length says (not cut by a copy
     range)."""
-    if len(data) < _IP6_HEADER_LEN:
-        return len(data) >= 20 and len(data) >= int.from_bytes(data[2:4])  # a bare IPv4 header
+    if len(data) < 20:  # not even an IPv4 header
+        return False
     if data[0] >> 4 == 4:
         return len(data) >= int.from_bytes(data[2:4])
     return len(data) >= _IP6_HEADER_LEN + int.from_bytes(data[4:6])

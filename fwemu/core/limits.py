@@ -323,20 +323,34 @@ class LimitBook:
                             del scope.unassured[bucket]
 
 
+# Per limit: whose count it is ("table", the client, the server, the NAT pool) and which action.
+_COUNTED = {
+    "max_flows": ("table", "on_full"),
+    "per_client": ("client", "on_full"),
+    "per_server": ("server", "on_full"),
+    "embryonic": ("table", "on_embryonic"),
+    "per_client_embryonic": ("client", "on_embryonic"),
+    "ports_per_client": ("pool", "on_exhausted"),
+    "ports_per_destination": ("destination", "on_exhausted"),
+}
+
+
 def _refuse(
     scope: _Scope, limit: str, value: int, count: int, client: bytes, server: bytes
 ) -> Refusal:
+    """The refusal by `limit`: only its own count is named (a flood makes many)."""
     limits = scope.limits
-    pool = f"client {ntop(client)}" if limits.nat_pool == NatPool.CLIENT else "the shared pool"
-    whose, action = {
-        "max_flows": ("table", limits.on_full),
-        "per_client": (f"client {ntop(client)}", limits.on_full),
-        "per_server": (f"server {_hostport(server)}", limits.on_full),
-        "embryonic": ("table", limits.on_embryonic),
-        "per_client_embryonic": (f"client {ntop(client)}", limits.on_embryonic),
-        "ports_per_client": (pool, limits.on_exhausted),
-        "ports_per_destination": (f"{pool} to {_hostport(server)}", limits.on_exhausted),
-    }[limit]
+    counted, action_key = _COUNTED[limit]
+    if counted in ("pool", "destination"):
+        pool = f"client {ntop(client)}" if limits.nat_pool == NatPool.CLIENT else "the shared pool"
+        whose = pool if counted == "pool" else f"{pool} to {_hostport(server)}"
+    elif counted == "client":
+        whose = f"client {ntop(client)}"
+    elif counted == "server":
+        whose = f"server {_hostport(server)}"
+    else:
+        whose = "table"
+    action: LimitAction = getattr(limits, action_key)
     return Refusal(limit, value, count, whose, action, scope.name)
 
 

@@ -19,6 +19,7 @@ from fwemu.policy.model import (
     LIFETIME,
     LIMIT_NAMES,
     PHASE_STATES,
+    PROTOCOL_NUMBER,
     AnswerRate,
     Dcd,
     ExpireAction,
@@ -36,12 +37,14 @@ from fwemu.policy.model import (
     Policy,
     PortRange,
     Profile,
+    Protocol,
     Rule,
     SackBlocks,
     SynData,
     SynFlood,
     SynOption,
     Timeouts,
+    UdpAction,
 )
 from fwemu.policy.reading import (
     Converter,
@@ -137,6 +140,9 @@ def _port(number: int | str) -> int:
     return int(number)
 
 
+_protocol = choice_of(Protocol, "protocol")
+
+
 # --- the schema -----------------------------------------------------------------------------
 
 _DEFENCES = ("syn_flood", "syn_proxy", "normalise")
@@ -171,6 +177,7 @@ def _dcd(value: Any) -> Dcd | None:
 
 _TIMEOUTS: Mapping[str, Converter] = {
     **dict.fromkeys((*_SHORTCUTS, *_STATES), as_duration),
+    "udp_stream_after": as_finite_duration,  # a grace, not a timer: never "never"
     "dcd": _dcd,
 }
 _ON_EXPIRE: Mapping[str, Converter] = dict.fromkeys(("default", *Phase, LIFETIME), _expire_action)
@@ -187,6 +194,8 @@ _OUT_OF_STATE: Mapping[str, Converter] = {
     "pickup": as_flag,
     "window_check": as_flag,
     "remember": as_finite_duration,
+    "udp_from_client": choice_of(UdpAction, "action"),
+    "udp_from_server": choice_of(UdpAction, "action"),
 }
 # The answer rate is policy-wide: read from the top-level [out_of_state] by _policy, refused in
 # a rule's. _profile lets it pass there unconverted (the identity), so it is checked once.
@@ -305,6 +314,7 @@ _MATCH: Mapping[str, Converter] = {
     "dst": one_or_many(_network),
     "src_port": one_or_many(_port_range),
     "dst_port": one_or_many(_port_range),
+    "proto": one_or_many(lambda value: PROTOCOL_NUMBER[_protocol(value)]),
 }
 
 

@@ -11,6 +11,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -53,6 +54,14 @@ class ExpireAction(StrEnum):
     RESET_SERVER = "reset-server"
 
 
+class UdpAction(StrEnum):
+    """What a datagram of an expired UDP flow meets, per side ([out_of_state] udp_from_*)."""
+
+    NEW = "new"  # opens a new flow, its sender the client (Linux conntrack: the packet is NEW)
+    DROP = "drop"  # dropped without a word (a NAT whose mapping is gone)
+    ICMP_UNREACHABLE = "icmp-unreachable"  # dropped, its sender told port unreachable (REJECT)
+
+
 class OutOfStateAction(StrEnum):
     """What happens to a packet that belongs to no flow, or that the state table calls invalid."""
 
@@ -86,16 +95,23 @@ class Timeouts:
     # An absolute age at which the connection is cut, however active (Envoy's
     # max_connection_duration); its action is OnExpire.lifetime. Linux has none.
     lifetime: float | None = None
+    # UDP (nf_conntrack_proto_udp.c): a flow not yet seen both ways, or seen both ways for less
+    # than `udp_stream_after` since its first datagram, gets `udp` (nf_conntrack_udp_timeout);
+    # once older, the next datagram makes it a stream (IPS_ASSURED) with `udp_stream`
+    # (..._udp_timeout_stream: 120 s since commit 294304e4c522, 180 s before). The 2 s are the
+    # kernel's grace for DNS's A/AAAA pairs (stream_ts = 2 * HZ, commit d535c8a69c19).
+    udp: float | None = 30.0
+    udp_stream: float | None = 120.0
+    udp_stream_after: float = 2.0
 
     def scaled(self, speed: float) -> Timeouts:
         """Every timer `speed` times shorter (for `--speed`)."""
-        return Timeouts(
-            **{
-                f.name: (None if v is None else v / speed)
-                for f in dataclasses.fields(self)
-                for v in (getattr(self, f.name),)
-            }
-        )
+        values: dict[str, Any] = {
+            f.name: (None if v is None else v / speed)
+            for f in dataclasses.fields(self)
+            for v in (getattr(self, f.name),)
+        }
+        return Timeouts(**values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +161,10 @@ class OutOfState:
     # RSTs are checked, every other packet is in window.
     window_check: bool = True
     remember: float = 600.0  # tombstone lifetime, seconds
+    # A datagram of a remembered (expired) UDP flow, per side. A datagram of no remembered flow
+    # always opens one, its sender the client: UDP has no handshake to tell a late packet by.
+    udp_from_client: UdpAction = UdpAction.NEW
+    udp_from_server: UdpAction = UdpAction.DROP
 
     def for_side(self, from_client: bool | None) -> OutOfStateAction:
         """The action for a packet from the client side (True), server side (False) or unknown."""
@@ -325,6 +345,17 @@ class PortRange:
         return self.low <= port <= self.high
 
 
+class Protocol(StrEnum):
+    """The protocols fwemu tracks, by the names policies, filters and events use."""
+
+    TCP = "tcp"
+    UDP = "udp"
+
+
+PROTOCOL_NUMBER: Mapping[Protocol, int] = {Protocol.TCP: 6, Protocol.UDP: 17}
+PROTOCOL_NAME: Mapping[int, Protocol] = {n: p for p, n in PROTOCOL_NUMBER.items()}
+
+
 @dataclass(frozen=True, slots=True)
 class Match:
     """Which flows a rule applies to, seen from the client (src) to the server (dst).
@@ -337,6 +368,7 @@ class Match:
     dst: tuple[IPNetwork, ...] = ()
     src_port: tuple[PortRange, ...] = ()
     dst_port: tuple[PortRange, ...] = ()
+    proto: tuple[int, ...] = ()  # IP protocol numbers (PROTOCOL_NAME names them)
 
     def matches(
         self,
@@ -344,9 +376,11 @@ class Match:
         sport: int,
         dst: ipaddress.IPv4Address | ipaddress.IPv6Address,
         dport: int,
+        proto: int = 6,
     ) -> bool:
         return (
-            _in_nets(src, self.src)
+            (not self.proto or proto in self.proto)
+            and _in_nets(src, self.src)
             and _in_nets(dst, self.dst)
             and _in_ports(sport, self.src_port)
             and _in_ports(dport, self.dst_port)
@@ -439,10 +473,11 @@ class Policy:
         sport: int,
         dst: ipaddress.IPv4Address | ipaddress.IPv6Address,
         dport: int,
+        proto: int = 6,
     ) -> Profile:
         """The first matching rule's profile, else the default."""
         for rule in self.rules:
-            if rule.match.matches(src, sport, dst, dport):
+            if rule.match.matches(src, sport, dst, dport, proto):
                 return rule.profile
         return self.default
 

@@ -7,6 +7,7 @@ import ipaddress
 
 from fwemu.core import packet as pk
 from fwemu.core.events import FlowId
+from fwemu.policy.model import PROTOCOL_NAME
 
 _ADDRESS_TEXT: dict[bytes, str] = {}
 
@@ -48,6 +49,7 @@ def flow_id(key: bytes, client_forward: bool) -> FlowId:
     a, b = ntop(key[:size]), ntop(key[size:ports])
     port_a = key[ports] << 8 | key[ports + 1]
     port_b = key[ports + 2] << 8 | key[ports + 3]
+    proto = PROTOCOL_NAME[key[-1]]
     if client_forward:
-        return FlowId(a, port_a, b, port_b)
-    return FlowId(b, port_b, a, port_a)
+        return FlowId(a, port_a, b, port_b, proto)
+    return FlowId(b, port_b, a, port_a, proto)

@@ -38,12 +38,20 @@ class FlowId(NamedTuple):
     sport: int
     dst: str
     dport: int
+    proto: str = "tcp"  # a Protocol value
 
     def __str__(self) -> str:
-        return f"{_hostport(self.src, self.sport)} > {_hostport(self.dst, self.dport)}"
+        ends = f"{_hostport(self.src, self.sport)} > {_hostport(self.dst, self.dport)}"
+        return ends if self.proto == "tcp" else f"{self.proto} {ends}"
 
     def to_dict(self) -> dict[str, object]:
-        return {"src": self.src, "sport": self.sport, "dst": self.dst, "dport": self.dport}
+        return {
+            "src": self.src,
+            "sport": self.sport,
+            "dst": self.dst,
+            "dport": self.dport,
+            "proto": self.proto,
+        }
 
 
 _OWN_FIELDS: dict[type[Event], tuple[str, ...]] = {}

@@ -39,7 +39,7 @@ def test_events_are_json_lines_with_wall_clock_time() -> None:
     assert records[0] == {
         "ts": 1_700_000_000.0,
         "event": "new",
-        "flow": {"src": "10.0.0.1", "sport": 40000, "dst": "10.0.0.2", "dport": 80},
+        "flow": {"src": "10.0.0.1", "sport": 40000, "dst": "10.0.0.2", "dport": 80, "proto": "tcp"},
         "state": "SYN_SENT",
         "phase": None,
         "action": None,

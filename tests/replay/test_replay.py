@@ -259,7 +259,13 @@ def test_cli_json_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert doc["summary"]["flows"] == 2
     assert doc["summary"]["skipped"] == {"not_ip": 0, "not_tcp": 0}
     [flow] = doc["flows"]
-    assert flow["flow"] == {"src": "10.9.0.2", "sport": 40000, "dst": "10.9.1.2", "dport": 8080}
+    assert flow["flow"] == {
+        "src": "10.9.0.2",
+        "sport": 40000,
+        "dst": "10.9.1.2",
+        "dport": 8080,
+        "proto": "tcp",
+    }
     assert flow["expired"]["phase"] == "established"
     assert flow["expired"]["ts"] == pytest.approx(T0 + 2.502)
     assert [p["outcome"] for p in flow["late_packets"]] == ["dropped"]

@@ -21,7 +21,15 @@ from typing import Any, Final, NamedTuple
 from fwemu.core import packet as pk
 from fwemu.core.addresses import address, flow_id
 from fwemu.core.dcd import Probes, probe
-from fwemu.core.decision import IGNORED, IN_STATE, Decision, Reason, Verdict, accept
+from fwemu.core.decision import (
+    IGNORED,
+    IN_STATE,
+    REFUSED_PAST_RATE,
+    Decision,
+    Reason,
+    Verdict,
+    accept,
+)
 from fwemu.core.defences import CUT, TRANSLATED, SynDefences
 from fwemu.core.events import (
     Event,
@@ -40,16 +48,19 @@ from fwemu.core.ratelimit import OutOfStateLimiter
 from fwemu.core.states import (
     CLOSING_STATES,
     ORIGINAL,
+    PHASE_NAME,
     PHASE_OF,
     REPLY,
     TIMEOUT_FIELD,
     TRANSITIONS,
+    UDP_STATES,
     PacketClass,
     State,
     classify,
     flags_valid,
 )
 from fwemu.core.timers import Timers
+from fwemu.core.udp import UdpFlows
 from fwemu.core.window import (
     CLOSE_INIT,
     DATA_UNACKNOWLEDGED,
@@ -113,7 +124,7 @@ _LAST_ACK_FROM = (_ACK, _ACK | REPLY << 3)  # the `last` column after an ACK per
 # States an ACK-class packet leaves unchanged from both directions: the fast path's domain.
 # Names by State value, for events (an enum lookup per event costs more than the event).
 _STATE_NAME = tuple(s.name for s in State)
-_PHASE_NAME = tuple(PHASE_OF[s].value if s in PHASE_OF else "" for s in State)
+_PHASE_NAME = tuple(PHASE_NAME.get(s, "") for s in State)
 _ACK_KEEPS = tuple(
     s < State.INVALID and all(TRANSITIONS[d][_ACK][s] == s for d in (ORIGINAL, REPLY))
     for s in range(len(State))
@@ -225,7 +236,7 @@ class _Expiry(NamedTuple):
         action = profile.on_expire.for_phase(phase) if phase else ExpireAction.SILENT
         return cls(
             state.name,
-            phase.value if phase else "",
+            PHASE_NAME.get(state, ""),
             action.value,
             _RESET_TARGETS[action],
             profile.name,
@@ -242,6 +253,7 @@ class FlowTable:
         the cookies' secret): pass a random one in production, a fixed one in tests."""
         self.defences = SynDefences(self, seed)
         self.limiter = OutOfStateLimiter(0, 0, flow_id)
+        self.udp = UdpFlows(self)
         self._use(policy)
         self._index: dict[bytes, int] = {}
         self._keys: list[bytes | None] = []
@@ -286,7 +298,7 @@ class FlowTable:
         ]
         # What an expiry needs per profile per State value (tracked states only).
         self._expiry: list[tuple[_Expiry, ...]] = [
-            tuple(_Expiry.of(p, State(s), timeouts[s]) for s in range(_INVALID))
+            tuple(_Expiry.of(p, State(s), timeouts[s]) for s in range(len(State)))
             for p, timeouts in zip(self._profiles, self._timeouts, strict=True)
         ]
         # The timer caps per profile (max_retrans, unacknowledged; inf = none).
@@ -298,6 +310,7 @@ class FlowTable:
         self._lifetime = [p.timeouts.lifetime for p in self._profiles]
         self._dcd = [p.dcd for p in self._profiles]
         self.defences.use(policy, self._profiles)
+        self.udp.use()
         # Per profile per State value: the timer while data is unacknowledged (the fast path's).
         self._unacked: list[tuple[tuple[float | None, int], ...]] = [
             tuple(
@@ -330,14 +343,12 @@ class FlowTable:
                 if self._flags[slot] & ASSURED:
                     self.book.assured(slot)
             # The timer the last packet would have set under the new policy.
-            self._arm(
-                slot,
-                profile,
-                self._state[slot],
-                self._last[slot] & 7,
-                self._flags[slot],
-                self._seen_at[slot],
-            )
+            current, seen_at = self._state[slot], self._seen_at[slot]
+            if current in _UDP:
+                self.udp.arm(slot, profile, current, seen_at)
+            else:
+                last = self._last[slot] & 7
+                self._arm(slot, profile, current, last, self._flags[slot], seen_at)
         queues: list[deque[bytes]] = [deque() for _ in self._profiles]
         for key, (client_forward, at, phase, state, profile, forget_at) in self._tombstones.items():
             index = by_name.get(old_names[profile], default)
@@ -364,7 +375,7 @@ class FlowTable:
         return FlowInfo(
             flow=self._flow_id(slot),
             state=state.name,
-            phase=PHASE_OF[state].value,
+            phase=_PHASE_NAME[state],
             rule=self._profiles[self._profile[slot]].name,
             age=now - self._created[slot],
             idle=now - self._seen_at[slot],
@@ -793,23 +804,42 @@ class FlowTable:
         """A new flow a limit refuses: dropped, and for `reset` answered with a RST (as an
         out-of-state answer: within the policy's answer rate); for `intercept` answered with a
         SYN cookie (always: the defence must not depend on the answer rate)."""
-        rule = self._profiles[profile].name
         reset = refusal.action == LimitAction.RESET
-        self.book.refused(refusal)
         intercepted = (
             self.defences.answer(seg, profile, now, data)
             if refusal.action == LimitAction.INTERCEPT
             else None
         )
-        source = _source(seg)
+        events = self._refusal_events(seg, profile, refusal, now, reset)
+        if events is None:
+            return intercepted or REFUSED_PAST_RATE
+        inject: tuple[bytes, ...] = ()
+        if reset:
+            rst = pk.build_reply_rst(seg)
+            inject = (rst.packet,)
+            rule = self._profiles[profile].name
+            flow = flow_id(seg.key, seg.forward)
+            events.append(ResetSent(now, flow, "client", rst.seq, rst.ack, "NONE", "limit", rule))
+        if intercepted is not None:
+            return intercepted._replace(events=tuple(events))
+        return Decision(Verdict.DROP, Reason.LIMIT, inject, tuple(events), refusal.detail)
+
+    def _refusal_events(
+        self, packet: pk.Packet, profile: int, refusal: Refusal, now: float, answered: bool
+    ) -> list[Event] | None:
+        """Count a refusal of a new flow; its event, or None past the answer rate (then it is
+        summed up; `answered`: a RST or ICMP error was withheld)."""
+        rule = self._profiles[profile].name
+        self.book.refused(refusal)
+        source = _source(packet)
         if limit := self.limiter.admit(source, now):
             action = refusal.action.value
             self.limiter.hold(
-                source, limit, seg.key, seg.forward, action, rule, reset, refusal.limit
+                source, limit, packet.key, packet.forward, action, rule, answered, refusal.limit
             )
-            return intercepted or _REFUSED_PAST_RATE
-        flow = flow_id(seg.key, seg.forward)
-        events: list[Event] = [
+            return None
+        flow = flow_id(packet.key, packet.forward)
+        return [
             LimitRefused(
                 now,
                 flow,
@@ -822,15 +852,6 @@ class FlowTable:
                 rule,
             )
         ]
-        inject: tuple[bytes, ...] = ()
-        if reset:
-            rst = pk.build_reply_rst(seg)
-            inject = (rst.packet,)
-            events.append(ResetSent(now, flow, "client", rst.seq, rst.ack, "NONE", "limit", rule))
-        if intercepted is not None:
-            return intercepted._replace(events=tuple(events))
-        detail = f"{refusal.limit} {refusal.value} reached by {refusal.counted}"
-        return Decision(Verdict.DROP, Reason.LIMIT, inject, tuple(events), detail)
 
     def _invalid(self, slot: int, seg: pk.Segment, now: float, reason: str) -> Decision:
         """A packet the state table rejects on a live flow. It never resets the flow's
@@ -920,7 +941,7 @@ class FlowTable:
             return None
         return _Tombstone._make(buried)
 
-    def _profile_index(self, seg: pk.Segment, tomb: _Tombstone | None) -> int:
+    def _profile_index(self, seg: pk.Packet, tomb: _Tombstone | None) -> int:
         """The first rule matching the flow seen client > server, else the default profile.
         Without a tombstone the packet's own direction is tried first, then the reverse."""
         if tomb is not None:
@@ -935,10 +956,11 @@ class FlowTable:
         default profile."""
         addr_a, port_a, addr_b, port_b = pk.endpoints(key)
         a, b = address(addr_a), address(addr_b)
+        proto = pk.protocol_of(key)
         for forward in client_forward:
             src, sport, dst, dport = (a, port_a, b, port_b) if forward else (b, port_b, a, port_a)
             for i, rule in enumerate(self.policy.rules):
-                if rule.match.matches(src, sport, dst, dport):
+                if rule.match.matches(src, sport, dst, dport, proto):
                     return i
         return len(self._profiles) - 1
 
@@ -1062,6 +1084,8 @@ class FlowTable:
             timeout, capped_by, silent = facts.timeout, _DCD_CAUSE, self.probes.silent(slot)
         if forced is not None:
             action, targets = forced.value, _RESET_TARGETS[forced]
+        if state in _UDP:
+            action, targets = _SILENT, ()  # a datagram flow has nothing to reset
         flow = self._flow_id(slot)
         by_hand = forced is not None and cause is None
         events.append(
@@ -1254,7 +1278,7 @@ def _seconds(timeout: float | None) -> float:
     return _INF if timeout is None else timeout
 
 
-def _source(seg: pk.Segment) -> bytes:
+def _source(seg: pk.Packet) -> bytes:
     """The sender's packed address (the key holds both endpoints, in a fixed order)."""
     key = seg.key
     size = 4 if len(key) == pk.KEY4_LEN else 16
@@ -1262,9 +1286,9 @@ def _source(seg: pk.Segment) -> bytes:
 
 
 _SYN_RETRANSMIT: Final = accept(Reason.SYN_RETRANSMIT)
-# A refusal past the answer rate: the verdict alone (summed up in a limit_summary event).
-_REFUSED_PAST_RATE: Final = Decision(Verdict.DROP, Reason.LIMIT, detail="past the answer rate")
 _EMBRYONIC = (_SYN_SENT, _SYN_RECV, _SYN_SENT2)  # the states a limit counts as handshakes
+_UDP = frozenset(map(int, UDP_STATES))
+_SILENT = ExpireAction.SILENT.value
 # The whole answer to an out-of-state packet past the policy's answer rate: the verdict alone.
 _PAST_RATE: Final = {
     OutOfStateAction.ACCEPT: accept(Reason.PAST_ANSWER_RATE),

@@ -32,7 +32,7 @@ class Reason(StrEnum):
     NORMALISED = "dropped by the normaliser"  # [normalise]: a SYN with data
     OUT_OF_STATE = "out-of-state"
     PAST_ANSWER_RATE = "out-of-state, past the answer rate"
-    NOT_TCP = "not TCP"
+    OTHER_PROTOCOL = "other protocol"  # neither TCP nor UDP: not tracked, passed
     UNPARSEABLE = "unparseable"
 
 
@@ -66,5 +66,7 @@ def accept(reason: Reason, *events: Event) -> Decision:
 
 
 IN_STATE = accept(Reason.IN_STATE)
+# A refusal past the answer rate: the verdict alone (summed up in a limit_summary event).
+REFUSED_PAST_RATE = Decision(Verdict.DROP, Reason.LIMIT, detail="past the answer rate")
 IGNORED = accept(Reason.IGNORED)
 NO_EFFECTS = Effects()

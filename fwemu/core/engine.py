@@ -27,15 +27,20 @@ class Engine:
         seg = pk.parse(data)
         if type(seg) is pk.Segment:
             return self.table.packet(seg, now, data)
+        if type(seg) is pk.Datagram:
+            return self.table.udp.datagram(seg, now, data)
         return _not_ours(seg)  # type: ignore[arg-type]
 
     def adopt(self, data: bytes, *, now: float, sender_is_client: bool) -> Decision:
         """Like handle_packet, but a mid-stream ACK of no flow starts an ESTABLISHED flow
         (loose pickup) whatever the policy says, its sender being the client or the server as
-        given: for captures that begin after connections opened (`fwemu replay`)."""
+        given: for captures that begin after connections opened (`fwemu replay`). A datagram
+        needs no adopting: any opens a flow."""
         seg = pk.parse(data)
         if type(seg) is pk.Segment:
             return self.table.adopt(seg, now, sender_is_client=sender_is_client, data=data)
+        if type(seg) is pk.Datagram:
+            return self.table.udp.datagram(seg, now, data)
         return _not_ours(seg)  # type: ignore[arg-type]
 
     def next_deadline(self) -> float | None:
@@ -95,6 +100,6 @@ class Engine:
 
 def _not_ours(seg: pk.Unparseable) -> Decision:
     """Fragments, other protocols, garbage: not ours to judge (conntrack would not track them
-    as TCP either), so they pass."""
-    reason = Reason.NOT_TCP if type(seg) is pk.NotTcp else Reason.UNPARSEABLE
+    as TCP or UDP either), so they pass."""
+    reason = Reason.OTHER_PROTOCOL if type(seg) is pk.OtherProtocol else Reason.UNPARSEABLE
     return Decision(Verdict.ACCEPT, reason, detail=seg.reason)

@@ -194,6 +194,22 @@ class ResetSent(Event):
 
 
 @dataclass(slots=True)
+class UnreachableSent(Event):
+    """An ICMP port unreachable sent to `to` ("client", "server" or "sender"), from the address
+    its datagram was sent to: answering a late datagram of a UDP flow (cause "out_of_state") or
+    one a limit refused ("limit")."""
+
+    to: str
+    cause: str
+    rule: str
+
+    kind: ClassVar[str] = "unreachable"
+
+    def describe(self, at: TimeText = core_seconds) -> str:
+        return f"unreach  {self.flow} ICMP port unreachable to {self.to} ({self.cause})"
+
+
+@dataclass(slots=True)
 class ProbeSent(Event):
     """Dead connection detection probed both ends of an idle flow (round `round` of
     `retries`), as the Cisco ASA does before it expires one (fwemu/core/dcd.py)."""

@@ -40,6 +40,11 @@ class Refusal(NamedTuple):
     action: LimitAction
     limits: str  # whose [limits]: POLICY_SCOPE or "rule NAME"
 
+    @property
+    def detail(self) -> str:
+        """For a Decision's detail."""
+        return f"{self.limit} {self.value} reached by {self.counted}"
+
 
 class Usage(NamedTuple):
     """One [limits] table against its counts, for people (`fwemu flows --summary`, `top`)."""

@@ -1,4 +1,5 @@
-"""IPv4/IPv6 + TCP header parsing into flow-keyed segments, and TCP RST construction.
+"""IPv4/IPv6 + TCP and UDP header parsing into flow-keyed segments and datagrams, and TCP RST
+construction.
 
 Pure and allocation-lean: `parse` runs once per forwarded packet. Lengths come from the IP header,
 never from `len(data)`: NFQUEUE copies may be truncated to the headers, and with F_GSO one queued
@@ -43,6 +44,8 @@ _IP6_EXTENSIONS = frozenset((0, 43, 60, _IP6_FRAGMENT, _IP6_AH))
 _IP6_EXT_MIN_LEN = 8
 _IP6_MAX_EXT = 8  # bounds the walk; real traffic carries at most 2 or 3
 _PROTO_TCP = 6
+_PROTO_UDP = 17
+_IP6_ENDS = frozenset((_PROTO_TCP, _PROTO_UDP))  # the headers an extension walk stops at
 
 # Flow keys: address a, address b, port a, port b, with a the smaller endpoint.
 # A flow key: both endpoints' addresses, their ports, and the IP protocol, so that flows of
@@ -51,6 +54,11 @@ _KEY4 = struct.Struct("!4s4sHHB").pack
 _KEY6 = struct.Struct("!16s16sHHB").pack
 KEY4_LEN, KEY6_LEN = 13, 37
 
+# IPv4 without options followed by the UDP header (RFC 768): total length, fragment, addresses,
+# ports, UDP length.
+_IP4_UDP = struct.Struct("!2xH2xH4x4s4sHHH").unpack_from
+_UDP = struct.Struct("!HHH").unpack_from  # ports, length (RFC 768)
+_UDP_LEN = 8
 # TCP fixed header (RFC 9293 §3.1): ports, seq, ack, data offset, flags, window.
 _TCP = struct.Struct("!HHIIBBH").unpack_from
 _TCP_MIN_LEN = 20
@@ -90,7 +98,46 @@ _FLAG_LETTERS = (
 )
 
 
-class Segment:
+class Packet:
+    """What a segment and a datagram share: a flow key and a direction along it."""
+
+    __slots__ = ()
+    key: bytes
+    forward: bool
+
+    @property
+    def src(self) -> bytes:
+        size = (len(self.key) - 5) >> 1
+        return self.key[:size] if self.forward else self.key[size : 2 * size]
+
+    @property
+    def dst(self) -> bytes:
+        size = (len(self.key) - 5) >> 1
+        return self.key[size : 2 * size] if self.forward else self.key[:size]
+
+
+class Datagram(Packet):
+    """One parsed UDP datagram, keyed by its flow as a Segment is (the key's last byte, the
+    protocol, keeps UDP flows apart from TCP's); `payload_len` from the UDP length field."""
+
+    __slots__ = ("dport", "forward", "key", "payload_len", "sport", "version")
+
+    def __init__(
+        self, version: int, key: bytes, forward: bool, sport: int, dport: int, payload_len: int
+    ) -> None:
+        self.version = version
+        self.key = key
+        self.forward = forward
+        self.sport = sport
+        self.dport = dport
+        self.payload_len = payload_len
+
+    def __repr__(self) -> str:
+        ends = f"{_endpoint(self.src, self.sport)} > {_endpoint(self.dst, self.dport)}"
+        return f"<Datagram {ends} len {self.payload_len}>"
+
+
+class Segment(Packet):
     """One parsed TCP segment, keyed by its flow.
 
     `key` is the same for both directions of a connection (`endpoints` takes it apart); `forward`
@@ -154,16 +201,6 @@ class Segment:
         self.payload_len = payload_len
 
     @property
-    def src(self) -> bytes:
-        size = (len(self.key) - 5) >> 1
-        return self.key[:size] if self.forward else self.key[size : 2 * size]
-
-    @property
-    def dst(self) -> bytes:
-        size = (len(self.key) - 5) >> 1
-        return self.key[size : 2 * size] if self.forward else self.key[:size]
-
-    @property
     def seg_len(self) -> int:
         """Sequence space consumed: SYN and FIN count one each (RFC 9293 §3.4)."""
         flags = self.flags
@@ -179,20 +216,21 @@ class Segment:
 
 @dataclass(frozen=True, slots=True)
 class Unparseable:
-    """Why a packet is not a TCP segment fwemu can track."""
+    """Why a packet is not a TCP segment or UDP datagram fwemu can track."""
 
     reason: str
 
 
 @dataclass(frozen=True, slots=True)
-class NotTcp(Unparseable):
-    """A well-formed IP packet of another protocol (IP protocol or IPv6 next-header number):
-    for a parser of that protocol to take, where there is one."""
+class OtherProtocol(Unparseable):
+    """A well-formed IP packet of a protocol fwemu does not track (ICMP, SCTP, ESP...): its IP
+    protocol or IPv6 next-header number."""
 
     protocol: int
 
 
-def parse(data: bytes) -> Segment | Unparseable:
+# Inlined for speed (it runs per packet): one return per way a header can be unusable.
+def parse(data: bytes) -> Segment | Datagram | Unparseable:  # noqa: PLR0911, PLR0912
     """Parse an IP packet as queued, possibly truncated after its headers; never raises."""
     size = len(data)
     if size >= 40 and data[0] == 0x45:
@@ -205,11 +243,22 @@ def parse(data: bytes) -> Segment | Unparseable:
         fast = False
     if fast:
         version, tcp_at, tcp_len, pack_key = 4, 20, ip_len - 20, _KEY4
+    elif size >= 28 and data[0] == 0x45 and data[9] == _PROTO_UDP:
+        # IPv4 without options carrying UDP: the datagram's fast path.
+        ip_len, fragment, src, dst, sport, dport, udp_len = _IP4_UDP(data)
+        if fragment & _IP4_OFFSET_MASK:
+            return Unparseable("IPv4 fragment")
+        return _datagram(4, ip_len - 20, src, dst, sport, dport, udp_len, _KEY4)
     else:
-        located = _locate_tcp(data)
+        located = _locate(data)
         if isinstance(located, Unparseable):
             return located
-        version, tcp_at, tcp_len, src, dst, pack_key = located
+        version, tcp_at, tcp_len, src, dst, pack_key, protocol = located
+        if protocol == _PROTO_UDP:
+            if size < tcp_at + _UDP_LEN:
+                return Unparseable(f"truncated UDP header ({max(size - tcp_at, 0)} bytes)")
+            sport, dport, udp_len = _UDP(data, tcp_at)
+            return _datagram(version, tcp_len, src, dst, sport, dport, udp_len, pack_key)
         if size < tcp_at + _TCP_MIN_LEN:
             return Unparseable(f"truncated TCP header ({max(size - tcp_at, 0)} bytes)")
         sport, dport, seq, ack, offset, flags, window = _TCP(data, tcp_at)
@@ -260,12 +309,37 @@ def parse(data: bytes) -> Segment | Unparseable:
     )
 
 
+def _datagram(
+    version: int,
+    ip_payload: int,
+    src: bytes,
+    dst: bytes,
+    sport: int,
+    dport: int,
+    udp_len: int,
+    pack_key: Callable[[bytes, bytes, int, int, int], bytes],
+) -> Datagram | Unparseable:
+    """A Datagram, unless its length field is one Linux's udp_error() rejects (shorter than the
+    header, or longer than the IP payload: "truncated/malformed packet")."""
+    if not _UDP_LEN <= udp_len <= ip_payload:
+        return Unparseable(f"bad UDP length {udp_len} (IP payload {ip_payload} bytes)")
+    forward = src < dst or (src == dst and sport <= dport)
+    key = (
+        pack_key(src, dst, sport, dport, _PROTO_UDP)
+        if forward
+        else pack_key(dst, src, dport, sport, _PROTO_UDP)
+    )
+    return Datagram(version, key, forward, sport, dport, udp_len - _UDP_LEN)
+
+
+_Located = tuple[int, int, int, bytes, bytes, Callable[[bytes, bytes, int, int, int], bytes], int]
+
+
 # One early return per way an IP header can be unusable: the slow path of `parse`, in header
 # order, as the RFCs list the checks.
-def _locate_tcp(  # noqa: PLR0911, PLR0912
-    data: bytes,
-) -> tuple[int, int, int, bytes, bytes, Callable[[bytes, bytes, int, int], bytes]] | Unparseable:
-    """(IP version, TCP offset, TCP length per the IP header, src, dst, key packer), or why not."""
+def _locate(data: bytes) -> _Located | Unparseable:  # noqa: PLR0911, PLR0912
+    """(IP version, TCP or UDP header offset, its length per the IP header, src, dst, key
+    packer, IP protocol), or why not."""
     size = len(data)
     if not size:
         return Unparseable("empty packet")
@@ -279,13 +353,13 @@ def _locate_tcp(  # noqa: PLR0911, PLR0912
             return Unparseable(f"bad IPv4 header length {tcp_at}")
         if tcp_at > size:
             return Unparseable(f"truncated IPv4 header ({size} of {tcp_at} bytes)")
-        if protocol != _PROTO_TCP:
-            return NotTcp(f"not TCP (protocol {protocol})", protocol)
+        if protocol not in _IP6_ENDS:
+            return OtherProtocol(f"not TCP or UDP (protocol {protocol})", protocol)
         if fragment & _IP4_OFFSET_MASK:
             return Unparseable("IPv4 fragment")
-        if ip_len < tcp_at + _TCP_MIN_LEN:
+        if ip_len < tcp_at + (_TCP_MIN_LEN if protocol == _PROTO_TCP else _UDP_LEN):
             return Unparseable(f"bad IPv4 total length {ip_len}")
-        return 4, tcp_at, ip_len - tcp_at, src, dst, _KEY4
+        return 4, tcp_at, ip_len - tcp_at, src, dst, _KEY4, protocol
     if version == 6:
         if size < _IP6_HEADER_LEN:
             return Unparseable(f"truncated IPv6 header ({size} bytes)")
@@ -293,28 +367,30 @@ def _locate_tcp(  # noqa: PLR0911, PLR0912
         if not payload_len:
             # RFC 2675 jumbograms and Linux BIG TCP carry the length in a hop-by-hop option.
             return Unparseable("IPv6 jumbogram")
-        if next_header == _PROTO_TCP:
-            tcp_at = _IP6_HEADER_LEN
+        if next_header in _IP6_ENDS:
+            tcp_at, protocol = _IP6_HEADER_LEN, next_header
         else:
-            tcp_at = _skip_ip6_extensions(data, next_header)
-            if isinstance(tcp_at, Unparseable):
-                return tcp_at
+            walked = _skip_ip6_extensions(data, next_header)
+            if isinstance(walked, Unparseable):
+                return walked
+            tcp_at, protocol = walked
             if tcp_at > _IP6_HEADER_LEN + payload_len:
                 return Unparseable(
                     f"IPv6 extension headers ({tcp_at - _IP6_HEADER_LEN} bytes)"
                     f" exceed payload length {payload_len}"
                 )
-        return 6, tcp_at, _IP6_HEADER_LEN + payload_len - tcp_at, src, dst, _KEY6
+        return 6, tcp_at, _IP6_HEADER_LEN + payload_len - tcp_at, src, dst, _KEY6, protocol
     return Unparseable(f"not IP (version {version})")
 
 
-def _skip_ip6_extensions(data: bytes, next_header: int) -> int | Unparseable:
-    """Offset of the TCP header after IPv6 extension headers (RFC 8200 §4), or why there is none."""
+def _skip_ip6_extensions(data: bytes, next_header: int) -> tuple[int, int] | Unparseable:
+    """(offset, protocol) of the TCP or UDP header after IPv6 extension headers (RFC 8200 §4),
+    or why there is none."""
     at = _IP6_HEADER_LEN
     seen = 0
-    while next_header != _PROTO_TCP:
+    while next_header not in _IP6_ENDS:
         if next_header not in _IP6_EXTENSIONS:
-            return NotTcp(f"not TCP (next header {next_header})", next_header)
+            return OtherProtocol(f"not TCP or UDP (next header {next_header})", next_header)
         if seen == _IP6_MAX_EXT:
             return Unparseable(f"more than {_IP6_MAX_EXT} IPv6 extension headers")
         if at + _IP6_EXT_MIN_LEN > len(data):
@@ -330,7 +406,7 @@ def _skip_ip6_extensions(data: bytes, next_header: int) -> int | Unparseable:
         seen += 1
         next_header = data[at]
         at += length
-    return at
+    return at, next_header
 
 
 def _read_options(data: bytes, at: int, end: int, ack: int, syn: int) -> tuple[int, bool, int]:
@@ -411,9 +487,9 @@ def tcp_offset(data: bytes | bytearray) -> int:
     """Where the TCP header starts in an IP packet that `parse` accepts as a Segment."""
     if data[0] == 0x45:
         return 20
-    located = _locate_tcp(bytes(data))
-    if isinstance(located, Unparseable):
-        raise ValueError(f"not a TCP packet: {located.reason}")
+    located = _locate(bytes(data))
+    if isinstance(located, Unparseable) or located[6] != _PROTO_TCP:
+        raise ValueError("not a TCP packet")
     return located[1]
 
 
@@ -434,7 +510,7 @@ def endpoints(key: bytes) -> tuple[bytes, int, bytes, int]:
 
 
 def protocol_of(key: bytes) -> int:
-    """The IP protocol number of a flow key's flow (6: TCP)."""
+    """The IP protocol number of a flow key's flow (6: TCP, 17: UDP)."""
     return key[-1]
 
 
@@ -478,12 +554,12 @@ def build_segment(
     offset = (header_len >> 2) << 4
     fields = (sport, dport, seq & _SEQ_MASK, ack & _SEQ_MASK, offset, flags, window)
     payload = options + bytes(payload_len)
-    checksum = _internet_checksum(pseudo + _TCP_HEADER.pack(*fields, 0, 0) + payload)
+    checksum = internet_checksum(pseudo + _TCP_HEADER.pack(*fields, 0, 0) + payload)
     tcp = _TCP_HEADER.pack(*fields, checksum, 0) + payload
     if not ipv4:
         return _IP6_HEADER.pack(6 << 28, tcp_len, _PROTO_TCP, _TTL, src, dst) + tcp
     header = (0x45, 0, 20 + tcp_len, 0, _IP4_DF, _TTL, _PROTO_TCP)
-    checksum = _internet_checksum(_IP4_HEADER.pack(*header, 0, src, dst))
+    checksum = internet_checksum(_IP4_HEADER.pack(*header, 0, src, dst))
     return _IP4_HEADER.pack(*header, checksum, src, dst) + tcp
 
 
@@ -561,7 +637,7 @@ def _endpoint(addr: bytes, port: int) -> str:
     return f"{ip}:{port}" if ip.version == 4 else f"[{ip}]:{port}"
 
 
-def _internet_checksum(data: bytes) -> int:
+def internet_checksum(data: bytes) -> int:
     """RFC 1071 one's-complement checksum; an odd length counts as padded with a zero byte.
 
     The one's-complement sum of 16-bit words is the data read as one big number modulo 0xFFFF

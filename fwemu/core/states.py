@@ -1,4 +1,4 @@
-"""nf_conntrack's TCP states, packet classes and transition table, as data.
+"""nf_conntrack's TCP states, packet classes and transition table, as data; and the UDP states.
 
 Transcribed from Linux `net/netfilter/nf_conntrack_proto_tcp.c` (modern 6.x: `tcp_conntracks[2][6]
 [TCP_CONNTRACK_MAX]`, `get_conntrack_index()`, `tcp_valid_flags[]`), as quoted in
@@ -29,6 +29,11 @@ class State(IntEnum):
     SYN_SENT2 = 9  # SYN seen from the reply direction too (simultaneous open)
     INVALID = 10  # TCP_CONNTRACK_MAX, "sIV": the packet is invalid in this state
     IGNORE = 11  # "sIG": passed without a state change (the entry may be out of sync)
+    # UDP's: the kernel keeps no state for UDP, only status bits (nf_conntrack_proto_udp.c);
+    # these name their combinations, as `conntrack -L` shows them.
+    UNREPLIED = 12  # seen one way ([UNREPLIED])
+    REPLIED = 13  # seen both ways (IPS_SEEN_REPLY), not yet a stream: still the udp timer
+    STREAM = 14  # [ASSURED]: a datagram after udp_stream_after, seen both ways: udp_stream
 
 
 class PacketClass(IntEnum):
@@ -125,13 +130,23 @@ TIMEOUT_FIELD: dict[State, str] = {
     State.LAST_ACK: "last_ack",
     State.TIME_WAIT: "time_wait",
     State.CLOSE: "close",
+    State.UNREPLIED: "udp",
+    State.REPLIED: "udp",
+    State.STREAM: "udp_stream",
 }
+UDP_STATES = (State.UNREPLIED, State.REPLIED, State.STREAM)
 
 # The policy phase whose timer and expiry action apply in each real state, from the policy's
 # one table of phases (policy.model.PHASE_STATES).
 PHASE_OF: dict[State, Phase] = {
     state: next(phase for phase, fields in PHASE_STATES.items() if field in fields)
     for state, field in TIMEOUT_FIELD.items()
+    if state not in UDP_STATES
+}
+# The phase events and views name for every tracked state: a UDP state's is its timer's name.
+PHASE_NAME: dict[State, str] = {
+    **{state: phase.value for state, phase in PHASE_OF.items()},
+    **{state: TIMEOUT_FIELD[state] for state in UDP_STATES},
 }
 
 # tcp_can_early_drop(): closing states in which the kernel accepts a RST without sequence checks.

@@ -22,21 +22,22 @@ from fwemu.core.packet import (
     TCP_URG,
     Segment,
     Unparseable,
-    _internet_checksum,
     build_reply_rst,
     build_rst,
     build_segment,
     describe,
     encode_options,
     endpoints,
+    internet_checksum,
     parse,
     protocol_of,
 )
 
 # scapy logs warnings about its environment at import; they are not ours to fail on.
 logging.getLogger("scapy").setLevel(logging.ERROR)
-from scapy.layers.inet import IP, TCP, UDP, IPOption_RR  # noqa: E402
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_RR  # noqa: E402
 from scapy.layers.inet6 import (  # noqa: E402
+    ICMPv6EchoRequest,
     IPv6,
     IPv6ExtHdrDestOpt,
     IPv6ExtHdrFragment,
@@ -321,7 +322,11 @@ def with_u16(packet: Packet, at: int, value: int) -> bytes:
         (bytes(v4())[:12], "truncated IPv4 header (12 bytes)"),
         (with_byte(v4(), 0, 0x44), "bad IPv4 header length 16"),
         (with_byte(v4(), 0, 0x4F)[:40], "truncated IPv4 header (40 of 60 bytes)"),
-        (bytes(IP() / UDP()), "not TCP (protocol 17)"),
+        (bytes(IP() / ICMP()), "not TCP or UDP (protocol 1)"),
+        (bytes(IP() / UDP())[:27], "truncated UDP header (7 bytes)"),
+        (with_u16(IP() / UDP(), 24, 7), "bad UDP length 7 (IP payload 8 bytes)"),
+        (with_u16(IP() / UDP() / b"ab", 24, 11), "bad UDP length 11 (IP payload 10 bytes)"),
+        (with_u16(IPv6() / UDP(), 44, 9), "bad UDP length 9 (IP payload 8 bytes)"),
         (bytes(IP(frag=185) / TCP()), "IPv4 fragment"),
         (bytes(IP(flags="MF", frag=1) / TCP()), "IPv4 fragment"),
         (bytes(IP(frag=1, options=[IPOption_RR()]) / TCP()), "IPv4 fragment"),
@@ -331,9 +336,9 @@ def with_u16(packet: Packet, at: int, value: int) -> bytes:
         (with_byte(v4(), 32, 0xF0), "TCP header (60 bytes) exceeds IP length (20 bytes)"),
         (bytes(v6())[:39], "truncated IPv6 header (39 bytes)"),
         (with_u16(v6(), 4, 0), "IPv6 jumbogram"),
-        (bytes(IPv6() / UDP()), "not TCP (next header 17)"),
-        (bytes(IPv6(nh=50) / Raw(bytes(16))), "not TCP (next header 50)"),
-        (bytes(IPv6(nh=59) / Raw(bytes(16))), "not TCP (next header 59)"),
+        (bytes(IPv6() / ICMPv6EchoRequest()), "not TCP or UDP (next header 58)"),
+        (bytes(IPv6(nh=50) / Raw(bytes(16))), "not TCP or UDP (next header 50)"),
+        (bytes(IPv6(nh=59) / Raw(bytes(16))), "not TCP or UDP (next header 59)"),
         (bytes(v6(IPv6ExtHdrFragment(offset=1))), "IPv6 fragment"),
         (bytes(v6(*[IPv6ExtHdrDestOpt()] * 9)), "more than 8 IPv6 extension headers"),
         (bytes(v6(IPv6ExtHdrHopByHop()))[:44], "truncated IPv6 extension header (4 bytes)"),
@@ -385,7 +390,7 @@ def test_checksum_is_rfc1071s_word_sum(data: bytes) -> None:
     total = sum(int.from_bytes(padded[i : i + 2]) for i in range(0, len(padded), 2))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
-    assert _internet_checksum(data) == ~total & 0xFFFF
+    assert internet_checksum(data) == ~total & 0xFFFF
 
 
 @pytest.mark.parametrize("ack", [None, 0xDEADBEEF])

@@ -23,6 +23,7 @@ ROOT = Path(fwemu.__file__).parent
 ALLOWED: dict[str, frozenset[str]] = {
     "errors": frozenset(),
     "clock": frozenset(),
+    "signals": frozenset(),
     "presets": frozenset(),
     "policy": frozenset({"errors"}),
     "core": frozenset({"policy.model"}),
@@ -30,7 +31,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     # builder and reads the fwemu in the lab through its control socket.
     "lab": frozenset({"errors", "core.packet", "ops"}),
     "ops": frozenset({"core", "policy", "errors", "clock"}),
-    "adapters": frozenset({"core", "policy", "ops", "errors", "clock"}),
+    "adapters": frozenset({"core", "policy", "ops", "errors", "clock", "signals"}),
     "testing": frozenset({"lab", "ops", "policy", "errors"}),
     "scenario": frozenset({"testing", "lab", "policy", "errors"}),
     "demo": frozenset({"scenario", "testing", "lab", "policy", "errors"}),
@@ -38,7 +39,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     # The command line may use anything; nothing but `python -m fwemu` uses it.
     "cli": frozenset(
         {"adapters", "ops", "core", "policy", "lab", "scenario", "demo", "testing", "errors"}
-        | {"clock", "__init__"}
+        | {"clock", "signals", "__init__"}
     ),
     "__main__": frozenset({"cli"}),
     "__init__": frozenset(),

@@ -40,6 +40,7 @@ from fwemu.ops.control import ControlServer
 from fwemu.ops.metrics import LATENCY_SAMPLE, Metrics
 from fwemu.policy import Policy
 from fwemu.policy.source import PolicySource
+from fwemu.signals import release as release_held
 
 # A turn of the loop spends at most TIMER_BUDGET seconds on due timers (plus the handle_timer
 # call that crosses it: TIMER_BATCH flows) before the queue is polled again, so a mass expiry
@@ -101,6 +102,8 @@ class Signals:
         )
         for signum in self._HANDLED:
             self._previous[signum] = signal.signal(signum, self._handle)
+        for held in release_held():  # asked for while `fwemu run` was still importing
+            self._handle(held, None)
         return self
 
     def __exit__(

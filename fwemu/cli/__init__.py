@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from fwemu import __version__
 from fwemu.errors import FwemuError
+from fwemu.signals import hold
 
 # Every module `fwemu/cli/<name>_cmd.py` is the subcommand <name>: its `register(subparsers)`
 # adds its parser and sets `func(args) -> int`. `ORDER` (default 50) places it in `--help`.
@@ -44,7 +45,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     names = command_names()
     words = list(sys.argv[1:] if argv is None else argv)
-    chosen = next((word for word in words if not word.startswith("-")), None)
+    chosen = _chosen(words)
     if chosen in names:
         names = [chosen]
     elif chosen is None and words == ["--version"]:
@@ -55,7 +56,14 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _chosen(words: Sequence[str]) -> str | None:
+    """The command `words` name, if any: the first that is not an option."""
+    return next((word for word in words if not word.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if _chosen(sys.argv[1:] if argv is None else argv) == "run":
+        hold()  # before the imports of `run`: see fwemu/signals.py
     try:
         args = build_parser(argv).parse_args(argv)
         code: int = args.func(args)

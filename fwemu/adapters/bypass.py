@@ -4,8 +4,10 @@ Fail-open (fwemu's default) makes the kernel accept a packet when the queue is f
 socket cannot take it, and no kernel counter says so: `queue_dropped` and `queue_user_dropped`
 count only the fail-closed drops (nfnetlink_queue.c, `__nfqnl_enqueue_packet`). Such a packet
 never reaches the state machine, so its flow's timer is not renewed and the policy no longer
-says what happens to it. fwemu's own rules count every packet they send towards the queue;
-what fwemu neither received nor has waiting in the queue, nor the kernel dropped, went past it.
+says what happens to it. fwemu's own rules count every packet they send towards the queue (its
+chain's NFQUEUE rules, which every protocol's jump leads to: their counters summed are TCP's and
+UDP's together); what fwemu neither received nor has waiting in the queue, nor the kernel
+dropped, went past it.
 
 The rules' counters take an `iptables` process to read (milliseconds), so a thread reads them
 once a second and wakes the event loop through a socket only when the count grew; the loop

@@ -1,8 +1,10 @@
-"""fwemu's iptables rules: TCP in FORWARD -> NFQUEUE, in a chain of its own so removal is exact.
+"""fwemu's iptables rules: TCP and UDP in FORWARD -> NFQUEUE, in a chain of its own so removal
+is exact.
 
-Per family (iptables, ip6tables) and queue N::
+Per family (iptables, ip6tables) and queue N, one jump per protocol queued (`fwemu run --proto`)::
 
     -I FORWARD 1 -p tcp -m comment --comment fwemu:qN -j FWEMU-QN
+    -I FORWARD 2 -p udp -m comment --comment fwemu:qN -j FWEMU-QN
     -A FWEMU-QN [-i IF] [-o IF] [-s NET] [-d NET] -j NFQUEUE --queue-num N --queue-bypass
 
 With several queues N..M (`fwemu run --workers`), the target is `NFQUEUE --queue-balance N:M
@@ -22,13 +24,13 @@ import shlex
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
 from fwemu.errors import FwemuError
-from fwemu.policy.model import IPNetwork
+from fwemu.policy.model import IPNetwork, Protocol
 
 Family = Literal[4, 6]
 FAMILIES: tuple[Family, ...] = (4, 6)
@@ -41,7 +43,8 @@ class IptablesError(FwemuError):
 
 @dataclass(frozen=True, slots=True)
 class Capture:
-    """Which forwarded TCP flows go to the queue; empty tuples mean "any".
+    """Which forwarded flows go to the queue: those of `protocols` (TCP and UDP unless told,
+    in Protocol's order) that the selectors choose; an empty selector tuple means "any".
 
     The selectors describe one direction of a flow (a client's packets: in on `in_interfaces`,
     from `sources`, ...). A flow is captured whole, both directions: fwemu queues the packets
@@ -57,6 +60,7 @@ class Capture:
     out_interfaces: tuple[str, ...] = ()
     sources: tuple[IPNetwork, ...] = ()
     destinations: tuple[IPNetwork, ...] = ()
+    protocols: tuple[Protocol, ...] = tuple(Protocol)
 
     def selectors(self, family: Family) -> tuple[tuple[str, ...], ...]:
         """The match arguments of each queueing rule for `family` (possibly none)."""
@@ -82,7 +86,15 @@ class Capture:
             *(f"src {n}" for n in self.sources),
             *(f"dst {n}" for n in self.destinations),
         ]
-        return f"flows of {', '.join(parts)}, both directions" if parts else "all forwarded TCP"
+        protocols = protocol_names(self.protocols)
+        if not parts:
+            return f"all forwarded {protocols}"
+        return f"{protocols} flows of {', '.join(parts)}, both directions"
+
+
+def protocol_names(protocols: Iterable[Protocol]) -> str:
+    """ "TCP", "UDP" or "TCP and UDP", as log lines and refusals name them."""
+    return " and ".join(p.upper() for p in protocols)
 
 
 def _of_family(nets: tuple[IPNetwork, ...], family: Family) -> tuple[str, ...] | None:
@@ -117,9 +129,10 @@ def chain_name(queue: int) -> str:
     return f"{_CHAIN}{queue}"
 
 
-def jump_rule(queue: int) -> tuple[str, ...]:
-    """The FORWARD rule's match and target (without the -I/-D verb)."""
-    return ("-p", "tcp", "-m", "comment", "--comment", f"fwemu:q{queue}", "-j", chain_name(queue))
+def jump_rule(queue: int, protocol: Protocol) -> tuple[str, ...]:
+    """The FORWARD rule that sends `protocol` to the chain: match and target (without the verb)."""
+    comment = ("-m", "comment", "--comment", f"fwemu:q{queue}")
+    return ("-p", protocol.value, *comment, "-j", chain_name(queue))
 
 
 def queue_target(queue: int, count: int = 1) -> tuple[str, ...]:
@@ -132,21 +145,26 @@ def queue_target(queue: int, count: int = 1) -> tuple[str, ...]:
 @dataclass(frozen=True, slots=True)
 class Found:
     """fwemu rules already in this network namespace (another run's, or those a killed run left):
-    the queue its chain is named after, the queues its NFQUEUE targets send to, and each rule's
-    match arguments by family, as `Capture.selectors` makes them."""
+    the queue its chain is named after, the queues its NFQUEUE targets send to, the protocols
+    FORWARD jumps to it with, and each rule's match arguments by family, as `Capture.selectors`
+    makes them."""
 
     queue: int
     queues: frozenset[int]
+    protocols: frozenset[str]
     matches: tuple[tuple[Family, tuple[str, ...]], ...]
 
-    def overlaps(self, capture: Capture) -> bool:
-        """Whether a packet both these rules and `capture`'s would queue exists: the run whose
-        jump comes first in FORWARD (the newest) would take it."""
-        return any(
+    def shared(self, capture: Capture) -> tuple[Protocol, ...]:
+        """The protocols of which a packet both these rules and `capture`'s would queue exists
+        (none: they take different flows): the run whose jumps come first in FORWARD (the
+        newest) would take it."""
+        protocols = tuple(p for p in capture.protocols if p in self.protocols)
+        overlap = any(
             _matches_overlap(found, ours)
             for family, found in self.matches
             for ours in capture.selectors(family)
         )
+        return protocols if overlap else ()
 
 
 _JUMP_RE = re.compile(rf"^-A FORWARD .*-j {_CHAIN}(?P<queue>[0-9]+)$")
@@ -158,13 +176,10 @@ _TARGET_RE = re.compile(
 def found_rules() -> list[Found]:
     """fwemu's chains that FORWARD jumps to in this network namespace, both families together,
     by queue (read with `iptables -S`, which prints what `install` added the kernel's way)."""
-    queues: set[int] = set()
-    for family in FAMILIES:
-        queues.update(
-            int(jump["queue"]) for jump in map(_JUMP_RE.match, _listed(family, "FORWARD")) if jump
-        )
+    jumps = [(family, queue, rule) for family in FAMILIES for queue, rule in _jumps(family)]
     found = []
-    for queue in sorted(queues):
+    for queue in sorted({queue for _, queue, _ in jumps}):
+        protocols = frozenset(p for _, q, rule in jumps if q == queue for p in _protocols(rule))
         targets: set[int] = set()
         matches = []
         for family in FAMILIES:
@@ -176,8 +191,24 @@ def found_rules() -> list[Found]:
                 if target := _TARGET_RE.search(line):
                     first = int(target["num"] or target["first"])
                     targets.update(range(first, int(target["num"] or target["last"]) + 1))
-        found.append(Found(queue, frozenset(targets), tuple(matches)))
+        found.append(Found(queue, frozenset(targets), protocols, tuple(matches)))
     return found
+
+
+def _jumps(family: Family) -> list[tuple[int, list[str]]]:
+    """FORWARD's rules that jump to a fwemu chain: its queue, and the rule's words after
+    "-A FORWARD" (what `-D FORWARD` takes to delete it)."""
+    return [
+        (int(jump["queue"]), shlex.split(line)[2:])
+        for line in _listed(family, "FORWARD")
+        if (jump := _JUMP_RE.match(line))
+    ]
+
+
+def _protocols(rule: list[str]) -> tuple[str, ...]:
+    """The protocols a jump sends to the chain: its "-p tcp"; all of them without -p (a rule
+    someone else added: fwemu's always name one)."""
+    return (rule[rule.index("-p") + 1],) if "-p" in rule else tuple(Protocol)
 
 
 def _listed(family: Family, chain: str) -> list[str]:
@@ -262,13 +293,15 @@ def _delete_chain(family: Family, chain: str) -> None:
 def remove(queue: int) -> bool:
     """Delete fwemu's rules for `queue` in both families; True if there was anything to delete.
 
-    Idempotent, and touches only fwemu's chain and the FORWARD rules jumping to it.
+    Idempotent, and touches only fwemu's chain and the FORWARD rules jumping to it, whichever
+    protocols they queue (a killed run's may have queued others than this run does).
     """
     found = False
     for family in FAMILIES:
-        while _iptables(family, "-C", "FORWARD", *jump_rule(queue)).returncode == 0:
-            _must(family, "-D", "FORWARD", *jump_rule(queue))
-            found = True
+        for jump_queue, rule in _jumps(family):
+            if jump_queue == queue:
+                _must(family, "-D", "FORWARD", *rule)
+                found = True
         if _iptables(family, "-S", chain_name(queue)).returncode == 0:
             _delete_chain(family, chain_name(queue))
             found = True
@@ -288,7 +321,9 @@ def install(queue: int, capture: Capture, count: int = 1) -> tuple[Family, ...]:
             _must(family, "-N", chain_name(queue))
             for selector in capture.selectors(family):
                 _must(family, "-A", chain_name(queue), *selector, *queue_target(queue, count))
-            _must(family, "-I", "FORWARD", "1", *jump_rule(queue))
+            # The jumps last, in one go at the top: every protocol is queued from then on.
+            for position, protocol in enumerate(capture.protocols, 1):
+                _must(family, "-I", "FORWARD", str(position), *jump_rule(queue, protocol))
     except BaseException:
         remove(queue)
         raise
@@ -296,8 +331,9 @@ def install(queue: int, capture: Capture, count: int = 1) -> tuple[Family, ...]:
 
 
 def queued_packets(queue: int) -> int | None:
-    """How many packets fwemu's rules for `queue` have sent to the queue (both families, the
-    rules' own counters); None when neither family has the rules."""
+    """How many packets fwemu's rules for `queue` have sent to the queue: the sum of its chain's
+    NFQUEUE rules' own counters in both families, which every protocol's jump leads to; None
+    when neither family has the rules."""
     total, found = 0, False
     for family in FAMILIES:
         result = _iptables(family, "-L", chain_name(queue), "-n", "-v", "-x")

@@ -1,9 +1,10 @@
 """Who else serves NFQUEUEs in this network namespace, and whether a new run may start beside it.
 
-Two fwemus share a namespace safely only when no flow is captured by both: each run puts its jump
-first in FORWARD, so a newer run whose rules overlap an older one's would take all of the shared
-traffic, silently. `check_overlap` refuses that before anything changes, and `ensure_free` names
-whoever holds a queue this run wants; `running` lists them all (`fwemu lab list`).
+Two fwemus share a namespace safely only when no flow is captured by both (one queueing TCP and
+one UDP share none): each run puts its jumps first in FORWARD, so a newer run whose rules
+overlap an older one's would take all of the shared traffic, silently. `check_overlap` refuses
+that before anything changes, and `ensure_free` names whoever holds a queue this run wants;
+`running` lists them all (`fwemu lab list`).
 
 A queue's holder is found as `ss -p` finds a socket's owner: /proc/net/netfilter/nfnetlink_queue
 gives the netlink portid bound to each queue, /proc/net/netlink that socket's inode, /proc/PID/fd
@@ -132,8 +133,9 @@ def ensure_free(queue: int) -> None:
 
 def check_overlap(queue: int, count: int, capture: iptables.Capture, where: str) -> None:
     """Refuse rules for queues `queue`.. that would go above a live fwemu's in this namespace
-    and capture some of its flows (FwemuError naming it). Rules whose queues nobody holds are a
-    killed run's: with --queue-bypass they let everything through, and take nothing."""
+    and capture some of its flows (FwemuError naming it and the protocols both queue). Rules
+    whose queues nobody holds are a killed run's: with --queue-bypass they let everything
+    through, and take nothing."""
     ours = set(range(queue, queue + count))
     bound = nfqueue.bound_queues().keys()
     for found in iptables.found_rules():
@@ -141,13 +143,14 @@ def check_overlap(queue: int, count: int, capture: iptables.Capture, where: str)
         # Sharing a queue is ensure_free's to refuse; a chain on ours is replaced by install.
         if not live or found.queues & ours or found.queue in ours:
             continue
-        if found.overlaps(capture):
+        if shared := found.shared(capture):
             peer = next((p for p in running() if min(live) in p.queues), None)
             named = peer.describe() if peer is not None else f"queue {min(live)}"
             raise FwemuError(
-                f"another fwemu captures the same flows in {where} ({named}): this run's rules "
-                "would go above its own and take them all; stop it first, or capture other "
-                "flows (--in-interface, --out-interface, --src, --dst)"
+                f"another fwemu captures the same {iptables.protocol_names(shared)} flows in "
+                f"{where} ({named}): this run's rules would go above its own and take them all; "
+                "stop it first, or capture other flows (--proto, --in-interface, "
+                "--out-interface, --src, --dst)"
             )
 
 

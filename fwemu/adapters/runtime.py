@@ -48,7 +48,7 @@ class InternalError(FwemuError):
     exit_code = 1
 
 
-ALL_TCP = iptables.Capture()
+ALL_FORWARDED = iptables.Capture()  # every forwarded TCP and UDP flow
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +69,7 @@ class RunConfig:
     dry_run: bool = False
     fail_closed: bool = False
     no_rules: bool = False
-    capture: iptables.Capture = ALL_TCP
+    capture: iptables.Capture = ALL_FORWARDED  # its protocols too (--proto)
 
     @property
     def last_queue(self) -> int:
@@ -359,6 +359,8 @@ def _status(config: RunConfig, seat: Seat, setup: Setup) -> dict[str, Any]:
         "dry_run": config.dry_run,
         "control": str(seat.control),
         "started": round(setup.clock.wall(Clock.now()), 3),
+        # What fwemu's rules queue; none with --no-rules (whoever queues traffic chooses).
+        "protocols": [] if config.no_rules else [p.value for p in config.capture.protocols],
         **setup.run,
     }
 

@@ -26,9 +26,10 @@ examples:
   fwemu flows --netns lab1-fw                   the flows of the one in lab1-fw
   export {client.ENV_NETNS}=lab1-fw; fwemu top          the same, for every command after it
 
-In --json, each run is {{"netns", "queues", "policy", "origin", "flows", "uptime" (seconds),
-"started" (epoch seconds), "pid" (the supervisor's with --workers), "speed", "dry_run",
-"choose" (the options that choose it), "workers": [{{"queue", "pid", "control"}}]}}.
+In --json, each run is {{"netns", "queues", "protocols" (what its rules queue: ["tcp", "udp"],
+as 'fwemu run --proto' chose; [] with --no-rules), "policy", "origin", "flows", "uptime"
+(seconds), "started" (epoch seconds), "pid" (the supervisor's with --workers), "speed",
+"dry_run", "choose" (the options that choose it), "workers": [{{"queue", "pid", "control"}}]}}.
 Exit status: 0 (also when none is running), 2 when the control sockets cannot be read.
 """
 
@@ -73,6 +74,8 @@ def _record(run: client.Run, runs: list[client.Run]) -> dict[str, Any]:
     return {
         "netns": run.netns,
         "queues": list(run.queues),
+        # A fwemu from before --proto queued TCP only.
+        "protocols": status.get("protocols", ["tcp"]),
         "policy": status["policy"],
         "origin": status["origin"],
         "flows": status["flows"],

@@ -13,18 +13,25 @@ from fwemu.adapters.runtime import MAX_WORKERS, RunConfig
 from fwemu.cli.argtypes import number, whole_number
 from fwemu.ops.metrics import MetricsError, parse_listen_address
 from fwemu.policy import IPNetwork
+from fwemu.policy.model import Protocol
 
 ORDER = 20  # place in `fwemu --help`
 
 DESCRIPTION = """\
-Track forwarded TCP flows through Linux conntrack's state machine and enforce a policy's
+Track forwarded TCP and UDP flows through Linux conntrack's state machine and enforce a policy's
 per-state timers: when a flow's timer runs out, fwemu forgets it (later packets are dropped
 as out-of-state) or injects RSTs, as the policy says.
 
-fwemu adds a chain FWEMU-Q<N> and a jump to it at the top of FORWARD (iptables and ip6tables)
-that sends TCP to NFQUEUE N with --queue-bypass, and removes exactly those rules when it stops
-(SIGINT or SIGTERM). If fwemu is killed (SIGKILL), the rules stay but traffic keeps flowing
-unfiltered thanks to --queue-bypass; the next 'fwemu run' on that queue replaces them.
+--proto tcp or --proto udp queues one protocol only (default: both). UDP flows run on the
+policy's [timeouts] udp (seen one way, or not yet a stream) and udp_stream (replied and older
+than udp_stream_after), expire silently, and [out_of_state] udp_from_client/udp_from_server say
+what a datagram of a forgotten flow meets.
+
+fwemu adds a chain FWEMU-Q<N> and a jump to it per protocol at the top of FORWARD (iptables and
+ip6tables) that sends TCP and UDP to NFQUEUE N with --queue-bypass, and removes exactly those
+rules when it stops (SIGINT or SIGTERM). If fwemu is killed (SIGKILL), the rules stay but
+traffic keeps flowing unfiltered thanks to --queue-bypass; the next 'fwemu run' on that queue
+replaces them.
 Needs root. Run it where traffic is forwarded: a router, or the fw namespace of 'fwemu lab'.
 
 --workers N runs N worker processes under one supervisor, on queues Q..Q+N-1 (Q is --queue),
@@ -52,6 +59,8 @@ examples:
   fwemu run --policy my-firewall.toml --speed 60 --events -
   # only flows from the 10.1.0.0/16 side (both directions), on queue 3, logging what it would do
   fwemu run --preset linux --queue 3 --in-interface eth1 --src 10.1.0.0/16 --dry-run
+  # only UDP (DNS, QUIC, WireGuard...): TCP is forwarded untouched
+  fwemu run --preset gcp-cloud-nat --proto udp
   # watch and steer a running fwemu (see docs/troubleshooting.md)
   fwemu flows; fwemu top; fwemu events --follow; fwemu expire --match dport=5432
   # edit the policy file, then apply it without losing a flow (or: kill -HUP <pid>)
@@ -162,9 +171,18 @@ def register(subparsers: Any) -> None:
         help="install no iptables rules: you send traffic to the queue yourself",
     )
     capture = parser.add_argument_group(
-        "capture (repeatable; default: all forwarded TCP)",
-        "Selectors describe a flow's first direction (its client's packets); both directions "
-        "of a selected flow are queued, also of a flow opened the other way round.",
+        "capture (default: every forwarded TCP and UDP flow)",
+        "The selectors (repeatable) describe a flow's first direction (its client's packets); "
+        "both directions of a selected flow are queued, also of a flow opened the other way "
+        "round.",
+    )
+    capture.add_argument(
+        "--proto",
+        type=_protocols,
+        default=tuple(Protocol),
+        metavar="LIST",
+        help="the protocols to queue: tcp, udp or tcp,udp (default: tcp,udp); UDP flows run on "
+        "the policy's [timeouts] udp and udp_stream",
     )
     capture.add_argument(
         "--in-interface",
@@ -208,6 +226,17 @@ def _network(text: str) -> IPNetwork:
         raise argparse.ArgumentTypeError(f"not an IP address or CIDR network: {text!r}") from None
 
 
+def _protocols(text: str) -> tuple[Protocol, ...]:
+    """ "udp,tcp" -> (Protocol.TCP, Protocol.UDP): in Protocol's order, once each."""
+    names = [name.strip().lower() for name in text.split(",")]
+    known = [p.value for p in Protocol]
+    if bad := [name for name in names if name not in known]:
+        raise argparse.ArgumentTypeError(
+            f"unknown protocol {bad[0]!r} in {text!r}: use tcp, udp or tcp,udp"
+        )
+    return tuple(p for p in Protocol if p.value in names)
+
+
 def _metrics_address(text: str) -> tuple[str, int]:
     try:
         return parse_listen_address(text)
@@ -217,7 +246,11 @@ def _metrics_address(text: str) -> tuple[str, int]:
 
 def _run(args: argparse.Namespace) -> int:
     capture = iptables.Capture(
-        tuple(args.in_interface), tuple(args.out_interface), tuple(args.src), tuple(args.dst)
+        tuple(args.in_interface),
+        tuple(args.out_interface),
+        tuple(args.src),
+        tuple(args.dst),
+        args.proto,
     )
     return runtime.run(
         RunConfig(

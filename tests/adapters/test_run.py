@@ -52,6 +52,7 @@ def test_run_forwards_tcp_and_removes_everything_on_signal(
     v4, v6 = ruleset(fw_ns)
     for rules in (v4, v6):
         assert '-A FORWARD -p tcp -m comment --comment "fwemu:q0" -j FWEMU-Q0' in rules
+        assert '-A FORWARD -p udp -m comment --comment "fwemu:q0" -j FWEMU-Q0' in rules
         assert "-A FWEMU-Q0 -j NFQUEUE --queue-num 0 --queue-bypass" in rules
     assert bound_queues(fw_ns).split()[0] == "0"
 
@@ -156,7 +157,7 @@ def test_sigkill_leaves_rules_that_bypass_and_the_next_run_replaces(
     assert tcp_exchange(lab_plan, b"still flowing") == b"still flowing"
 
     again = started(fwemus, start_fwemu(fw_args(lab_plan)))
-    assert ruleset(fw_ns)[0].count("-A FORWARD") == 1
+    assert ruleset(fw_ns)[0].count("-A FORWARD") == 2  # TCP's jump and UDP's, once each
     assert again.stop() == 0
     assert_clean(lab_plan, before)
 

@@ -22,6 +22,7 @@ from fwemu.errors import FwemuError
 from fwemu.ops.client import request
 from fwemu.ops.protocol import Request
 from fwemu.policy import Policy, loads_policy
+from fwemu.policy.model import Protocol
 
 from .fakes import FakePacket, FakeQueue, Rewriting, rewritten
 from .test_daemon import conversation
@@ -34,6 +35,7 @@ class FakeHost:
         self.feed = feed
         self.steps: list[str] = []
         self.queue: FakeQueue | None = None
+        self.captures: list[iptables.Capture] = []  # what each rules() call was asked to queue
 
     def kernel(self) -> Kernel:
         return Kernel(
@@ -65,6 +67,7 @@ class FakeHost:
         self, queue: int, capture: iptables.Capture, count: int
     ) -> Iterator[tuple[iptables.Family, ...]]:
         self.steps.append(f"rules {queue}x{count}")
+        self.captures.append(capture)
         assert self.queue is not None  # bound first: no packet finds the queue unbound
         self.feed(self.queue)
         try:
@@ -130,6 +133,52 @@ def test_run_wires_queue_engine_events_and_control_and_undoes_all_in_order(
     log = capsys.readouterr().err
     assert "fwemu started in netns lab-fw: queue 0, policy linux" in log
     assert "fwemu stopped (SIGTERM): 6 packets, 6 accepted" in log
+
+
+@pytest.mark.parametrize(
+    ("protocols", "no_rules", "listed", "installed"),
+    [
+        ((Protocol.UDP,), False, ["udp"], "rules in iptables and ip6tables chain FWEMU-Q0 "
+         "(all forwarded UDP)"),
+        (tuple(Protocol), False, ["tcp", "udp"], "(all forwarded TCP and UDP)"),
+        (tuple(Protocol), True, [], "no rules installed (--no-rules)"),
+    ],
+    ids=["udp", "both", "no-rules"],
+)  # fmt: skip
+def test_the_protocols_reach_the_rules_and_the_start_line_and_status_name_them(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    protocols: tuple[Protocol, ...],
+    no_rules: bool,
+    listed: list[str],
+    installed: str,
+) -> None:
+    control = tmp_path / "fw.sock"
+    statuses: list[dict[str, Any]] = []
+
+    def ask() -> None:
+        statuses.extend(request(control, Request("status")))
+        stop_soon()
+
+    fake = FakeHost(lambda queue: None)
+    kernel = fake.kernel()
+    bind = kernel.bind
+
+    @contextmanager
+    def bind_then_ask(*args: Any) -> Iterator[PacketQueue]:  # served from then on, rules or not
+        with bind(*args) as queue:
+            threading.Timer(0.2, ask).start()
+            yield queue
+
+    kernel = dataclasses.replace(kernel, bind=bind_then_ask)
+    capture = iptables.Capture(protocols=protocols)
+    config = RunConfig(preset="linux", control=control, capture=capture, no_rules=no_rules)
+    assert runtime.run(config, kernel) == 0
+
+    assert [c.protocols for c in fake.captures] == ([] if no_rules else [protocols])
+    [status] = statuses
+    assert status["protocols"] == listed
+    assert installed in capsys.readouterr().err
 
 
 def test_a_refusal_changes_nothing() -> None:

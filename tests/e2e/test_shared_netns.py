@@ -31,7 +31,7 @@ INDEX = 77  # the lab's 10.77.1.0/24 (client side) and 10.77.2.0/24 (server side
 
 @pytest.fixture
 def first() -> Iterator[Firewall]:
-    """fwemu inline on queue 0, capturing all forwarded TCP."""
+    """fwemu inline on queue 0, capturing all forwarded TCP and UDP."""
     require_root()
     with inline_firewall() as fw:
         yield fw
@@ -54,10 +54,10 @@ def test_a_run_that_would_take_another_ones_flows_is_refused_naming_it(first: Fi
     refused = run_second(first, "--preset", "aws-nlb", "--queue", "1", "--src", "10.0.0.0/8")
     assert (refused.returncode, refused.stdout) == (2, "")
     assert refused.stderr == (
-        f"fwemu: another fwemu captures the same flows in network namespace {namespace} "
-        f"(queue 0, pid {first.process.pid}, policy linux): this run's rules would go above its "
-        "own and take them all; stop it first, or capture other flows (--in-interface, "
-        "--out-interface, --src, --dst)\n"
+        f"fwemu: another fwemu captures the same TCP and UDP flows in network namespace "
+        f"{namespace} (queue 0, pid {first.process.pid}, policy linux): this run's rules would "
+        "go above its own and take them all; stop it first, or capture other flows (--proto, "
+        "--in-interface, --out-interface, --src, --dst)\n"
     )
     assert (ruleset(namespace), bound_queues(namespace)) == before
     assert tcp_exchange(first.plan) == b"ping"

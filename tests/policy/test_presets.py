@@ -19,7 +19,7 @@ from fwemu.policy import (
     load_preset,
     preset_names,
 )
-from fwemu.policy.model import TIMEOUT_CAPS, Limits, NatPool
+from fwemu.policy.model import TIMEOUT_CAPS, Limits, NatPool, UdpAction
 
 PRESETS = (
     "linux",
@@ -178,6 +178,60 @@ def test_window_check_and_caps(
     assert (profile.out_of_state.window_check, timeouts.max_retrans, timeouts.unacknowledged) == (
         expected
     )
+
+
+# UDP: a flow's timer, a stream's, the grace before a flow may become one (seconds), and what a
+# late datagram from the client, from the server meets. One timer where the product has one (no
+# grace); Linux's late reply is a NEW entry, every other product drops it.
+NEW, UDP_DROP = UdpAction.NEW, UdpAction.DROP
+# fmt: off
+UDP = {
+    "linux":              (30, 120, 2, NEW, NEW),
+    "kube-proxy":         (30, 120, 2, NEW, NEW),
+    "pf":                 (30,  60, 0, NEW, UDP_DROP),
+    "cisco-asa":          (120, 120, 0, NEW, UDP_DROP),
+    "panos":              (30,  30, 0, NEW, UDP_DROP),
+    "fortigate":          (180, 180, 0, NEW, UDP_DROP),
+    "checkpoint":         (40,  40, 0, NEW, UDP_DROP),
+    "juniper-srx":        (60,  60, 0, NEW, UDP_DROP),
+    "aws-nlb":            (120, 120, 0, NEW, UDP_DROP),
+    "aws-nat-gateway":    (350, 350, 0, NEW, UDP_DROP),
+    "azure-lb":           (240, 240, 0, NEW, UDP_DROP),
+    "azure-lb-tcp-reset": (240, 240, 0, NEW, UDP_DROP),
+    "azure-nat-gateway":  (240, 240, 0, NEW, UDP_DROP),
+    "gcp-cloud-nat":      (30,  30, 0, NEW, UDP_DROP),
+}
+# fmt: on
+UDP_TIMEOUTS = ("udp", "udp_stream", "udp_stream_after")
+UDP_OUT_OF_STATE = ("udp_from_client", "udp_from_server")
+
+
+def test_every_preset_has_a_udp_row() -> None:
+    assert sorted(UDP) == sorted(PRESETS)
+
+
+@pytest.mark.parametrize(("name", "expected"), UDP.items(), ids=list(UDP))
+def test_udp_timers_and_late_datagrams(
+    name: str, expected: tuple[float, float, float, UdpAction, UdpAction]
+) -> None:
+    profile = load_preset(name).default
+    timeouts, oos = profile.timeouts, profile.out_of_state
+    assert (
+        *(getattr(timeouts, key) for key in UDP_TIMEOUTS),
+        oos.udp_from_client,
+        oos.udp_from_server,
+    ) == expected
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_udp_key_is_set_in_the_file_with_a_comment(name: str) -> None:
+    """Each product says what it does with UDP, rather than inheriting Linux's defaults."""
+    text = _file(f"{name}.toml")
+    document = tomllib.loads(text)
+    assert [k for k in UDP_TIMEOUTS if k not in document["timeouts"]] == []
+    assert [k for k in UDP_OUT_OF_STATE if k not in document["out_of_state"]] == []
+    lines = [line for line in text.splitlines() if line.startswith(UDP_OUT_OF_STATE)]
+    assert [line for line in lines if "#" not in line] == []
 
 
 # What each product holds at once by default: its table size, and its NAT ports per destination.

@@ -30,6 +30,7 @@ from fwemu.policy import (
 from fwemu.policy.model import (
     LIFETIME,
     LIMIT_NAMES,
+    PROTOCOL_NAME,
     STATE_TIMEOUTS,
     TIMEOUT_CAPS,
     FloodAction,
@@ -41,6 +42,7 @@ from fwemu.policy.model import (
     SynData,
     SynFlood,
     SynProxy,
+    Timeouts,
 )
 
 ORDER = 40  # place in `fwemu --help`
@@ -58,6 +60,9 @@ as FILE:LINE: KEY: MESSAGE, and the other policies are still checked).
 """
 
 
+# The UDP timers, as [timeouts] names them: a flow's own, a stream's, and when a flow becomes one.
+_UDP_TIMEOUTS = ("udp", "udp_stream", "udp_stream_after")
+
 # Output width when stdout is not a terminal (no width to fit): wide enough that cells rarely
 # wrap; tables take only the width they need.
 _PIPE_WIDTH = 132
@@ -69,8 +74,8 @@ def register(subparsers: Any) -> None:
         help="validate policies and show their effective timers and actions",
         description=(
             "Validate policy files and presets, reporting every problem, and show the\n"
-            "effective timeout and expiry action of each connection phase, for every rule\n"
-            "and for the default."
+            "effective timeout and expiry action of each connection phase, the UDP timers\n"
+            "and what late packets and datagrams meet, for every rule and for the default."
         ),
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -144,10 +149,10 @@ def _profile_to_dict(profile: Profile, match: Match | None) -> dict[str, Any]:
     return {
         "name": profile.name,
         "match": None if match is None else _match_fields(match),
-        # The state timers, then the caps on them, as [timeouts] names them.
+        # The state timers, the caps on them, the lifetime, then UDP's, as [timeouts] names them.
         "timeouts": {
             key: getattr(profile.timeouts, key)
-            for key in (*STATE_TIMEOUTS, *TIMEOUT_CAPS, LIFETIME)
+            for key in (*STATE_TIMEOUTS, *TIMEOUT_CAPS, LIFETIME, *_UDP_TIMEOUTS)
         },
         "on_expire": {key: getattr(profile.on_expire, key).value for key in (*Phase, LIFETIME)},
         "dcd": None
@@ -160,6 +165,8 @@ def _profile_to_dict(profile: Profile, match: Match | None) -> dict[str, Any]:
             "pickup": oos.pickup,
             "window_check": oos.window_check,
             "remember": oos.remember,
+            "udp_from_client": oos.udp_from_client.value,
+            "udp_from_server": oos.udp_from_server.value,
         },
         "limits": _table_to_dict(profile.limits),
         "syn_flood": _table_to_dict(profile.syn_flood),
@@ -171,6 +178,8 @@ def _profile_to_dict(profile: Profile, match: Match | None) -> dict[str, Any]:
 def _match_fields(match: Match) -> dict[str, list[str | int]]:
     """The match as policy TOML would write it; absent keys match anything."""
     fields: dict[str, list[str | int]] = {}
+    if match.proto:
+        fields["proto"] = [PROTOCOL_NAME[number].value for number in match.proto]
     for key in ("src", "dst"):
         if nets := getattr(match, key):
             fields[key] = [str(net) for net in nets]
@@ -212,8 +221,8 @@ def _print_policy(console: Console, policy: Policy) -> None:
 
 
 def _add_profile(table: Table, profile: Profile, match: Match | None) -> None:
-    """One row per phase, one per timer cap, then the out-of-state row; the first column names
-    the profile."""
+    """One row per phase, one per timer cap, the UDP timers, then the out-of-state rows; the
+    first column names the profile."""
     labels = [Text(profile.name, style="bold"), *_match_lines(match)]
     for phase in Phase:
         states = PHASE_STATES[phase]
@@ -235,11 +244,21 @@ def _add_profile(table: Table, profile: Profile, match: Match | None) -> None:
     if (dcd := profile.dcd) is not None:
         probes = f"probe every {format_duration(dcd.interval)}, {dcd.retries} times"
         table.add_row(labels.pop(0) if labels else "", "dcd", probes, "then the established action")
+    # UDP expiry is always silent: there is nothing to send at expiry (late datagrams are below).
+    for name, text in _udp_timer_texts(profile.timeouts):
+        table.add_row(labels.pop(0) if labels else "", name, text, "silent")
+    oos = profile.out_of_state
+    table.add_row(
+        labels.pop(0) if labels else "",
+        "out of state",
+        f"remember {format_duration(oos.remember)}",
+        _out_of_state_text(oos),
+    )
     table.add_row(
         Text("\n").join(labels),
-        "out of state",
-        f"remember {format_duration(profile.out_of_state.remember)}",
-        _out_of_state_text(profile.out_of_state),
+        "udp out of state",
+        "",
+        f"from client: {oos.udp_from_client.value}, from server: {oos.udp_from_server.value}",
         end_section=True,
     )
 
@@ -261,6 +280,16 @@ def _timeouts_text(profile: Profile, states: tuple[str, ...]) -> str:
     if len(set(values)) == 1:
         return format_duration(values[0])
     return ", ".join(f"{s} {format_duration(v)}" for s, v in zip(states, values, strict=True))
+
+
+def _udp_timer_texts(timeouts: Timeouts) -> list[tuple[str, str]]:
+    """The `udp` and `udp_stream` rows: a flow's timer, and a stream's with when one becomes."""
+    after = timeouts.udp_stream_after
+    once = "once seen both ways" + (f" for {format_duration(after)}" if after else "")
+    return [
+        ("udp", format_duration(timeouts.udp)),
+        ("udp_stream", f"{format_duration(timeouts.udp_stream)}, {once}"),
+    ]
 
 
 def _out_of_state_text(oos: OutOfState) -> str:

@@ -22,6 +22,7 @@ established = "1h"
 half_closed = "10m"
 close_wait = "1m"
 max_retrans = "2m"
+udp_stream = "3m"
 
 [on_expire]
 established = "reset-both"
@@ -30,10 +31,17 @@ established = "reset-both"
 action = "drop"
 from_client = "reset"
 remember = "5m"
+udp_from_server = "icmp-unreachable"
+
+[[rule]]
+name = "dns"
+match = { proto = "udp", dst_port = 53 }
+timeouts = { udp = "10s", udp_stream_after = "0s" }
+out_of_state = { udp_from_client = "drop", udp_from_server = "drop" }
 
 [[rule]]
 name = "postgres"
-match = { dst = "10.0.2.0/24", dst_port = [5432, "6000-6010"] }
+match = { proto = "tcp", dst = "10.0.2.0/24", dst_port = [5432, "6000-6010"] }
 on_expire = { default = "reset-client", lifetime = "reset-both" }
 out_of_state = { pickup = true, window_check = false }
 
@@ -81,8 +89,9 @@ def test_table_names_the_values(good: str, capsys: pytest.CaptureFixture[str]) -
         "source: https://example.com/doc",
     ]
     assert row(out, "postgres", "embryonic", "30s", "reset-client")
-    assert row(out, "dst 10.0.2.0/24", "established", "5m", "reset-client")
-    assert row(out, "dst_port 5432, 6000-6010", "half_closed", "fin_wait 10m, close_wait 1m")
+    assert row(out, "proto tcp", "established", "5m", "reset-client")
+    assert row(out, "dst 10.0.2.0/24", "half_closed", "fin_wait 10m, close_wait 1m")
+    assert row(out, "dst_port 5432, 6000-6010", "closing", "30s", "reset-client")
     assert row(out, "max_retrans", "at most 2m")
     assert row(out, "unacknowledged", "no cap")
     assert row(out, "lifetime", "4h", "reset-both")
@@ -97,11 +106,27 @@ def test_table_names_the_values(good: str, capsys: pytest.CaptureFixture[str]) -
     assert row(
         out, "out of state", "remember 5m", "drop, from client: reset, no pickup, window check on"
     )
-    assert out.index("postgres") < out.index("default")
+    assert out.index("dns") < out.index("postgres") < out.index("default")
     assert (
         "limits on rule postgres's flows: per_client 64, ports_per_destination 50,000 "
         "(full: drop; ports (client pool, reused 2m after the flow ends): reset)"
     ) in out
+
+
+def test_table_names_the_udp_timers_and_late_datagrams(
+    good: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """UDP expiry is always silent; a rule's timers and late-datagram actions are merged over the
+    policy's, and a rule's proto is one of its match lines."""
+    _, out, _ = run(capsys, good)
+    assert row(out, "dns", "embryonic")
+    assert row(out, "proto udp", "established")
+    assert row(out, "udp", "10s", "silent")  # the rule's own
+    assert row(out, "udp_stream", "3m, once seen both ways", "silent")  # no grace: 0s
+    assert row(out, "udp out of state", "from client: drop, from server: drop")
+    assert row(out, "udp", "30s", "silent")  # the default profile: Linux's
+    assert row(out, "udp_stream", "3m, once seen both ways for 2s", "silent")
+    assert row(out, "udp out of state", "from client: new, from server: icmp-unreachable")
 
 
 def test_names_print_as_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -129,7 +154,13 @@ def test_json(good: str, capsys: pytest.CaptureFixture[str]) -> None:
         "sources": ["https://example.com/doc"],
     }
     assert policy["answer_rate"] == {"per_source": 100, "total": 1000}
-    postgres, default = policy["profiles"]
+    dns, postgres, default = policy["profiles"]
+    assert dns["match"] == {"proto": ["udp"], "dst_port": [53]}
+    assert {k: dns["timeouts"][k] for k in ("udp", "udp_stream", "udp_stream_after")} == {
+        "udp": 10,
+        "udp_stream": 180,
+        "udp_stream_after": 0,
+    }
     assert postgres.pop("syn_flood")["activate"] is None
     assert postgres.pop("syn_proxy") == {
         "mss": 1460,
@@ -140,7 +171,7 @@ def test_json(good: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert postgres.pop("normalise")["clear"] == []
     assert postgres == {
         "name": "postgres",
-        "match": {"dst": ["10.0.2.0/24"], "dst_port": [5432, "6000-6010"]},
+        "match": {"proto": ["tcp"], "dst": ["10.0.2.0/24"], "dst_port": [5432, "6000-6010"]},
         "timeouts": {
             "syn_sent": 30,
             "syn_recv": 30,
@@ -153,6 +184,9 @@ def test_json(good: str, capsys: pytest.CaptureFixture[str]) -> None:
             "max_retrans": 120,
             "unacknowledged": None,
             "lifetime": 14400,
+            "udp": 30,
+            "udp_stream": 180,
+            "udp_stream_after": 2,
         },
         "on_expire": dict.fromkeys(
             ("embryonic", "established", "half_closed", "closing", "time_wait", "close"),
@@ -167,6 +201,8 @@ def test_json(good: str, capsys: pytest.CaptureFixture[str]) -> None:
             "pickup": True,
             "window_check": False,
             "remember": 300,
+            "udp_from_client": "new",
+            "udp_from_server": "icmp-unreachable",
         },
         "limits": {
             "max_flows": None,
@@ -190,6 +226,10 @@ def test_json(good: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert default["timeouts"]["established"] == 3600
     assert (default["timeouts"]["max_retrans"], default["timeouts"]["unacknowledged"]) == (120, 300)
     assert default["out_of_state"]["window_check"] is True
+    assert (dns["out_of_state"]["udp_from_client"], dns["out_of_state"]["udp_from_server"]) == (
+        "drop",
+        "drop",
+    )
 
 
 def test_json_never_is_null(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -204,6 +244,7 @@ def test_every_preset_is_valid(name: str, capsys: pytest.CaptureFixture[str]) ->
     code, out, err = run(capsys, name)
     assert (code, err) == (0, "")
     assert f"from preset:{name}" in out
+    assert "udp_stream" in out and "udp out of state" in out
 
 
 def test_bad_files_do_not_stop_the_others(good: str, capsys: pytest.CaptureFixture[str]) -> None:

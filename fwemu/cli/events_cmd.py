@@ -16,9 +16,10 @@ ORDER = 24  # place in `fwemu --help`
 
 _EPILOG = f"""\
 Each event is one JSON object per line, exactly as 'fwemu run --events' writes it: ts (epoch
-seconds), event (new, state, expire, reset, out_of_state, out_of_state_summary, delete, limit,
-limit_summary), flow (src, sport, dst, dport: client first), state, phase, action, rule, and the
-event's own fields.
+seconds), event (new, state, expire, reset, unreachable, out_of_state, out_of_state_summary,
+delete, limit, limit_summary, probe, syn_flood), flow (src, sport, dst, dport: client first;
+proto: tcp or udp), state, phase, action, rule, and the event's own fields. An unreachable event
+is an ICMP port unreachable fwemu sent (to, cause: out_of_state or limit).
 
 FILTER is space-separated KEY=VALUE terms, all of which must hold; a term's comma-separated
 values are alternatives. Keys: {", ".join(EVENT_KEYS)}.
@@ -28,6 +29,7 @@ With 'fwemu run --workers N', the events of every worker come merged in time ord
 examples:
   fwemu events                                   the last {DEFAULT_HISTORY} events
   fwemu events --follow --filter 'event=expire,reset'
+  fwemu events --filter 'proto=udp event=expire,unreachable'   UDP flows forgotten, late ones told
   fwemu events -f --filter 'port=5432' --history 0 | jq -c '{{event, state, action}}'
   fwemu events -f --lines                        readable lines instead of JSON
 """

@@ -19,12 +19,14 @@ ORDER = 25  # place in `fwemu --help`
 
 _EPILOG = """\
 FLOW is a flow as 'fwemu flows' prints it, client first: 10.0.0.1:40000>10.0.0.2:80 (spaces
-around > are allowed; IPv6 as [fd00::1]:40000). MATCH is as in 'fwemu flows --match'.
+around > are allowed; IPv6 as [fd00::1]:40000; 'udp 10.0.0.1:5353>10.0.0.2:53' for a UDP flow
+only, without a protocol either). MATCH is as in 'fwemu flows --match'.
 
 The flows are expired exactly as their timer would have: forgotten (later packets are
 out-of-state), with RSTs injected if the policy's on_expire says so for their phase, or as
 --action says. It answers "what does my application do if the firewall kills this connection
-right now?".
+right now?". A UDP flow is forgotten silently whatever --action says: there is nothing to reset
+(its late datagrams meet [out_of_state] udp_from_client and udp_from_server).
 
 With --in DURATION the flows are not expired now: their timers are set to run out DURATION from
 now (as 'conntrack -U --timeout' does), and then the policy's on_expire applies. Each flow keeps

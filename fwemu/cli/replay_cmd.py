@@ -21,18 +21,20 @@ from fwemu.core.events import FlowId
 from fwemu.ops.capture import Capture, open_capture
 from fwemu.ops.replay import FlowReport, ReplayReport, Summary, replay
 from fwemu.policy import load_policy, load_preset
+from fwemu.policy.model import Protocol
 
 ORDER = 60  # place in `fwemu --help`
 
 DESCRIPTION = """\
 Run a pcap or pcapng capture through the emulator with the capture's own timestamps, and report
-every TCP flow the policy would have expired, reset or black-holed: when, in which state, by
-which timer, the RSTs it would have injected, and what it would have done to each later packet
-of the flow (dropped, answered with a RST, accepted).
+every TCP or UDP flow the policy would have expired, reset or black-holed: when, in which state,
+by which timer, the RSTs it would have injected, and what it would have done to each later
+packet of the flow (dropped, answered with a RST or an ICMP port unreachable, accepted).
 
 The capture shows what the endpoints sent without this policy in the way, so the packets after
 an expiry are the ones the policy would have met. Connections already open when the capture
-began are tracked as ESTABLISHED from their first packet (see --no-assume-open).
+began are tracked as ESTABLISHED from their first packet (see --no-assume-open); a UDP flow
+opens with any datagram, its sender the client.
 Link types: Ethernet (VLAN tags too), Linux cooked SLL and SLL2 (tcpdump -i any), raw IP, loopback.
 """
 
@@ -235,9 +237,14 @@ def _summary_lines(s: Summary, report: ReplayReport) -> list[Text]:
                 f" ({s.duration:.3f} s)"
             )
         )
-    skipped = f"; skipped {s.not_ip:,} not IP, {s.not_tcp:,} IP but not TCP"
+    protocols = ", ".join(f"{n:,} {proto.upper()}" for proto, n in s.protocols.items() if n)
+    split = f" ({protocols})" if protocols else ""
+    skipped = f"; skipped {s.not_ip:,} not IP, {s.other_protocol:,} not TCP or UDP"
     lines.append(
-        Text(f"        {_count(s.tcp_packets, 'TCP packet')} in {_count(s.flows, 'flow')}{skipped}")
+        Text(
+            f"        {_count(s.tracked_packets, 'packet')} tracked in "
+            f"{_count(s.flows, 'flow')}{split}{skipped}"
+        )
     )
     if s.out_of_order:
         lines.append(
@@ -262,15 +269,19 @@ def _summary_lines(s: Summary, report: ReplayReport) -> list[Text]:
 
 def _headline(flow: FlowReport) -> str:
     expired = flow.expired
+    udp = flow.flow.proto == Protocol.UDP
     if expired is not None:
-        if expired.action == "silent":
-            return "forgotten silently (black hole)"
-        return f"expired and reset ({expired.action})"
+        if udp:  # a UDP flow's end: harmful only to the datagrams after it
+            return f"forgotten by its {expired.phase} timer"
+        silent = expired.action == "silent"
+        return (
+            "forgotten silently (black hole)" if silent else f"expired and reset ({expired.action})"
+        )
     if flow.refused:
         first = flow.refused[0]
         return f"refused by a limit ({first.limit} {first.value:,}): {first.action}"
     if flow.gone_at is not None:
-        return "late packets after it ended"
+        return "late datagrams after its timer ran out" if udp else "late packets after it ended"
     if flow.opened is None:
         return "never tracked: its packets are out of state"
     return "packets rejected" if flow.affected else "not affected"

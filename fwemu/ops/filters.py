@@ -7,6 +7,7 @@ client (the SYN's sender), `dst` the server; `host` and `port` take either side.
     dport=5432                       flows to port 5432
     src=10.1.0.0/16 port=80,443      from that network, to or from port 80 or 443
     state=established,time_wait      in either state (the kernel's names, any case)
+    proto=udp state=unreplied        UDP flows seen one way only (a record without "proto" is TCP)
     event=expire,reset rule=db       events of those kinds, for flows of rule "db" (events only)
 
 The same text is parsed by the client (to report mistakes early) and by the daemon (it never
@@ -22,18 +23,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fwemu.core.events import Event
-from fwemu.core.states import PHASE_OF
+from fwemu.core.states import PHASE_NAME
 from fwemu.errors import FwemuError
 from fwemu.policy import IPNetwork, Match, PortRange
+from fwemu.policy.model import Protocol
 
-TRACKED_STATES = frozenset(state.name for state in PHASE_OF)
+TRACKED_STATES = frozenset(state.name for state in PHASE_NAME)
 EVENT_KINDS = frozenset(kind.kind for kind in Event.__subclasses__())
+PROTOCOLS = frozenset(p.value for p in Protocol)
+# What a record without "proto" is: an older fwemu's, or a capture's from before UDP.
+DEFAULT_PROTO = Protocol.TCP.value
 _ADDRESS_KEYS = ("src", "dst", "host")
 _PORT_KEYS = ("sport", "dport", "port")
-FLOW_KEYS = (*_ADDRESS_KEYS, *_PORT_KEYS, "state", "rule")
+FLOW_KEYS = (*_ADDRESS_KEYS, *_PORT_KEYS, "proto", "state", "rule")
 EVENT_KEYS = (*FLOW_KEYS, "event")
-# FLOW as `fwemu flows` prints it: 10.0.0.1:40000>10.0.0.2:80 or [fd00::1]:40000 > [fd00::2]:80
-_FLOW = re.compile(r"^\s*(\[[^\]]+\]|[^\s:\[\]>]+):(\d+)\s*>\s*(\[[^\]]+\]|[^\s:\[\]>]+):(\d+)\s*$")
+# FLOW as `fwemu flows` prints it: 10.0.0.1:40000>10.0.0.2:80, [fd00::1]:40000 > [fd00::2]:80,
+# or with its protocol first as UDP flows print: udp 10.0.0.1:5353 > 10.0.0.2:53
+_FLOW = re.compile(
+    r"^\s*(?:([A-Za-z]+)\s+)?(\[[^\]]+\]|[^\s:\[\]>]+):(\d+)\s*>\s*(\[[^\]]+\]|[^\s:\[\]>]+):(\d+)\s*$"
+)
 
 
 _ANY = Match()  # matches every flow
@@ -54,6 +62,7 @@ class Selector:
     match: Match = _ANY
     host: tuple[Match, ...] = ()
     port: tuple[Match, ...] = ()
+    proto: frozenset[str] = frozenset()
     state: frozenset[str] = frozenset()
     rule: frozenset[str] = frozenset()
     event: frozenset[str] = frozenset()
@@ -67,9 +76,11 @@ class Selector:
         rule: str | None = None,
         event: str | None = None,
     ) -> bool:
-        """Whether a flow ({src, sport, dst, dport}) in `state` under `rule` (and, for an
-        event, of kind `event`) is selected."""
+        """Whether a flow ({src, sport, dst, dport, proto}) in `state` under `rule` (and, for
+        an event, of kind `event`) is selected."""
         if self.event and event not in self.event:
+            return False
+        if self.proto and flow.get("proto", DEFAULT_PROTO) not in self.proto:
             return False
         if self.state and (state is None or state.upper() not in self.state):
             return False
@@ -138,14 +149,19 @@ def parse_selector(text: str, keys: tuple[str, ...] = FLOW_KEYS) -> Selector:
 
 
 def parse_flow(text: str) -> Selector:
-    """FLOW as `fwemu flows` prints it (client first): the Selector for exactly that flow."""
+    """FLOW as `fwemu flows` prints it (client first): the Selector for exactly that flow. Without
+    a protocol it names the TCP or UDP flow with those ends (only one has them, but for a
+    client that reuses its port for both)."""
     found = _FLOW.match(text)
     if found is None:
         raise FilterError(
-            f"bad flow {text!r}: expected CLIENT:PORT>SERVER:PORT, e.g. 10.0.0.1:40000>10.0.0.2:80"
+            f"bad flow {text!r}: expected [PROTO] CLIENT:PORT>SERVER:PORT, e.g. "
+            "10.0.0.1:40000>10.0.0.2:80 or 'udp 10.0.0.1:5353>10.0.0.2:53'"
         )
-    src, sport, dst, dport = found.groups()
+    proto, src, sport, dst, dport = found.groups()
     term = f"src={src.strip('[]')} sport={sport} dst={dst.strip('[]')} dport={dport}"
+    if proto is not None:
+        term += f" proto={proto}"
     return parse_selector(term)
 
 
@@ -183,6 +199,7 @@ def _names(allowed: frozenset[str], upper: bool) -> Any:
 _PARSERS: dict[str, Any] = {
     **dict.fromkeys(_ADDRESS_KEYS, _networks),
     **dict.fromkeys(_PORT_KEYS, _ports),
+    "proto": _names(PROTOCOLS, upper=False),
     "state": _names(TRACKED_STATES, upper=True),
     "event": _names(EVENT_KINDS, upper=False),
     "rule": frozenset,

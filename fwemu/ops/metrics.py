@@ -1,8 +1,8 @@
 """Prometheus metrics for `fwemu run --metrics HOST:PORT`, on a registry of their own.
 
-Cheap on the packet path: per-state flow counts are kept from the events (a flow's life has a
-handful; the core's Event objects, never their JSON form), packet counts are the daemon's own
-integers read at scrape time, and the verdict latency is timed on one packet in
+Cheap on the packet path: flow counts per protocol and state are kept from the events (a
+flow's life has a handful; the core's Event objects, never their JSON form), packet counts are
+the daemon's own integers read at scrape time, and the verdict latency is timed on one packet in
 `LATENCY_SAMPLE`. The HTTP server runs in threads started after the daemon entered its network
 namespace, so they serve, and read the queue counters of, that namespace (a thread inherits its
 creator's namespace: setns(2), clone(2)).
@@ -30,11 +30,21 @@ from fwemu.core.events import (
     OutOfState,
     OutOfStateSummary,
     StateChanged,
+    UnreachableSent,
 )
+from fwemu.core.states import PHASE_NAME, PHASE_OF, UDP_STATES
 from fwemu.errors import FwemuError
-from fwemu.ops.filters import TRACKED_STATES
 from fwemu.policy import ExpireAction, OutOfStateAction, Phase
-from fwemu.policy.model import LIMIT_NAMES
+from fwemu.policy.model import LIMIT_NAMES, UdpAction
+from fwemu.policy.model import Protocol as IPProtocol
+
+# The series fwemu_flows always has, at 0 until a flow is in them: (proto, state).
+FLOW_SERIES = sorted(
+    [(IPProtocol.TCP.value, state.name) for state in PHASE_OF]
+    + [(IPProtocol.UDP.value, state.name) for state in UDP_STATES]
+)
+# The causes of an ICMP port unreachable (UnreachableSent.cause).
+UNREACHABLE_CAUSES = ("out_of_state", "limit")
 
 # One packet in this many is timed: perf_counter_ns twice plus Histogram.observe cost ~1.2 us,
 # about a third of an in-state packet's time in the engine; sampled, ~0.1 us per packet.
@@ -71,20 +81,22 @@ def parse_listen_address(text: str) -> tuple[str, int]:
 
 
 class StateCounts:
-    """Tracked flows per conntrack state, kept from the event stream: every flow enters with
-    `new`, moves with `state` and leaves with `expire` or `delete`."""
+    """Tracked flows per protocol and conntrack state, (proto, state), kept from the event
+    stream: every flow enters with `new`, moves with `state` and leaves with `expire` or
+    `delete`."""
 
     def __init__(self) -> None:
-        self.counts: Tally[str] = Tally()
+        self.counts: Tally[tuple[str, str]] = Tally()
 
     def on_event(self, event: Event) -> None:
         if isinstance(event, FlowNew):
-            self.counts[event.state] += 1
+            self.counts[event.flow.proto, event.state] += 1
         elif isinstance(event, StateChanged):
-            self.counts[event.old_state] -= 1
-            self.counts[event.state] += 1
+            proto = event.flow.proto
+            self.counts[proto, event.old_state] -= 1
+            self.counts[proto, event.state] += 1
         elif isinstance(event, FlowExpired | FlowDeleted):
-            self.counts[event.state] -= 1
+            self.counts[event.flow.proto, event.state] -= 1
 
 
 class PacketCounts(Protocol):
@@ -139,6 +151,12 @@ class Metrics:
             ["action"],
             registry=self.registry,
         )
+        self.unreachables = Counter(
+            "fwemu_unreachables_sent",
+            "ICMP port unreachables sent (in a dry run: that would have been), by cause",
+            ["cause"],
+            registry=self.registry,
+        )
         self.refusals = Counter(
             "fwemu_limit_refusals",
             "New flows refused by a connection limit of the policy, by limit",
@@ -160,8 +178,12 @@ class Metrics:
         for phase in Phase:
             for action in ExpireAction:
                 self.expiries.labels(phase.value, action.value)
-        for oos in OutOfStateAction:
+        for udp_phase in sorted({PHASE_NAME[state] for state in UDP_STATES}):
+            self.expiries.labels(udp_phase, ExpireAction.SILENT.value)  # UDP's only expiry
+        for oos in (*OutOfStateAction, UdpAction.ICMP_UNREACHABLE):
             self.out_of_state.labels(oos.value)
+        for cause in UNREACHABLE_CAUSES:
+            self.unreachables.labels(cause)
         for limit in LIMIT_NAMES:
             self.refusals.labels(limit)
         for result in ("ok", "rejected"):
@@ -180,6 +202,8 @@ class Metrics:
             self.refusals.labels(event.limit).inc()
         elif isinstance(event, LimitSummary):
             self.refusals.labels(event.limit).inc(event.packets)
+        elif isinstance(event, UnreachableSent):
+            self.unreachables.labels(event.cause).inc()
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP server (daemon threads); the port it listens on."""
@@ -201,11 +225,13 @@ class Metrics:
     def collect_snapshot(self) -> Iterator[Metric]:
         """The metrics read at scrape time (from the scraping thread: plain int reads)."""
         flows = GaugeMetricFamily(
-            "fwemu_flows", "Tracked flows by conntrack state", labels=["state"]
+            "fwemu_flows",
+            "Tracked flows by protocol and conntrack state",
+            labels=["proto", "state"],
         )
         counts = dict(self.states.counts)  # one C-level copy: the loop thread may be counting
-        for state in sorted(TRACKED_STATES):
-            flows.add_metric([state], max(counts.get(state, 0), 0))
+        for proto, state in FLOW_SERIES:
+            flows.add_metric([proto, state], max(counts.get((proto, state), 0), 0))
         yield flows
         yield GaugeMetricFamily(
             "fwemu_flows_tracked", "Tracked flows in the table", value=len(self._engine)

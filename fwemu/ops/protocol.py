@@ -211,6 +211,7 @@ def flow_record(info: FlowInfo) -> dict[str, Any]:
         "sport": flow.sport,
         "dst": flow.dst,
         "dport": flow.dport,
+        "proto": flow.proto,
         "state": info.state,
         "phase": info.phase,
         "expires_in": None if info.expires_in is None else round(info.expires_in, 3),

@@ -4,7 +4,8 @@ The capture's own timestamps are the core's `now`, and time moves exactly as in 
 before each packet every timer due by its timestamp fires, at its deadline, so expiries are
 reported at the instant the policy would have expired the flow. The capture shows what the
 endpoints sent *without* this policy in the way, so once a flow is expired its later packets in
-the capture are exactly the packets the policy would have dropped or answered with a RST.
+the capture are exactly the packets the policy would have dropped or answered with a RST (or,
+for UDP, an ICMP port unreachable). TCP and UDP flows are replayed alike; other protocols pass.
 
 The capture files themselves are read by fwemu/ops/capture.py.
 """
@@ -29,9 +30,19 @@ from fwemu.core.events import (
     LimitRefused,
     OutOfState,
     ResetSent,
+    UnreachableSent,
 )
 from fwemu.ops.capture import Capture
-from fwemu.policy.model import FloodAction, LimitAction, Limits, Phase, Policy, Profile, SynFlood
+from fwemu.policy.model import (
+    FloodAction,
+    LimitAction,
+    Limits,
+    Phase,
+    Policy,
+    Profile,
+    Protocol,
+    SynFlood,
+)
 
 __all__ = ["FlowReport", "LatePacket", "ReplayReport", "Summary", "replay"]
 
@@ -39,11 +50,19 @@ __all__ = ["FlowReport", "LatePacket", "ReplayReport", "Summary", "replay"]
 # --- what the replay reports --------------------------------------------------------------
 
 # Phases whose expiry cuts a connection that is still open; a TIME_WAIT or CLOSE expiry only
-# forgets one that has ended, and counts only if late packets then meet the policy.
+# forgets one that has ended, and counts only if late packets then meet the policy. So does a
+# UDP flow's (udp, udp_stream): its end is its timer's.
 _OPEN_PHASES = frozenset(
     (Phase.EMBRYONIC.value, Phase.ESTABLISHED.value, Phase.HALF_CLOSED.value, Phase.CLOSING.value)
 )
 _SIDES = {"client": "server", "server": "client"}
+# What a late packet met that harms its flow (LatePacket.outcome).
+DROPPED, RESET, UNREACHABLE = (
+    "dropped",
+    "answered with a RST",
+    "answered with an ICMP port unreachable",
+)
+_REJECTED = frozenset((DROPPED, RESET, UNREACHABLE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +71,14 @@ class LatePacket:
 
     ts: float
     side: str | None  # "client", "server", or None when the policy cannot tell
-    packet: str  # tcpdump-like: addresses, [flags], seq, ack, len
-    flags: int
-    seq: int
-    ack: int
-    length: int
-    outcome: str  # "dropped", "answered with a RST", "accepted", "picked up as a new flow"
+    packet: str  # tcpdump-like: addresses, [flags], seq, ack, len (a datagram: "udp ..., len")
+    flags: int | None  # a datagram's three: None
+    seq: int | None
+    ack: int | None
+    length: int  # payload bytes
+    # DROPPED, RESET, UNREACHABLE, "accepted", "picked up as a new flow" (TCP), "opened a new
+    # flow" (UDP)
+    outcome: str
     reason: str
     reset: ResetSent | None = None  # the RST the policy would answer it with
 
@@ -103,7 +124,7 @@ class FlowReport:
     @property
     def affected(self) -> bool:
         cut = self.expired is not None and self.expired.phase in _OPEN_PHASES
-        rejected = any(p.outcome in ("dropped", "answered with a RST") for p in self.late)
+        rejected = any(p.outcome in _REJECTED for p in self.late)
         return cut or rejected or bool(self.refused)
 
     @property
@@ -156,10 +177,11 @@ class Summary:
     policy_origin: str
     speed: float  # every timer this many times shorter (`fwemu run --speed`)
     packets: int  # records in the file
-    tcp_packets: int
+    tracked_packets: int  # TCP segments and UDP datagrams replayed through the policy
     not_ip: int  # frames carrying no IP packet (ARP, LLDP, ...)
-    not_tcp: int  # IP packets fwemu does not track (UDP, ICMP, fragments, truncated headers)
-    flows: int  # TCP connections the policy tracked
+    other_protocol: int  # IP packets fwemu does not track (ICMP, fragments, truncated headers)
+    flows: int  # flows (TCP connections, UDP flows) the policy tracked
+    protocols: dict[str, int]  # those flows per protocol, every protocol named
     refusals: int  # new flows a limit refused (each SYN retransmission again)
     first_ts: float | None
     last_ts: float | None
@@ -181,9 +203,10 @@ class Summary:
             "policy_origin": self.policy_origin,
             "speed": self.speed,
             "packets": self.packets,
-            "tcp_packets": self.tcp_packets,
-            "skipped": {"not_ip": self.not_ip, "not_tcp": self.not_tcp},
+            "tracked_packets": self.tracked_packets,
+            "skipped": {"not_ip": self.not_ip, "other_protocol": self.other_protocol},
             "flows": self.flows,
+            "protocols": self.protocols,
             "refusals": self.refusals,
             "first_ts": self.first_ts,
             "last_ts": self.last_ts,
@@ -218,13 +241,13 @@ class ReplayReport:
 
 # --- following flows through the core's events ----------------------------------------------
 
-_Key = tuple[str, int, str, int]
+_Key = tuple[str, int, str, int, str]
 
 
 def _key(flow: FlowId) -> _Key:
     """The same for both orientations of a flow."""
     a, b = (flow.src, flow.sport), (flow.dst, flow.dport)
-    return (*a, *b) if a <= b else (*b, *a)
+    return (*a, *b, flow.proto) if a <= b else (*b, *a, flow.proto)
 
 
 class _Record:
@@ -295,7 +318,7 @@ class _Tracker:
         self.current: dict[_Key, _Record] = {}
         self.done: list[FlowReport] = []
         self.seen: set[_Key] = set()  # every flow the policy tracked (or refused)
-        self.flows = 0
+        self.flows = dict.fromkeys((p.value for p in Protocol), 0)  # per protocol
         self.refusals = 0
         self._select = select
 
@@ -315,15 +338,14 @@ class _Tracker:
         key = _key(event.flow)
         old = self.current.get(key)
         if old is not None and old.expired is not None and ip is not None:
-            # A mid-stream packet of an expired flow, picked up (policy pickup = true).
-            old.late.append(_late_packet(ts, ip, "picked up as a new flow", "pickup", None))
+            old.late.append(_reopening(old.flow, ts, ip))
         self._close(key)
         record = _Record(event.flow, event.rule, ts, already_open=already_open)
         if not already_open:
             record.events.append(event)
         self.current[key] = record
         self.seen.add(key)
-        self.flows += 1
+        self.flows[event.flow.proto] += 1
 
     def events(self, events: tuple[Event, ...]) -> None:
         """Events of live (or refused) flows: state changes, deletions, expiries and the RSTs
@@ -366,8 +388,8 @@ class _Tracker:
                     ip,
                     already_open=event.state == "ESTABLISHED" and not self._known(event),
                 )
-            elif type(event) is not ResetSent or event.cause != "out_of_state":
-                rest.append(event)  # a late packet's RST goes with it (_late)
+            elif not _answers_late(event):
+                rest.append(event)  # a late packet's RST or ICMP goes with it (_late)
         self.events(tuple(rest))
         if oos is not None:
             self._late(ts, ip, decision, oos)
@@ -396,23 +418,30 @@ class _Tracker:
                 oos.flow, oos.rule, None, gone_at=oos.expired_at, gone_phase=oos.expired_phase
             )
             self.current[key] = record
-        reset = next((e for e in decision.events if type(e) is ResetSent), None)
+        answer = next((e for e in decision.events if _answers_late(e)), None)
         record.events.append(oos)
-        if reset is not None:
-            record.events.append(reset)
-        seg = pk.parse(ip)
-        assert isinstance(seg, pk.Segment)  # only tracked TCP is ever out of state
-        sender = _sender(record.flow, seg)
-        if seg.flags & pk.TCP_RST and (_SIDES[sender], seg.seq) in record.sent:
+        if answer is not None:
+            record.events.append(answer)
+        packet = pk.parse(ip)
+        assert isinstance(packet, pk.Segment | pk.Datagram)  # only tracked ones are out of state
+        sender = _sender(record.flow, packet)
+        if (
+            type(packet) is pk.Segment
+            and packet.flags & pk.TCP_RST
+            and (_SIDES[sender], packet.seq) in record.sent
+        ):
             # The policy's own RST: the capture was taken behind a firewall that sent it.
             record.echoes.append(ts)
             record.events.pop()
             return
+        reset = answer if type(answer) is ResetSent else None
         if reset is not None:
             record.sent.add((sender, reset.seq))  # the RST goes back to the packet's sender
-            outcome = "answered with a RST"
+            outcome = RESET
+        elif answer is not None:
+            outcome = UNREACHABLE
         else:
-            outcome = "dropped" if decision.verdict == Verdict.DROP else "accepted"
+            outcome = DROPPED if decision.verdict == Verdict.DROP else "accepted"
         record.late.append(_late_packet(ts, ip, outcome, oos.reason, reset, oos.side))
 
     def finish(self) -> list[FlowReport]:
@@ -421,10 +450,26 @@ class _Tracker:
         return sorted(self.done, key=lambda r: r.impact)
 
 
-def _sender(flow: FlowId, seg: pk.Segment) -> str:
-    """Which end of `flow` sent `seg`: "client" or "server"."""
-    travelled = flow_id(seg.key, seg.forward)
+def _answers_late(event: Event) -> bool:
+    """A RST or ICMP port unreachable answering a late packet (it goes with that packet)."""
+    return isinstance(event, ResetSent | UnreachableSent) and event.cause == "out_of_state"
+
+
+def _sender(flow: FlowId, packet: pk.Segment | pk.Datagram) -> str:
+    """Which end of `flow` sent `packet`: "client" or "server"."""
+    travelled = flow_id(packet.key, packet.forward)
     return "client" if (travelled.src, travelled.sport) == (flow.src, flow.sport) else "server"
+
+
+def _reopening(flow: FlowId, ts: float, ip: bytes) -> LatePacket:
+    """A packet of an expired flow that opened it again: a mid-stream TCP segment picked up
+    (policy pickup = true), or any datagram its side's udp_from_* lets open a new flow."""
+    if flow.proto == Protocol.UDP:
+        packet = pk.parse(ip)
+        assert type(packet) is pk.Datagram
+        side = _sender(flow, packet)
+        return _late_packet(ts, ip, "opened a new flow", f"udp_from_{side} = new", None, side)
+    return _late_packet(ts, ip, "picked up as a new flow", "pickup", None)
 
 
 def _late_packet(
@@ -435,16 +480,22 @@ def _late_packet(
     reset: ResetSent | None,
     side: str | None = None,
 ) -> LatePacket:
-    seg = pk.parse(ip)
-    assert isinstance(seg, pk.Segment)
+    packet = pk.parse(ip)
+    if type(packet) is pk.Datagram:
+        travelled = flow_id(packet.key, packet.forward)
+        length = packet.payload_len
+        return LatePacket(
+            ts, side, f"{travelled} len {length}", None, None, None, length, outcome, reason
+        )
+    assert type(packet) is pk.Segment
     return LatePacket(
         ts,
         side,
-        pk.describe(seg),
-        seg.flags,
-        seg.seq,
-        seg.ack,
-        seg.payload_len,
+        pk.describe(packet),
+        packet.flags,
+        packet.seq,
+        packet.ack,
+        packet.payload_len,
         outcome,
         reason,
         reset,
@@ -484,8 +535,9 @@ def _without_rewriting(policy: Policy) -> Policy:
     )
 
 
-def _adoptable(seg: pk.Segment | pk.Unparseable) -> bool:
-    """A mid-connection packet: an ACK without SYN or RST."""
+def _adoptable(seg: pk.Segment | pk.Datagram | pk.Unparseable) -> bool:
+    """A mid-connection TCP packet: an ACK without SYN or RST. (A datagram of no flow always
+    opens one: UDP has nothing to adopt.)"""
     return (
         type(seg) is pk.Segment
         and bool(seg.flags & pk.TCP_ACK)
@@ -534,7 +586,7 @@ def replay(  # noqa: PLR0912, PLR0915
     engine = Engine(policy.scaled(speed))
     tracker = _Tracker(select)
     handle, next_deadline = engine.handle_packet, engine.next_deadline
-    frames = not_ip = not_tcp = out_of_order = stray = unlisted = 0
+    frames = not_ip = other_protocol = out_of_order = stray = unlisted = 0
     first: float | None = None
     last = float("-inf")
     for stamp, ip in capture:
@@ -557,8 +609,8 @@ def replay(  # noqa: PLR0912, PLR0915
             continue
         events = decision.events
         if not events:
-            if decision.reason in (Reason.NOT_TCP, Reason.UNPARSEABLE):
-                not_tcp += 1
+            if decision.reason in (Reason.OTHER_PROTOCOL, Reason.UNPARSEABLE):
+                other_protocol += 1
             elif decision.reason is Reason.LIMIT:
                 unlisted += 1  # refused past the answer rate: counted, not itemised
             continue
@@ -603,10 +655,11 @@ def replay(  # noqa: PLR0912, PLR0915
         policy_origin=policy.origin,
         speed=speed,
         packets=frames,
-        tcp_packets=frames - not_ip - not_tcp - stray,
+        tracked_packets=frames - not_ip - other_protocol - stray,
         not_ip=not_ip,
-        not_tcp=not_tcp,
-        flows=tracker.flows,
+        other_protocol=other_protocol,
+        flows=sum(tracker.flows.values()),
+        protocols=tracker.flows,
         refusals=tracker.refusals + unlisted,
         first_ts=first,
         last_ts=None if first is None else last,

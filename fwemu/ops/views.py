@@ -18,8 +18,10 @@ from rich.table import Table
 from rich.text import Text
 
 from fwemu.core.events import FlowId
-from fwemu.core.states import PHASE_OF
+from fwemu.core.states import PHASE_NAME
 from fwemu.ops.client import queue_range
+from fwemu.ops.filters import DEFAULT_PROTO
+from fwemu.policy.model import Protocol
 
 _NEVER = "never"  # a state without a timer
 
@@ -47,9 +49,15 @@ def amount(value: int) -> str:
     return str(value)
 
 
+def flow_id(record: dict[str, Any]) -> FlowId:
+    """The flow of a JSON record (a flow's, or an event's `flow`)."""
+    proto = record.get("proto", DEFAULT_PROTO)
+    return FlowId(record["src"], record["sport"], record["dst"], record["dport"], proto)
+
+
 def flow_name(record: dict[str, Any]) -> str:
-    """client > server, as `fwemu expire FLOW` takes it."""
-    return str(FlowId(record["src"], record["sport"], record["dst"], record["dport"]))
+    """client > server, as `fwemu expire FLOW` takes it; a UDP flow's with "udp " first."""
+    return str(flow_id(record))
 
 
 def by_deadline(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -59,7 +67,9 @@ def by_deadline(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # The flow table's columns, as shown: header, right-aligned, cell. Within a width, the counters
 # and the age go first (bytes, packets, then age), so that the state, the timer, its countdown
-# and the rule stay whole.
+# and the rule stay whole. A UDP flow's name starts with "udp" (as events and `fwemu expire`
+# print it) rather than every row having a PROTO column: a TCP-only table keeps its width, and
+# at 80 columns, where the flows' names are cut at their end, the marker stays.
 _COLUMNS: tuple[tuple[str, bool, Callable[[dict[str, Any]], str]], ...] = (
     ("FLOW (client > server)", False, flow_name),
     ("STATE", False, lambda r: str(r["state"])),
@@ -125,10 +135,27 @@ def flow_count(n: int) -> str:
 
 
 def state_counts(records: Iterable[dict[str, Any]]) -> Text:
-    """`ESTABLISHED 12  TIME_WAIT 3` in the order states come in a connection's life."""
+    """`ESTABLISHED 12  TIME_WAIT 3  UNREPLIED 2` in the order states come in a connection's
+    life, TCP's then UDP's."""
     counts = Counter(r["state"] for r in records)
-    parts = [f"{state.name} {counts[state.name]}" for state in PHASE_OF if counts[state.name]]
+    parts = [f"{state.name} {counts[state.name]}" for state in PHASE_NAME if counts[state.name]]
     return Text("  ".join(parts) or "no flows")
+
+
+def protocol_counts(records: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """Flows per protocol, every protocol named (for scripts: `fwemu flows --summary --json`)."""
+    counts = Counter(r.get("proto", DEFAULT_PROTO) for r in records)
+    return {proto.value: counts[proto.value] for proto in Protocol}
+
+
+def flows_line(records: Sequence[dict[str, Any]]) -> str:
+    """`3 flows: ESTABLISHED 2  TIME_WAIT 1`, with the count per protocol once there is UDP:
+    `5 flows (tcp 3, udp 2): ESTABLISHED 2  TIME_WAIT 1  UNREPLIED 1  STREAM 1`."""
+    protocols = protocol_counts(records)
+    split = ""
+    if protocols[DEFAULT_PROTO] != len(records):
+        split = " (" + ", ".join(f"{p} {n}" for p, n in protocols.items() if n) + ")"
+    return f"{flow_count(len(records))}{split}: {state_counts(records)}"
 
 
 def _timer(record: dict[str, Any]) -> str:
@@ -155,6 +182,7 @@ def event_line(record: dict[str, Any]) -> str:
             f"RST to {record['to']} seq {record['seq']}"
             + ("" if record.get("ack") is None else f" ack {record['ack']}")
         ),
+        "unreachable": lambda: f"ICMP port unreachable to {record['to']} ({record['cause']})",
         "out_of_state": lambda: f"{record['reason']}: {record['action']}",
         "delete": lambda: f"{record['state']}: {record['reason']}",
         "syn_flood": lambda: f"{record['rate']} SYN/s, past the alarm rate {record['alarm']}",
@@ -174,8 +202,7 @@ def event_line(record: dict[str, Any]) -> str:
             f"{record['action']}"
         ),
     }.get(kind, lambda: "")()
-    who = FlowId(flow["src"], flow["sport"], flow["dst"], flow["dport"])
-    return f"{stamp} {kind:<12} {who} {details}".rstrip()
+    return f"{stamp} {kind:<12} {flow_id(flow)} {details}".rstrip()
 
 
 def limits_table(usages: Sequence[dict[str, Any]], busiest: int) -> Table:

@@ -6,8 +6,9 @@ import pytest
 
 from fwemu.ops.filters import EVENT_KEYS, FilterError, parse_flow, parse_selector
 
-FLOW = {"src": "10.0.1.2", "sport": 40000, "dst": "10.0.2.2", "dport": 5432}
-FLOW6 = {"src": "fd00::1", "sport": 40001, "dst": "fd00:2::2", "dport": 443}
+FLOW = {"src": "10.0.1.2", "sport": 40000, "dst": "10.0.2.2", "dport": 5432, "proto": "tcp"}
+FLOW6 = {"src": "fd00::1", "sport": 40001, "dst": "fd00:2::2", "dport": 443, "proto": "tcp"}
+DNS = {"src": "10.0.1.2", "sport": 5353, "dst": "10.0.2.2", "dport": 53, "proto": "udp"}
 
 
 @pytest.mark.parametrize(
@@ -34,10 +35,46 @@ FLOW6 = {"src": "fd00::1", "sport": 40001, "dst": "fd00:2::2", "dport": 443}
         ("state=time_wait", False),
         ("rule=db", True),
         ("rule=web", False),
+        ("proto=tcp", True),
+        ("proto=UDP", False),
+        ("proto=udp,tcp dport=5432", True),
     ],
 )
 def test_matches_flows(text: str, selected: bool) -> None:
     assert parse_selector(text).matches(FLOW, state="ESTABLISHED", rule="db") is selected
+
+
+@pytest.mark.parametrize(
+    ("text", "tcp", "udp"),
+    [
+        ("proto=udp", False, True),
+        ("proto=tcp", True, False),
+        ("proto=tcp,udp", True, True),
+        ("proto=udp dport=53", False, True),
+        ("proto=udp dport=5432", False, False),
+        ("state=unreplied", False, True),
+        ("", True, True),
+    ],
+)
+def test_flows_are_selected_by_protocol(text: str, tcp: bool, udp: bool) -> None:
+    selector = parse_selector(text)
+    assert selector.matches(FLOW, state="ESTABLISHED") is tcp
+    assert selector.matches(DNS, state="UNREPLIED") is udp
+
+
+def test_a_record_without_proto_is_tcp() -> None:
+    """An older fwemu's flows and events, or a capture's from before UDP, name no protocol."""
+    old = {k: v for k, v in FLOW.items() if k != "proto"}
+    assert parse_selector("proto=tcp").matches(old)
+    assert not parse_selector("proto=udp").matches(old)
+
+
+def test_events_of_udp_flows_are_selected_by_protocol() -> None:
+    unreachable = {"event": "unreachable", "flow": DNS, "state": None, "rule": "dns"}
+    expire = {"event": "expire", "flow": FLOW, "state": "ESTABLISHED", "rule": "db"}
+    selector = parse_selector("proto=udp event=unreachable,expire", EVENT_KEYS)
+    assert selector.matches_event(unreachable)
+    assert not selector.matches_event(expire)
 
 
 def test_ipv6_flows_match_ipv6_networks_only() -> None:
@@ -58,11 +95,17 @@ def test_events_filter_by_kind_and_flow() -> None:
     [
         ("dport", "bad term 'dport' in 'dport': expected KEY=VALUE, e.g. dport=80"),
         ("dport=", "bad term 'dport=' in 'dport=': expected KEY=VALUE, e.g. dport=80"),
-        ("proto=tcp", "unknown key 'proto' in 'proto=tcp': use src, dst, host, sport, dport, port"),
+        (
+            "prot=tcp",
+            "unknown key 'prot' in 'prot=tcp': use src, dst, host, sport, dport, port, proto",
+        ),
+        ("proto=icmp", "bad proto in 'proto=icmp': unknown icmp: use tcp, udp"),
+        ("proto=tcp,sctp", "bad proto in 'proto=tcp,sctp': unknown sctp: use tcp, udp"),
         ("dport=http", "bad dport in 'dport=http': expected ports or ranges LOW-HIGH, not 'http'"),
         ("dport=90-80", "bad dport in 'dport=90-80': port range '90-80' is not within 0..65535"),
         ("src=10.0.0.300", "bad src in 'src=10.0.0.300': expected IP addresses or CIDR networks"),
         ("state=open", "bad state in 'state=open': unknown OPEN: use CLOSE, CLOSE_WAIT"),
+        ("state=assured", "bad state in 'state=assured': unknown ASSURED: use CLOSE, CLOSE_WAIT"),
         ("port=1 port=2", "port given twice in 'port=1 port=2': list the values, e.g. port=a,b"),
         ("event=new", "unknown key 'event' in 'event=new'"),
     ],
@@ -100,8 +143,36 @@ def test_an_ipv6_flow() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["10.0.1.2>10.0.2.2", "10.0.1.2:1-10.0.2.2:2", "fd00::1:1>x:2", ""]
+    ("text", "tcp", "udp"),
+    [
+        ("udp 10.0.1.2:5353 > 10.0.2.2:53", False, True),  # as str(FlowId) prints it
+        ("UDP 10.0.1.2:5353>10.0.2.2:53", False, True),
+        ("tcp 10.0.1.2:5353>10.0.2.2:53", True, False),
+        ("10.0.1.2:5353>10.0.2.2:53", True, True),  # either protocol's flow
+    ],
+)
+def test_a_flow_names_its_protocol_or_either(text: str, tcp: bool, udp: bool) -> None:
+    selector = parse_flow(text)
+    assert selector.matches({**DNS, "proto": "tcp"}) is tcp
+    assert selector.matches(DNS) is udp
+
+
+def test_a_flow_of_an_unknown_protocol_is_refused() -> None:
+    with pytest.raises(FilterError, match="unknown icmp: use tcp, udp"):
+        parse_flow("icmp 10.0.1.2:1>10.0.2.2:2")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "10.0.1.2>10.0.2.2",
+        "10.0.1.2:1-10.0.2.2:2",
+        "fd00::1:1>x:2",
+        "",
+        "udp",
+        "u-dp 1.2.3.4:1>x:2",
+    ],
 )
 def test_a_malformed_flow_is_refused(text: str) -> None:
-    with pytest.raises(FilterError, match="expected CLIENT:PORT>SERVER:PORT"):
+    with pytest.raises(FilterError, match=r"expected \[PROTO\] CLIENT:PORT>SERVER:PORT"):
         parse_flow(text)

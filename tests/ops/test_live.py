@@ -122,6 +122,84 @@ def test_flows_shows_a_live_flow_with_a_countdown(
     assert "ESTABLISHED" in row and "established" in row and "4d23h" in row
 
 
+class Datagrams:
+    """A UDP client and server across the firewall that have exchanged a query and its answer
+    (the flow is REPLIED)."""
+
+    def __init__(self, fw: Firewall, port: int) -> None:
+        self.port = port
+        self.server = fw.server_socket(type=socket.SOCK_DGRAM)
+        self.server.bind((fw.server_address(), port))
+        self.server.settimeout(2)
+        self.client = fw.client_socket(type=socket.SOCK_DGRAM)
+        self.client.settimeout(2)
+        self.client.connect((fw.server_address(), port))
+        self.client.send(b"query")
+        data, self.peer = self.server.recvfrom(100)
+        assert data == b"query"
+        self.answer()
+        assert self.client.recv(100) == b"answer"
+        self.sport = self.client.getsockname()[1]
+
+    def answer(self) -> None:
+        self.server.sendto(b"answer", self.peer)
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.close()
+
+
+@pytest.fixture
+def datagrams() -> Iterator[list[Datagrams]]:
+    made: list[Datagrams] = []
+    yield made
+    for pair in made:
+        pair.close()
+
+
+def test_flows_top_and_expire_show_a_live_udp_flow(
+    live: tuple[Firewall, Path], fwemu: Cli, datagrams: list[Datagrams]
+) -> None:
+    fw, control = live
+    datagrams.append(dns := Datagrams(fw, 5301))
+    client, server = fw.client_address(), fw.server_address()
+    [flow] = flows_json(fwemu, control, "--match", "proto=udp dport=5301")
+    assert (flow["src"], flow["sport"], flow["dst"], flow["proto"]) == (
+        client,
+        dns.sport,
+        server,
+        "udp",
+    )
+    assert (flow["state"], flow["phase"]) == ("REPLIED", "udp")
+    assert 25 < flow["expires_in"] <= 30  # Linux's nf_conntrack_udp_timeout
+    assert flows_json(fwemu, control, "--match", "proto=tcp dport=5301") == []
+
+    name = f"udp {client}:{dns.sport} > {server}:5301"
+    table = fwemu("flows", "--control", str(control), "--match", "proto=udp")
+    assert table.code == 0, table.err
+    row = next(line for line in table.out.splitlines() if line.startswith(name))
+    cells = row.split()
+    assert (cells[4], cells[5], cells[7]) == ("REPLIED", "udp", "default")
+    assert "(udp " in table.out.splitlines()[-1]
+    summary = json.loads(fwemu("flows", "--control", str(control), "--summary", "--json").out)
+    assert summary["protocols"]["udp"] >= 1 and summary["states"]["REPLIED"] >= 1
+    screen = fwemu("top", "--control", str(control), "--once")
+    assert name in screen.out and "REPLIED" in screen.out
+
+    # Forgotten silently whatever --action says; the server's late answer then opens a new
+    # flow, the server its client (the preset's udp_from_server = "new", as Linux).
+    done = fwemu("expire", "--control", str(control), name, "--action", "reset-both")
+    assert done.code == 0, done.err
+    assert f"expire       {name} REPLIED after" in done.out and "(forced): silent" in done.out
+    assert "expired 1 flow, injected 0 RSTs" in done.out
+    dns.answer()
+    assert dns.client.recv(100) == b"answer"
+    [reopened] = flows_json(fwemu, control, "--match", "proto=udp port=5301")
+    assert (reopened["src"], reopened["sport"], reopened["state"]) == (server, 5301, "UNREPLIED")
+    event = fw.wait_for_event("expire", dport=5301)
+    assert (event["flow"]["proto"], event["action"], event["forced"]) == ("udp", "silent", True)
+
+
 def test_top_shows_the_daemon_its_flows_and_events(
     live: tuple[Firewall, Path], fwemu: Cli, conns: list[Conn]
 ) -> None:
@@ -277,7 +355,7 @@ def test_metrics_scrape_cleanly_with_the_right_counters(
     assert values['fwemu_packets_total{verdict="accept"}'] >= 10
     flows = flows_json(fwemu, control)
     established = sum(f["state"] == "ESTABLISHED" for f in flows)
-    assert values['fwemu_flows{state="ESTABLISHED"}'] == established >= 1
+    assert values['fwemu_flows{proto="tcp",state="ESTABLISHED"}'] == established >= 1
     assert values["fwemu_flows_tracked"] == len(flows)
     assert values["fwemu_verdict_latency_seconds_count"] >= 1
     assert values["fwemu_queue_dropped_total"] == 0

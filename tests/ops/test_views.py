@@ -27,6 +27,19 @@ def flow(sport: int, state: str = "ESTABLISHED", expires_in: float | None = 12.3
     }
 
 
+def udp_flow(sport: int, state: str = "UNREPLIED", expires_in: float | None = 25.0) -> dict:
+    """A DNS-like UDP flow, as `fwemu flows --json` lists it."""
+    phase = "udp_stream" if state == "STREAM" else "udp"
+    return {
+        **flow(sport, state, expires_in),
+        "dport": 53,
+        "proto": "udp",
+        "phase": phase,
+        "rule": "dns",
+        "age": 5.0,
+    }
+
+
 def render(renderable: object) -> str:
     out = io.StringIO()
     Console(file=out, width=160, highlight=False).print(renderable)
@@ -67,6 +80,24 @@ def test_the_flows_table_has_one_row_per_flow_with_its_timer() -> None:
     assert "10.0.1.2:3 > [fd00::2]:443" in lines[3] and "never" in lines[3]
 
 
+def test_a_udp_flow_is_named_udp_in_the_same_columns() -> None:
+    tcp_only = render(views.flows_table([flow(1)])).splitlines()
+    lines = render(views.flows_table([flow(1), udp_flow(5353), udp_flow(5354, "STREAM")]))
+    lines = lines.splitlines()
+    assert lines[0].split() == tcp_only[0].split()  # the same columns: no PROTO
+    assert lines[2].split()[:3] == ["10.0.1.2:1", ">", "10.0.2.2:443"]
+    assert lines[3].split()[:8] == [
+        "udp", "10.0.1.2:5353", ">", "10.0.2.2:53", "UNREPLIED", "udp", "25.0s", "dns",
+    ]  # fmt: skip
+    assert lines[4].split()[4:8] == ["STREAM", "udp_stream", "25.0s", "dns"]
+
+
+def test_a_flow_record_without_proto_is_tcp() -> None:
+    old = {k: v for k, v in udp_flow(5353).items() if k != "proto"}
+    assert views.flow_name(old) == "10.0.1.2:5353 > 10.0.2.2:53"
+    assert views.flow_name(udp_flow(5353)) == "udp 10.0.1.2:5353 > 10.0.2.2:53"
+
+
 def test_flows_are_listed_soonest_expiry_first() -> None:
     ordered = views.by_deadline(
         [flow(1, expires_in=None), flow(2, expires_in=9), flow(3, expires_in=1)]
@@ -80,6 +111,18 @@ def test_state_counts_follow_a_connection_s_life() -> None:
     assert str(views.state_counts([])) == "no flows"
 
 
+def test_the_flow_count_names_the_protocols_once_there_is_udp() -> None:
+    tcp = [flow(1), flow(2, "TIME_WAIT")]
+    assert views.flows_line(tcp) == "2 flows: ESTABLISHED 1  TIME_WAIT 1"
+    mixed = [*tcp, udp_flow(5353), udp_flow(5354, "STREAM"), udp_flow(5355, "REPLIED")]
+    assert views.flows_line(mixed) == (
+        "5 flows (tcp 2, udp 3): ESTABLISHED 1  TIME_WAIT 1  UNREPLIED 1  REPLIED 1  STREAM 1"
+    )
+    assert views.flows_line([udp_flow(5353)]) == "1 flow (udp 1): UNREPLIED 1"
+    assert views.protocol_counts(mixed) == {"tcp": 2, "udp": 3}
+    assert views.protocol_counts([]) == {"tcp": 0, "udp": 0}
+
+
 def test_event_lines() -> None:
     base = {"ts": 0.5, "flow": {"src": "10.0.1.2", "sport": 1, "dst": "10.0.2.2", "dport": 2}}
     expire = {**base, "event": "expire", "state": "ESTABLISHED", "phase": "established"}
@@ -91,6 +134,29 @@ def test_event_lines() -> None:
     assert views.event_line(reset).endswith(
         "reset        10.0.1.2:1 > 10.0.2.2:2 RST to client seq 7"
     )
+
+
+def test_event_lines_of_udp_flows() -> None:
+    dns = {"src": "10.0.1.2", "sport": 5353, "dst": "10.0.2.2", "dport": 53, "proto": "udp"}
+    base = {"ts": 0.5, "flow": dns, "rule": "dns"}
+    records = [
+        {**base, "event": "new", "state": "UNREPLIED"},
+        {**base, "event": "state", "old_state": "UNREPLIED", "state": "REPLIED"},
+        {**base, "event": "expire", "state": "STREAM", "phase": "udp_stream", "idle": 120.0}
+        | {"action": "silent", "forced": False},
+        {**base, "event": "out_of_state", "reason": "no flow (expired)"}
+        | {"action": "icmp-unreachable", "side": "server"},
+        {**base, "event": "unreachable", "to": "server", "cause": "out_of_state"},
+    ]
+    assert [views.event_line(r).split(" ", 1)[1] for r in records] == [
+        "new          udp 10.0.1.2:5353 > 10.0.2.2:53 UNREPLIED (rule dns)",
+        "state        udp 10.0.1.2:5353 > 10.0.2.2:53 UNREPLIED -> REPLIED",
+        "expire       udp 10.0.1.2:5353 > 10.0.2.2:53 STREAM after 120.0s idle (udp_stream timer): "
+        "silent",
+        "out_of_state udp 10.0.1.2:5353 > 10.0.2.2:53 no flow (expired): icmp-unreachable",
+        "unreachable  udp 10.0.1.2:5353 > 10.0.2.2:53 ICMP port unreachable to server "
+        "(out_of_state)",
+    ]
 
 
 STATUS = {
@@ -156,6 +222,36 @@ def test_top_at_80x24_keeps_state_timer_left_and_rule_whole() -> None:
     shown = [line for line in lines if " expire " in line]
     assert len(shown) == 5 and all(line.endswith("…") for line in shown)  # cut, not wrapped
     assert lines[-1] == "q or Ctrl-C quits"
+
+
+def test_top_at_80x24_shows_udp_flows_with_their_states_and_countdowns() -> None:
+    """DNS-like UDP flows beside PostgreSQL-like connections: every row fits, the marker, the
+    state, the timer, its countdown and the rule whole."""
+    tcp = [
+        {**flow(sport), "src": "10.201.1.2", "dst": "10.201.2.2", "dport": 5432,
+         "rule": "postgres", "expires_in": 431000.0}
+        for sport in range(51000, 51004)
+    ]  # fmt: skip
+    udp = [
+        {**udp_flow(sport, state, 20.0 + sport % 10), "src": "10.201.1.2", "dst": "10.201.2.2"}
+        for sport, state in ((40001, "UNREPLIED"), (40002, "REPLIED"), (40003, "STREAM"))
+    ]
+    events = [
+        {"ts": 0.5, "event": "unreachable", "flow": {**udp[0], "sport": 39999}, "to": "server"}
+        | {"cause": "out_of_state"}
+    ]
+    lines = render_at(views.top_view(STATUS, tcp + udp, events, 80, 24), 80)
+    assert max(map(len, lines)) <= 80
+    assert "ESTABLISHED 4  UNREPLIED 1  REPLIED 1  STREAM 1" in lines
+    rows = [line.split() for line in lines if line.startswith("udp ")]
+    assert [row[4:] for row in rows] == [
+        ["UNREPLIED", "udp", "21.0s", "dns"],
+        ["REPLIED", "udp", "22.0s", "dns"],
+        ["STREAM", "udp_stream", "23.0s", "dns"],
+    ]
+    assert rows[0][:4] == ["udp", "10.201.1.2:40001", ">", "10.201.2.2:53"]
+    [shown] = [line for line in lines if " unreachable " in line]
+    assert "unreachable  udp 10.201.1.2:39999 > 10.201.2.2:53 ICMP port" in shown
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
-"""Captures for the replay tests: TCP conversations built with scapy, framed in each link layer
-and written with dpkt's pcap and pcapng writers (implementations independent of fwemu's)."""
+"""Captures for the replay tests: TCP conversations and UDP exchanges built with scapy, framed in
+each link layer and written with dpkt's pcap and pcapng writers (implementations independent of
+fwemu's)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dpkt
-from scapy.layers.inet import IP, TCP
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Dot1Q, Ether
 
@@ -91,7 +92,33 @@ class Conversation:
         return self
 
 
-def merged(*conversations: Conversation, extra: list[Frame] = ()) -> list[Frame]:  # type: ignore[assignment]
+@dataclass
+class Datagrams:
+    """One UDP flow (a DNS-like client and server), written datagram by datagram at explicit
+    times (seconds from T0)."""
+
+    sport: int = 40000
+    dport: int = 53
+    v6: bool = False
+    packets: list[Frame] = field(default_factory=list)
+
+    def send(self, t: float, from_client: bool, data: bytes) -> bytes:
+        client, server = (CLIENT6, SERVER6) if self.v6 else (CLIENT4, SERVER4)
+        src, dst = (client, server) if from_client else (server, client)
+        sport, dport = (self.sport, self.dport) if from_client else (self.dport, self.sport)
+        ip = IPv6(src=src, dst=dst) if self.v6 else IP(src=src, dst=dst)
+        raw = bytes(ip / UDP(sport=sport, dport=dport) / data)
+        self.packets.append((T0 + t, raw))
+        return raw
+
+    def client(self, t: float, data: bytes = b"query") -> bytes:
+        return self.send(t, True, data)
+
+    def server(self, t: float, data: bytes = b"answer") -> bytes:
+        return self.send(t, False, data)
+
+
+def merged(*conversations: Conversation | Datagrams, extra: list[Frame] = ()) -> list[Frame]:  # type: ignore[assignment]
     return sorted([p for c in conversations for p in c.packets] + list(extra), key=lambda p: p[0])
 
 

@@ -15,8 +15,26 @@ from fwemu.cli import main
 from fwemu.ops.capture import CaptureError, open_capture
 from fwemu.ops.replay import ReplayReport, replay
 from fwemu.policy import resolve_policy
-from tests.replay.captures import LINKS, T0, Conversation, merged, write
-from tests.replay.policies import LATE_RESET, RESET_BOTH, SILENT, policy
+from tests.replay.captures import (
+    CLIENT4,
+    CLIENT6,
+    LINKS,
+    SERVER4,
+    SERVER6,
+    T0,
+    Conversation,
+    Datagrams,
+    merged,
+    write,
+)
+from tests.replay.policies import (
+    LATE_RESET,
+    RESET_BOTH,
+    SILENT,
+    UDP_REJECT,
+    UDP_SHORT,
+    policy,
+)
 
 
 def run(path: Path, text: str = SILENT, **kw: object) -> ReplayReport:
@@ -135,12 +153,12 @@ def test_flows_open_before_the_capture_are_tracked_from_their_first_packet(
     assert [p.outcome for p in flow.late] == ["dropped"] * 4
 
 
-def test_non_tcp_and_non_ip_frames_are_skipped_and_counted(tmp_path: Path) -> None:
-    from scapy.layers.inet import IP, UDP
+def test_frames_of_other_protocols_and_not_ip_are_skipped_and_counted(tmp_path: Path) -> None:
+    from scapy.layers.inet import ICMP, IP
     from scapy.layers.l2 import ARP, Ether
 
     idle, _ = idle_then_late()
-    path = write(tmp_path / "c.pcap", [*idle.packets, (T0 + 6, bytes(IP() / UDP()))])
+    path = write(tmp_path / "c.pcap", [*idle.packets, (T0 + 6, bytes(IP() / ICMP()))])
     import dpkt
 
     with open(path, "ab") as f:  # an ARP frame appended to the Ethernet capture
@@ -148,7 +166,7 @@ def test_non_tcp_and_non_ip_frames_are_skipped_and_counted(tmp_path: Path) -> No
         f.write(dpkt.pcap.LEPktHdr(tv_sec=int(T0) + 7, caplen=len(frame), len=len(frame)).pack())
         f.write(frame)
     summary = run(path).summary
-    assert (summary.packets, summary.not_ip, summary.not_tcp, summary.tcp_packets) == (
+    assert (summary.packets, summary.not_ip, summary.other_protocol, summary.tracked_packets) == (
         len(idle.packets) + 2,
         1,
         1,
@@ -257,7 +275,8 @@ def test_cli_json_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main(["replay", str(path), "--policy", str(policy_file), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["summary"]["flows"] == 2
-    assert doc["summary"]["skipped"] == {"not_ip": 0, "not_tcp": 0}
+    assert doc["summary"]["skipped"] == {"not_ip": 0, "other_protocol": 0}
+    assert doc["summary"]["protocols"] == {"tcp": 2, "udp": 0}
     [flow] = doc["flows"]
     assert flow["flow"] == {
         "src": "10.9.0.2",
@@ -469,3 +488,150 @@ def test_a_policy_that_rewrites_packets_is_replayed_without_rewriting(tmp_path: 
         capture.close()
     assert report.flows == () and report.summary.flows == 1
     assert any("rewrites packets" in w for w in report.summary.warnings)
+
+
+# --- UDP ----------------------------------------------------------------------------------
+
+
+def dns_then_late(v6: bool = False) -> Datagrams:
+    """A query answered at once, a second one 0.2 s later, then an answer 2 s after that: past
+    the 1 s udp timer (the flow never became a stream: both within udp_stream_after)."""
+    dns = Datagrams(v6=v6)
+    dns.client(0.0)
+    dns.server(0.01)
+    dns.client(0.2)
+    dns.server(2.2, b"late answer")
+    return dns
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_a_late_udp_answer_after_the_udp_timer_is_dropped(tmp_path: Path, v6: bool) -> None:
+    report = run(write(tmp_path / "c.pcap", merged(dns_then_late(v6))), UDP_SHORT)
+
+    [flow] = report.flows
+    assert (flow.flow.proto, flow.flow.sport, flow.flow.dport) == ("udp", 40000, 53)
+    assert flow.affected
+    assert flow.gone_at == pytest.approx(T0 + 1.2) and flow.gone_phase == "udp"
+    [late] = flow.late
+    assert (late.ts - T0, late.side, late.outcome, late.length) == (
+        pytest.approx(2.2),
+        "server",
+        "dropped",
+        len(b"late answer"),
+    )
+    assert late.reason == "no flow (expired)"
+    assert (late.flags, late.seq, late.ack) == (None, None, None)
+    server, client = (SERVER6, CLIENT6) if v6 else (SERVER4, CLIENT4)
+    ends = f"[{server}]:53 > [{client}]:40000" if v6 else f"{server}:53 > {client}:40000"
+    assert late.packet == f"udp {ends} len 11"
+    assert report.summary.protocols == {"tcp": 0, "udp": 1}
+    assert report.summary.tracked_packets == 4
+
+
+def test_a_rejecting_firewall_answers_the_late_datagram_with_an_icmp_port_unreachable(
+    tmp_path: Path,
+) -> None:
+    report = run(write(tmp_path / "c.pcap", merged(dns_then_late())), UDP_REJECT)
+
+    [flow] = report.flows
+    [late] = flow.late
+    assert late.outcome == "answered with an ICMP port unreachable" and late.reset is None
+    assert [e.kind for e in flow.events] == ["out_of_state", "unreachable"]
+    [oos, unreachable] = [e.to_dict() for e in flow.events]
+    assert (oos["action"], oos["side"]) == ("icmp-unreachable", "server")
+    assert (unreachable["to"], unreachable["cause"]) == ("server", "out_of_state")
+
+
+def test_udp_flows_become_streams_and_expire_by_the_stream_timer(tmp_path: Path) -> None:
+    stream = Datagrams(sport=51820, dport=51820)  # WireGuard-like: both ways, every 0.4 s
+    for i in range(5):
+        stream.client(0.4 * i, b"keepalive")
+        stream.server(0.4 * i + 0.01, b"keepalive")
+    stream.server(5.0, b"handshake")  # the server side, 3.4 s after the last datagram
+    path = write(tmp_path / "c.pcap", merged(stream))
+    report = run(path, UDP_SHORT, select=lambda flow: flow.proto == "udp")
+
+    [flow] = report.flows
+    assert flow.opened == pytest.approx(T0)
+    assert flow.expired is not None
+    assert (flow.expired.state, flow.expired.phase, flow.expired.action) == (
+        "STREAM",
+        "udp_stream",
+        "silent",
+    )
+    assert flow.expired.ts == pytest.approx(T0 + 1.61 + 3.0)
+    assert [(p.side, p.outcome) for p in flow.late] == [("server", "dropped")]
+    assert [e.kind for e in flow.events] == ["new", "state", "state", "expire", "out_of_state"]
+    assert [e.to_dict()["state"] for e in flow.events[1:3]] == ["REPLIED", "STREAM"]
+
+
+def test_a_client_datagram_after_expiry_opens_a_new_flow_unharmed(tmp_path: Path) -> None:
+    """udp_from_client = "new" (the default, as Linux): the flow is forgotten, nothing is lost."""
+    dns = Datagrams()
+    dns.client(0.0)
+    dns.server(0.01)
+    dns.client(3.0)
+    dns.server(3.01)
+    path = write(tmp_path / "c.pcap", merged(dns))
+    report = run(path, UDP_SHORT)
+    assert report.flows == ()
+    assert report.summary.protocols == {"tcp": 0, "udp": 2}
+    assert [(i.flow.proto, i.state) for i in report.alive] == [("udp", "REPLIED")]
+
+    [old, new] = run(path, UDP_SHORT, select=lambda flow: True).flows
+    assert old.expired is not None and not old.affected
+    [late] = old.late
+    assert (late.side, late.outcome, late.reason) == (
+        "client",
+        "opened a new flow",
+        "udp_from_client = new",
+    )
+    assert new.opened == pytest.approx(T0 + 3.0) and new.late == ()
+
+
+def test_tcp_and_udp_flows_of_the_same_ends_are_kept_apart(tmp_path: Path) -> None:
+    """DNS over both: a TCP connection from the UDP flow's port to the same server port."""
+    tcp = Conversation(sport=40000, dport=53).handshake(0).exchange(0.1)
+    tcp.client(5.0, "PA", b"late")  # past the established timer (2 s)
+    udp = Datagrams(sport=40000, dport=53)
+    for t in (0.0, 1.0, 2.0, 3.0, 4.0, 5.0):
+        udp.client(t)
+        udp.server(t + 0.01)
+    text = '[timeouts]\nestablished = "2s"\nudp = "2s"\n'
+    report = run(write(tmp_path / "c.pcap", merged(tcp, udp)), text)
+
+    [flow] = report.flows
+    assert flow.flow.proto == "tcp" and [p.outcome for p in flow.late] == ["dropped"]
+    assert report.summary.protocols == {"tcp": 1, "udp": 1}
+    assert [(i.flow.proto, i.state) for i in report.alive] == [("udp", "STREAM")]
+
+
+def test_cli_reports_udp_flows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from scapy.layers.inet import ICMP, IP
+
+    ping = [(T0 + 0.5, bytes(IP(src=CLIENT4, dst=SERVER4) / ICMP()))]
+    path = write(tmp_path / "c.pcap", merged(dns_then_late(), extra=ping))
+    policy_file = tmp_path / "p.toml"
+    policy_file.write_text(UDP_REJECT)
+
+    assert main(["replay", str(path), "--policy", str(policy_file), "--timeline"]) == 0
+    out = capsys.readouterr().out
+    assert "4 packets tracked in 1 flow (1 UDP); skipped 0 not IP, 1 not TCP or UDP" in out
+    assert (
+        "udp 10.9.0.2:40000 > 10.9.1.2:53  rule default: late datagrams after its timer ran" in out
+    )
+    assert "its udp timer had run out at" in out
+    assert (
+        "from server udp 10.9.1.2:53 > 10.9.0.2:40000 len 11: answered with an ICMP port "
+        "unreachable (no flow (expired))"
+    ) in out
+    assert "ICMP port unreachable to server (out_of_state)" in out  # the timeline's event
+
+    assert main(["replay", str(path), "--policy", str(policy_file), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["summary"]["tracked_packets"] == 4
+    assert doc["summary"]["skipped"] == {"not_ip": 0, "other_protocol": 1}
+    [flow] = doc["flows"]
+    assert flow["flow"]["proto"] == "udp"
+    [late] = flow["late_packets"]
+    assert (late["flags"], late["seq"], late["ack"], late["len"]) == (None, None, None, 11)

@@ -61,7 +61,7 @@ class _Flow(NamedTuple):
 
     scopes: tuple[_Scope, ...]
     client: bytes  # the client's packed address
-    server: bytes  # the server's packed address and port
+    server: bytes  # the server's packed address, port and IP protocol
     buckets: tuple[int, int]  # its tuples' hash buckets (early drop), else (0, 0)
 
 
@@ -104,7 +104,9 @@ class _Scope:
         self.clients: dict[bytes, int] = {}
         self.servers: dict[bytes, int] = {}
         self.client_embryonic: dict[bytes, int] = {}
-        self.pools: dict[bytes, int] = {}  # ports in use per pool (a client, or b"": shared)
+        # Ports in use per pool: a protocol's (NATs pool TCP's and UDP's ports apart) of a
+        # client, or of all (shared); the pool's byte string is the protocol, then the client.
+        self.pools: dict[bytes, int] = {}
         self.destinations: dict[bytes, int] = {}  # ... per pool and server address:port
         self.held: deque[tuple[float, bytes, bytes]] = deque()  # (until, pool, destination)
         self.buckets = limits.max_flows if limits.early_drop and limits.max_flows else 0
@@ -119,7 +121,7 @@ class _Scope:
             "per_client": (self.clients, ntop),
             "per_server": (self.servers, _hostport),
             "per_client_embryonic": (self.client_embryonic, ntop),
-            "ports_per_client": (self.pools, lambda pool: "shared pool" if shared else ntop(pool)),
+            "ports_per_client": (self.pools, lambda pool: _pool(pool, shared)),
             "ports_per_destination": (self.destinations, lambda key: _destination(key, shared)),
         }
         values = {k: v for k in LIMIT_NAMES if (v := getattr(limits, k)) is not None}
@@ -135,8 +137,10 @@ class _Scope:
                 counts[key] = [(name(who), n) for who, n in top]
         return Usage(self.name, values, counts, dict(self.refused))
 
-    def pool(self, client: bytes) -> bytes:
-        return client if self.limits.nat_pool == NatPool.CLIENT else b""
+    def pool(self, client: bytes, server: bytes) -> bytes:
+        """The NAT pool a flow from `client` to `server` takes its port from."""
+        proto = server[-1:]
+        return proto + client if self.limits.nat_pool == NatPool.CLIENT else proto
 
     def release(self, now: float) -> None:
         """Give back the ports whose `port_reuse` is over."""
@@ -218,7 +222,7 @@ class LimitBook:
             ]
         if limits.ports_per_client is not None or limits.ports_per_destination is not None:
             scope.release(now)
-            pool = scope.pool(client)
+            pool = scope.pool(client, server)
             counts += [
                 ("ports_per_client", limits.ports_per_client, scope.pools.get(pool, 0)),
                 (
@@ -267,7 +271,7 @@ class LimitBook:
                 scope.embryonic += 1
                 _add(scope.client_embryonic, client)
             if scope.limits.ports_per_client or scope.limits.ports_per_destination:
-                pool = scope.pool(client)
+                pool = scope.pool(client, server)
                 _add(scope.pools, pool)
                 _add(scope.destinations, pool + server)
             if scope.buckets:
@@ -310,7 +314,7 @@ class LimitBook:
             _take(scope.servers, flow.server)
             limits = scope.limits
             if limits.ports_per_client or limits.ports_per_destination:
-                pool = scope.pool(flow.client)
+                pool = scope.pool(flow.client, flow.server)
                 if limits.port_reuse > 0:
                     scope.held.append((now + limits.port_reuse, pool, pool + flow.server))
                 else:
@@ -347,7 +351,9 @@ def _refuse(
     limits = scope.limits
     counted, action_key = _COUNTED[limit]
     if counted in ("pool", "destination"):
-        pool = f"client {ntop(client)}" if limits.nat_pool == NatPool.CLIENT else "the shared pool"
+        proto = _PROTO_SUFFIX.get(server[-1], "") if counted == "pool" else ""  # else the server's
+        shared = limits.nat_pool == NatPool.SHARED
+        pool = f"the shared pool{proto}" if shared else f"client {ntop(client)}{proto}"
         whose = pool if counted == "pool" else f"{pool} to {_hostport(server)}"
     elif counted == "client":
         whose = f"client {ntop(client)}"
@@ -360,12 +366,14 @@ def _refuse(
 
 
 def _ends(key: bytes, forward: bool) -> tuple[bytes, bytes]:
-    """The client's packed address and the server's packed address and port."""
+    """The client's packed address and the server's packed address, port and IP protocol (a
+    UDP server and a TCP one on the same port are two)."""
     size = 4 if len(key) == pk.KEY4_LEN else 16
     ports = size + size
+    proto = key[-1:]
     if forward:
-        return key[:size], key[size:ports] + key[ports + 2 : ports + 4]
-    return key[size:ports], key[:size] + key[ports : ports + 2]
+        return key[:size], key[size:ports] + key[ports + 2 : ports + 4] + proto
+    return key[size:ports], key[:size] + key[ports : ports + 2] + proto
 
 
 def _bucket(key: bytes, forward: bool, buckets: int) -> int:
@@ -373,13 +381,26 @@ def _bucket(key: bytes, forward: bool, buckets: int) -> int:
     return zlib.crc32(key, 1 + forward) % buckets
 
 
+# How people read a pool's or a server's protocol: TCP's goes unsaid, as before UDP.
+_PROTO_SUFFIX = {17: " (udp)"}
+_SERVER4, _SERVER6 = 4 + 3, 16 + 3  # a server's bytes: address, port, protocol
+
+
+def _pool(pool: bytes, shared: bool, said: bool = True) -> str:
+    """A pool key for people: "10.0.1.2", "shared pool", "10.0.1.2 (udp)" (`said`: with its
+    protocol)."""
+    proto = _PROTO_SUFFIX.get(pool[0], "") if said else ""
+    return f"shared pool{proto}" if shared else f"{ntop(pool[1:])}{proto}"
+
+
 def _destination(key: bytes, shared: bool) -> str:
-    """A pool-and-destination key for people: "10.0.1.2 to 10.0.2.2:80"."""
-    server = key[-6:] if len(key) in (6, 10) else key[-18:]
-    pool = "shared pool" if shared else ntop(key[: len(key) - len(server)])
-    return f"{pool} to {_hostport(server)}"
+    """A pool-and-destination key for people: "10.0.1.2 to 10.0.2.2:53 (udp)"."""
+    server = key[-_SERVER4:] if len(key) in (1 + _SERVER4, 5 + _SERVER4) else key[-_SERVER6:]
+    return f"{_pool(key[: len(key) - len(server)], shared, False)} to {_hostport(server)}"
 
 
 def _hostport(packed: bytes) -> str:
-    host, port = ntop(packed[:-2]), int.from_bytes(packed[-2:])
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    """A server's address, port and (UDP's) protocol: "10.0.2.2:53 (udp)"."""
+    host, port = ntop(packed[:-3]), int.from_bytes(packed[-3:-1])
+    proto = _PROTO_SUFFIX.get(packed[-1], "")
+    return f"[{host}]:{port}{proto}" if ":" in host else f"{host}:{port}{proto}"

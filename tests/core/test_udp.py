@@ -247,6 +247,19 @@ def test_the_table_limit_counts_udp_flows() -> None:
     assert IP(refused.inject[0])[ICMP].type == 3
 
 
+def test_nat_ports_are_pooled_per_protocol() -> None:
+    # NATs keep TCP's and UDP's ports apart (Azure NAT gateway, AWS NAT gateway per protocol).
+    engine = Engine(policy("[limits]\nports_per_client = 1"))
+    syn = bytes(IP(src=CLIENT4, dst=SERVER4) / TCP(sport=40000, dport=53, flags="S"))
+    assert engine.handle_packet(syn, now=0.0).reason == Reason.NEW_FLOW
+    assert Peers(engine).client_sends(at=0.0).reason == Reason.NEW_FLOW
+    refused = Peers(engine, sport=40001).client_sends(at=0.1)
+    assert refused.reason == Reason.LIMIT
+    assert refused.events[0].to_dict()["counted"] == f"client {CLIENT4} (udp)"
+    [usage] = engine.limits(now=0.2)
+    assert sorted(usage.counts["ports_per_client"]) == [(CLIENT4, 1), (f"{CLIENT4} (udp)", 1)]
+
+
 def test_reload_keeps_udp_flows_and_retimes_them() -> None:
     engine = Engine(policy())
     peers = Peers(engine)

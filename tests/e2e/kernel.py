@@ -1,9 +1,11 @@
 """The real nf_conntrack as an oracle: a lab whose fw namespace only forwards, packets crafted with
 raw sockets from its client and server namespaces, and the kernel's verdict on each read back.
 
-Used by tests/e2e/test_kernel_parity.py (scripted and generated conversations) and by
+Used by tests/e2e/test_kernel_parity.py (scripted and generated conversations),
+tests/e2e/test_kernel_parity_udp.py (datagrams on the wall clock) and by
 tests/e2e/replay_captures.py (real captures). The client's and server's own stacks drop what
-arrives (INPUT DROP), so only our packets cross the fw namespace.
+arrives (INPUT DROP: no RST, no ICMP port unreachable), so only our packets cross the fw
+namespace.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +85,11 @@ class Kernel:
 
     def liberal(self, on: bool) -> None:
         """nf_conntrack_tcp_be_liberal in the fw namespace: window checks off (RSTs only)."""
-        _check(run_in(self.plan.name, "fw", ["sysctl", "-qw", f"{_LIBERAL}={int(on)}"]))
+        self.sysctl(_LIBERAL, int(on))
+
+    def sysctl(self, key: str, value: int) -> None:
+        """Set a sysctl in the fw namespace (conntrack's are per namespace)."""
+        _check(run_in(self.plan.name, "fw", ["sysctl", "-qw", f"{key}={value}"]))
 
 
 @contextmanager
@@ -109,7 +115,8 @@ def kernel_lab(name: str, index: int) -> Iterator[Kernel]:
                 "ACCEPT",
             )
             for side in ("client", "server"):
-                sh(side, tool, "-A", "INPUT", "-p", "tcp", "-j", "DROP")
+                for proto in ("tcp", "udp"):
+                    sh(side, tool, "-A", "INPUT", "-p", proto, "-j", "DROP")
         raw = {
             (side, v): socket_in(f"{plan.name}-{side}", fam, socket.SOCK_RAW, socket.IPPROTO_RAW)
             for side in ("client", "server")
@@ -201,5 +208,11 @@ def run_both(
     return log
 
 
-def report(log: list[Step]) -> str:
+def report(log: Sequence[tuple[str, object, object]]) -> str:
     return "\n".join(f"{step:14} kernel={k!s:22} fwemu={e}" for step, k, e in log)
+
+
+def assert_same(log: Sequence[tuple[str, object, object]]) -> None:
+    """Kernel and fwemu made the same of every step (what was sent, theirs, ours)."""
+    first = next((i for i, (_, k, e) in enumerate(log) if k != e), None)
+    assert first is None, f"step {(first or 0) + 1} diverges first:\n{report(log)}"

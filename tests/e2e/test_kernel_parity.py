@@ -31,7 +31,7 @@ from tests.e2e.conversations import (
     play,
     script,
 )
-from tests.e2e.kernel import LINUX, Kernel, Step, kernel_lab, report, run_both
+from tests.e2e.kernel import LINUX, Kernel, assert_same, kernel_lab, run_both
 
 pytestmark = pytest.mark.e2e
 
@@ -64,11 +64,6 @@ def liberal(kernel: Kernel) -> Iterator[Kernel]:
         yield kernel
     finally:
         kernel.liberal(False)
-
-
-def assert_same(log: list[Step]) -> None:
-    first = next((i for i, (_, k, e) in enumerate(log) if k != e), None)
-    assert first is None, f"packet {(first or 0) + 1} diverges first:\n{report(log)}"
 
 
 # -- issue 12's divergence classes

@@ -6,6 +6,7 @@
         server = fw.server_socket(); server.bind((fw.server_address(), 8080)); server.listen()
         client = fw.client_socket(); client.connect((fw.server_address(), 8080))
         fw.wait_for_event("expire", dport=8080)
+        udp = fw.client_socket(type=socket.SOCK_DGRAM)  # UDP flows cross fwemu too
 
 Needs root (namespaces, iptables, NFQUEUE). Importing this module needs neither root nor pytest.
 Every error is a `HarnessError` (a FwemuError) with a one-line message.
@@ -207,13 +208,14 @@ class Firewall:
     def client_socket(
         self, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM
     ) -> socket.socket:
-        """A socket in the client namespace (its traffic to the server crosses fwemu)."""
+        """A socket in the client namespace (its traffic to the server crosses fwemu): TCP
+        unless `type` is socket.SOCK_DGRAM (UDP), IPv4 unless `family` is socket.AF_INET6."""
         return socket_in(self.plan.client.namespace, family, type)
 
     def server_socket(
         self, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM
     ) -> socket.socket:
-        """A socket in the server namespace."""
+        """A socket in the server namespace (family and type as for client_socket)."""
         return socket_in(self.plan.server.namespace, family, type)
 
     def client_address(self, v6: bool = False) -> str:
@@ -378,7 +380,8 @@ def _summary(records: list[dict[str, Any]]) -> str:
 
 def _describe(record: dict[str, Any]) -> str:
     flow = record.get("flow") or {}
-    where = f"{flow.get('src')}:{flow.get('sport')}>{flow.get('dst')}:{flow.get('dport')}"
+    proto = "udp " if flow.get("proto") == "udp" else ""
+    where = f"{proto}{flow.get('src')}:{flow.get('sport')}>{flow.get('dst')}:{flow.get('dport')}"
     details = [f"{k}={record[k]}" for k in ("state", "action", "to", "side") if record.get(k)]
     return " ".join([record["event"], where, *details])
 

@@ -42,6 +42,7 @@ from fwemu.scenario.model import (
     EVENT_KINDS,
     FLOW_FIELDS,
     SIDES,
+    UDP_OUTCOMES,
     Action,
     EventPattern,
     Expected,
@@ -64,10 +65,15 @@ _MAX_PORT = 65535
 # Filler a send step makes at load time, and a recv step's buffer: far beyond what a scenario
 # needs to keep a connection busy, well short of exhausting memory.
 MAX_BYTES = 1 << 24
+# The largest UDP payload IPv4 carries: 65,535 minus the IP and UDP headers (udp(7)), so a
+# send-to's datagram is one datagram in either family.
+MAX_DATAGRAM = 65507
 # Connections one step opens at once: enough to exhaust a NAT's pool (GCP Cloud NAT's 64 ports
 # per VM, Azure's 1,024 by default take one step or two), few enough for a process's descriptors
 # and for the SYNs of one step to leave within milliseconds.
 MAX_COUNT = 1000
+# The policy's timers a step may wait out: every TCP state's and UDP's two.
+_TIMERS = (*STATE_TIMEOUTS, "udp", "udp_stream")
 # Event fields hold ports, counts and timers: 64 bits holds them all, and a value past that
 # (a hex literal of thousands of digits) could not even be printed in a report.
 _MAX_FIELD = 1 << 64
@@ -270,8 +276,12 @@ _STEP: Mapping[str, Converter] = {
     "sources": _up_to(flood.MAX_SOURCES),
     **_EVENT,
 }
-# A syn-flood's count is SYNs, not connections held open.
-_FLOOD_STEP: Mapping[str, Converter] = {**_STEP, "count": _up_to(flood.MAX_COUNT)}
+# Where an action reads a key its own way: a syn-flood's count is SYNs, not connections held
+# open; a send-to's bytes are one datagram.
+_CONVERTERS: Mapping[str, Mapping[str, Converter]] = {
+    Action.SYN_FLOOD: {**_STEP, "count": _up_to(flood.MAX_COUNT)},
+    Action.SEND_TO: {**_STEP, "bytes": _up_to(MAX_DATAGRAM)},
+}
 _COMMON = ("do", "expect", "after", "within")
 # The keys each action takes besides _COMMON; (required ones first in the message).
 _ACTION_KEYS: Mapping[Action, tuple[str, ...]] = {
@@ -288,18 +298,25 @@ _ACTION_KEYS: Mapping[Action, tuple[str, ...]] = {
     Action.RUN: ("command", "background", "timeout"),
     Action.WAIT: ("event", *_FIELDS, "timeout"),
     Action.SYN_FLOOD: ("count", "rate", "sources", "for", "background"),
+    Action.BIND: (),
+    Action.SEND_TO: ("data", "bytes"),
+    Action.RECV_FROM: ("timeout",),
+    Action.ECHO: ("for",),
 }
 _REQUIRED: Mapping[Action, tuple[str, ...]] = {
     Action.SLEEP: ("for",),
     Action.IDLE: ("for",),
     Action.RUN: ("command",),
     Action.WAIT: ("event",),
+    Action.ECHO: ("for",),
 }
 _ONLY_ON: Mapping[Action, Side] = {
     Action.LISTEN: "server",
     Action.ACCEPT: "server",
     Action.CONNECT: "client",
     Action.SYN_FLOOD: "client",
+    Action.BIND: "server",
+    Action.ECHO: "server",
 }
 _TOP_LEVEL = ("scenario", *SIDES, "event", "no_event")
 
@@ -344,7 +361,7 @@ def _default_timeout(policy: Policy) -> float:
     timers = [
         seconds
         for profile in profiles
-        for state in STATE_TIMEOUTS
+        for state in _TIMERS
         if (seconds := getattr(profile.timeouts, state)) is not None
     ]
     return max(MIN_DEFAULT_TIMEOUT, 2 * max(timers, default=0.0))
@@ -389,8 +406,11 @@ def _steps(value: Any, side: Side, reader: Reader, meta: Mapping[str, Any]) -> t
     steps = []
     for index, table in enumerate(_array(value, side, reader)):
         path: KeyPath = (side, index)
-        flooding = table.get("do") == Action.SYN_FLOOD
-        values = reader.read(table, path, _FLOOD_STEP if flooding else _STEP)
+        do = table.get("do")
+        flooding = do == Action.SYN_FLOOD
+        values = reader.read(
+            table, path, _CONVERTERS.get(do, _STEP) if isinstance(do, str) else _STEP
+        )
         if "do" not in table:
             reader.problem(path, "missing 'do'", f"what the step does: {', '.join(Action)}")
         if "do" not in values:
@@ -398,6 +418,7 @@ def _steps(value: Any, side: Side, reader: Reader, meta: Mapping[str, Any]) -> t
         action = Action(values["do"])
         if not (
             _fits(action, side, table, values, path, reader)
+            and _outcome_fits(action, values, path, reader)
             and (_flood_fits(values, path, reader, meta) if flooding
                  else _counts_fit(values, path, reader, clients))
         ):  # fmt: skip
@@ -413,7 +434,7 @@ def _steps(value: Any, side: Side, reader: Reader, meta: Mapping[str, Any]) -> t
                 within=values.get("within"),
                 timeout=values.get("timeout"),
                 duration=values.get("for"),
-                data=_payload(values) if action is Action.SEND else None,
+                data=_payload(values, side, index + 1) if action in _SENDS else None,
                 size=values.get("bytes") if action is Action.RECV else None,
                 keepalive=values.get("keepalive"),
                 count=values.get("count"),
@@ -431,10 +452,38 @@ def _steps(value: Any, side: Side, reader: Reader, meta: Mapping[str, Any]) -> t
     return tuple(steps)
 
 
-def _payload(values: Mapping[str, Any]) -> bytes:
-    """What a send step sends: its `data`, or `bytes` filler bytes."""
-    data: bytes = values["data"] if "data" in values else b"x" * values["bytes"]
+_SENDS = (Action.SEND, Action.SEND_TO)
+
+
+def _payload(values: Mapping[str, Any], side: Side, number: int) -> bytes:
+    """What a send or send-to step sends: its `data`, or `bytes` filler bytes; a send-to that
+    gives neither sends its own name ("client step 3"), so the timeline tells its datagrams
+    apart."""
+    if "data" in values:
+        data: bytes = values["data"]
+    elif "bytes" in values:
+        data = b"x" * values["bytes"]
+    else:
+        data = f"{side} step {number}".encode()
     return data
+
+
+def _outcome_fits(action: Action, values: Mapping[str, Any], path: KeyPath, reader: Reader) -> bool:
+    """Whether the step can come to the outcome it expects: a UDP step to one of its own, any
+    other step to anything but unreachable (a count step's outcomes are _counts_fit's)."""
+    expect = values.get("expect", Outcome.OK)
+    if "count" in values or isinstance(expect, Mapping):
+        return True
+    can = UDP_OUTCOMES.get(action)
+    if can is None and expect is Outcome.UNREACHABLE:
+        udp = ", ".join(a for a, ends in UDP_OUTCOMES.items() if Outcome.UNREACHABLE in ends)
+        hint = f"only a UDP socket's {udp} can"
+    elif can is not None and expect not in can:
+        hint = f"expect {', '.join(can)}"
+    else:
+        return True
+    reader.problem((*path, "expect"), f"{action} cannot end in {expect}", hint)
+    return False
 
 
 def _expected(values: Mapping[str, Any]) -> Expected | None:
@@ -537,6 +586,9 @@ def _fits(
             fits = False
     if action is Action.SEND and ("data" in table) == ("bytes" in table):
         reader.problem(path, "send needs either data or bytes", 'data = "GET /" or bytes = 100')
+        fits = False
+    if action is Action.SEND_TO and "data" in table and "bytes" in table:
+        reader.problem(path, "send-to takes data or bytes, not both")
         fits = False
     return fits and all(key in values for key in table if key in _STEP)
 

@@ -28,6 +28,8 @@ class Outcome(StrEnum):
     REFUSED = "refused"  # ECONNREFUSED: a RST answered the SYN
     TIMEOUT = "timeout"  # nothing came before the step's timeout
     EOF = "eof"  # the peer closed its sending side (a FIN)
+    # A UDP socket got an ICMP port unreachable: its next call fails with ECONNREFUSED (udp(7))
+    UNREACHABLE = "unreachable"
     ERROR = "error"  # any other failure: another errno, a command's non-zero exit
 
 
@@ -47,6 +49,20 @@ class Action(StrEnum):
     RUN = "run"
     WAIT = "wait"
     SYN_FLOOD = "syn-flood"
+    BIND = "bind"
+    SEND_TO = "send-to"
+    RECV_FROM = "recv-from"
+    ECHO = "echo"
+
+
+# The steps on a side's UDP socket, and the outcomes each can come to (a datagram's send never
+# waits, so it has no timeout; only a socket told of an ICMP error is unreachable).
+UDP_OUTCOMES: Mapping[Action, tuple[Outcome, ...]] = {
+    Action.BIND: (Outcome.OK, Outcome.ERROR),
+    Action.SEND_TO: (Outcome.OK, Outcome.UNREACHABLE, Outcome.ERROR),
+    Action.RECV_FROM: (Outcome.OK, Outcome.TIMEOUT, Outcome.UNREACHABLE, Outcome.ERROR),
+    Action.ECHO: (Outcome.OK, Outcome.UNREACHABLE, Outcome.ERROR),
+}
 
 
 # What each of a count step's connections can come to (`expect = { ok = 64, timeout = 36 }`).
@@ -89,7 +105,7 @@ EVENT_FIELDS = (
     "capped_by",  # expire: the cap, "lifetime" or "dcd" that ended the flow
     "silent",  # expire after dcd: the end that never answered
 )
-FLOW_FIELDS = ("src", "sport", "dst", "dport")
+FLOW_FIELDS = ("proto", "src", "sport", "dst", "dport")
 EVENT_KINDS = (
     "new",
     "state",
@@ -102,6 +118,7 @@ EVENT_KINDS = (
     "limit_summary",
     "probe",
     "syn_flood",
+    "unreachable",
 )
 
 
@@ -143,8 +160,8 @@ class Step:
     after: float | None = None
     within: float | None = None
     timeout: float | None = None  # blocking steps: when the outcome becomes "timeout"
-    duration: float | None = None  # sleep, idle: `for`
-    data: bytes | None = None  # send
+    duration: float | None = None  # sleep, idle, echo: `for`
+    data: bytes | None = None  # send, send-to
     size: int | None = None  # recv: how many bytes in all
     keepalive: float | None = None  # connect: TCP keepalive idle time and probe interval
     count: int | None = None  # connect, accept: how many connections at once; syn-flood: SYNs

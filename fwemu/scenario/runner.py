@@ -8,6 +8,10 @@ after it would mean little); the other side runs on.
 A step with a `count` opens (or accepts) that many connections at once and counts how each
 ended; those that connected stay open until a close or abort step, or the end.
 
+Each side has one UDP socket: the server's bound by a bind step (a leading one runs first too),
+the client's made and connected to the server's port by its first UDP step. A server's send-to
+answers the address its latest datagram came from.
+
 A syn-flood step floods the server from the client side (fwemu.lab.flood) and notes what the
 server and fwemu made of it; in the background, the steps after it run meanwhile, and it stops
 when both sides are done. fwemu's events about the spoofed sources' flows are summed up in one
@@ -47,7 +51,7 @@ from fwemu.scenario.model import (
     flood_spec,
     show_counts,
 )
-from fwemu.scenario.peer import Peer, abort, hostport
+from fwemu.scenario.peer import DatagramPeer, Peer, abort, hear_errors, hostport
 from fwemu.scenario.timeline import Entry, Notebook, fwemu_entries, merged
 from fwemu.testing import EventTimeout, Firewall, inline_firewall
 
@@ -57,6 +61,9 @@ SETTLE = 0.2
 # How long (wall clock) past its steps' own limits a side may take before the run gives up on it.
 _SIDE_GRACE = 30.0
 _CASE = 0  # one scenario per notebook: the timeline's case number
+# The steps that run before either side starts, when at the top of the server's list: they
+# open the server's port, so the client's first connect or datagram finds it open.
+_OPENING = (Action.LISTEN, Action.BIND)
 # A listen step's backlog: the kernel completes a count step's handshakes into the accept queue
 # without the scenario accepting them. Linux caps it at net.core.somaxconn, 4096 by default
 # since 5.4 (listen(2)), beyond MAX_COUNT connections of a step.
@@ -74,6 +81,8 @@ _OUTCOMES: Mapping[str, Outcome] = {
     "ECONNRESET": Outcome.RESET,
     "EPIPE": Outcome.RESET,  # Linux's errno for a RST received in CLOSE_WAIT (see peer.py)
     "ECONNREFUSED": Outcome.REFUSED,
+    "echoed": Outcome.OK,
+    "unreachable": Outcome.UNREACHABLE,
     "timeout": Outcome.TIMEOUT,
     "ETIMEDOUT": Outcome.TIMEOUT,  # the kernel gave up retransmitting (a count step's connect)
 }
@@ -182,9 +191,9 @@ def run_scenarios(
 
 
 class _Endpoint:
-    """One side's state while its steps run: its listener, the connections it holds, and the
+    """One side's state while its steps run: its listener, the connections it holds, the
     latest connect or accept step with the connections it made (those that use a connection use
-    these)."""
+    these), and its UDP socket."""
 
     def __init__(self, play: _Play, side: Side) -> None:
         self.play = play
@@ -192,6 +201,7 @@ class _Endpoint:
         self.latest: tuple[Step, list[Peer]] | None = None
         self.held: list[Peer] = []
         self.listener: socket.socket | None = None
+        self.udp: DatagramPeer | None = None
         self.note = partial(play.notebook.note, _CASE, side)
 
     def adopt(self, step: Step, sock: socket.socket) -> Peer:
@@ -230,7 +240,7 @@ class _Play:
         with self.cleanup:
             self.start, self.began = time.time(), time.monotonic()
             server = self.scenario.server
-            leading = next((i for i, s in enumerate(server) if s.action is not Action.LISTEN), None)
+            leading = next((i for i, s in enumerate(server) if s.action not in _OPENING), None)
             first = len(server) if leading is None else leading
             if self._steps(server[:first]):
                 threads = [
@@ -337,7 +347,49 @@ class _Play:
                 return self._wait(step, timeout)
             case Action.SYN_FLOOD:
                 return self._flood(step)
+            case Action.BIND:
+                return self._bind(end)
+            case Action.SEND_TO | Action.RECV_FROM | Action.ECHO:
+                return self._on_datagrams(step, end, timeout)
         return self._on_connections(step, end, timeout)
+
+    def _bind(self, end: _Endpoint) -> tuple[str, str]:
+        """The server's UDP socket on its address and port, hearing of ICMP errors as a
+        connected socket would (so a scenario sees fwemu's port unreachable)."""
+        sock = self.fw.server_socket(self.family, socket.SOCK_DGRAM)
+        self.cleanup.callback(sock.close)
+        hear_errors(sock)
+        sock.bind(self.address)
+        end.udp = DatagramPeer(sock, end.note)
+        end.note(f"UDP socket bound to {hostport(self.address)}")
+        return "ok", ""
+
+    def _on_datagrams(self, step: Step, end: _Endpoint, timeout: float) -> tuple[str, str]:
+        """A step on the side's UDP socket; the client's first makes it."""
+        if end.udp is None:
+            if end.side == "server":
+                return "error", f"no UDP socket to {step.action}: add a bind step first"
+            sock = self.fw.client_socket(self.family, socket.SOCK_DGRAM)
+            self.cleanup.callback(sock.close)
+            sock.connect(self.address)  # sends nothing: fixes its port, hears ICMP errors
+            end.udp = DatagramPeer(sock, end.note)
+            end.note(
+                f"UDP socket connected to {hostport(self.address)} "
+                f"from {hostport(sock.getsockname())}"
+            )
+        peer = end.udp
+        match step.action:
+            case Action.SEND_TO:
+                assert step.data is not None  # the loader makes one
+                to = self.address if end.side == "client" else peer.sender
+                if to is None:
+                    return "error", "no datagram to answer: recv-from or echo first"
+                return peer.send_to(step.data, to), ""
+            case Action.RECV_FROM:
+                return peer.recv_from(timeout), ""
+        assert step.duration is not None  # echo: the loader requires it
+        word, echoed = peer.echo(self.scenario.real(step.duration))
+        return word, f"{echoed} echoed"
 
     def _on_connections(self, step: Step, end: _Endpoint, timeout: float) -> tuple[str, str]:
         """A step on what the latest connect or accept step made; with `all`, on every

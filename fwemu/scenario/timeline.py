@@ -20,7 +20,12 @@ from typing import Any, Literal
 
 Who = Literal["client", "server", "fwemu"]
 
-_OUT_OF_STATE_ACTIONS = {"drop": "dropped", "reset": "answered with a RST", "accept": "accepted"}
+_OUT_OF_STATE_ACTIONS = {
+    "drop": "dropped",
+    "reset": "answered with a RST",
+    "accept": "accepted",
+    "icmp-unreachable": "answered with an ICMP port unreachable",
+}
 _RESET_CAUSES = {
     "expire": "on expiry",
     "out_of_state": "for the out-of-state packet",
@@ -122,9 +127,10 @@ def describe(record: Mapping[str, Any]) -> str:  # noqa: PLR0911, PLR0912 - one 
     """One readable line for a JSON event of `fwemu run --events`."""
     kind = record["event"]
     flow = record["flow"]
+    udp = flow.get("proto") == "udp"
     if kind == "new":
         return (
-            f"new flow {_hostport(flow['src'], flow['sport'])} > "
+            f"new {'UDP ' if udp else ''}flow {_hostport(flow['src'], flow['sport'])} > "
             f"{_hostport(flow['dst'], flow['dport'])}: {record['state']} (rule {record['rule']})"
         )
     if kind == "state":
@@ -147,7 +153,11 @@ def describe(record: Mapping[str, Any]) -> str:  # noqa: PLR0911, PLR0912 - one 
     if kind == "out_of_state":
         side = record["side"] or "an unknown side"
         action = _OUT_OF_STATE_ACTIONS.get(record["action"], record["action"])
-        return f"out-of-state packet from {side}, {record['reason']}: {action}"
+        packet = "datagram" if udp else "packet"
+        return f"out-of-state {packet} from {side}, {record['reason']}: {action}"
+    if kind == "unreachable":
+        cause = _RESET_CAUSES.get(record["cause"], record["cause"])
+        return f"ICMP port unreachable to {record['to']} ({cause})"
     if kind == "delete":
         return f"flow deleted in {record['state']}: {record['reason']}"
     if kind == "out_of_state_summary":

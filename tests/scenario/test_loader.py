@@ -138,7 +138,8 @@ def test_syntax_errors_and_empty_scenarios() -> None:
     assert problems('[[client]]\ndo = "sleep"\n[[server]]\nexpect = "ok"\n') == [
         "s.toml:1: client[1]: sleep needs 'for'",
         "s.toml:3: server[1]: missing 'do' (what the step does: listen, accept, connect, send, "
-        "recv, sleep, idle, half-close, close, abort, run, wait, syn-flood)",
+        "recv, sleep, idle, half-close, close, abort, run, wait, syn-flood, bind, send-to, "
+        "recv-from, echo)",
     ]
 
 
@@ -351,3 +352,125 @@ expect = {}
 )
 def test_clients_and_sources(text: str, message: str) -> None:
     assert problems(text + STEPS) == [message]
+
+
+# --- UDP steps (issue 17) ---------------------------------------------------------------------
+
+UDP = """\
+[scenario]
+ipv6 = true
+
+[[server]]
+do = "bind"
+[[server]]
+do = "recv-from"
+timeout = "5s"
+[[server]]
+do = "send-to"
+bytes = 512
+[[server]]
+do = "echo"
+for = "2m"
+
+[[client]]
+do = "send-to"
+data = "query"
+[[client]]
+do = "recv-from"
+expect = "unreachable"
+within = "1s"
+[[client]]
+do = "send-to"
+
+[[event]]
+event = "unreachable"
+proto = "udp"
+to = "client"
+"""
+
+
+def test_udp_steps() -> None:
+    scenario = loads_scenario(UDP, "s.toml")
+    assert [s.action for s in scenario.server] == [
+        Action.BIND,
+        Action.RECV_FROM,
+        Action.SEND_TO,
+        Action.ECHO,
+    ]
+    _bind, recv, answer, echo = scenario.server
+    assert (recv.timeout, answer.data, echo.duration) == (5.0, b"x" * 512, 120.0)
+    query, unreachable, plain = scenario.client
+    assert query.data == b"query"
+    assert (unreachable.expect, unreachable.within) == (Outcome.UNREACHABLE, 1.0)
+    # A send-to without data or bytes sends its own name, so a timeline tells datagrams apart.
+    assert plain.data == b"client step 3"
+    assert scenario.events == (
+        EventPattern("unreachable", {"proto": "udp", "to": "client"}, line=26),
+    )
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        pytest.param(
+            '[[client]]\ndo = "bind"\n',
+            "s.toml:2: client[1].do: only the server can bind",
+            id="bind-on-the-client",
+        ),
+        pytest.param(
+            '[[client]]\ndo = "echo"\nfor = "1m"\n',
+            "s.toml:2: client[1].do: only the server can echo",
+            id="echo-on-the-client",
+        ),
+        pytest.param(
+            '[[server]]\ndo = "echo"\n',
+            "s.toml:1: server[1]: echo needs 'for'",
+            id="echo-without-for",
+        ),
+        pytest.param(
+            '[[client]]\ndo = "send-to"\ndata = "x"\nbytes = 3\n',
+            "s.toml:1: client[1]: send-to takes data or bytes, not both",
+            id="send-to-data-and-bytes",
+        ),
+        pytest.param(
+            '[[client]]\ndo = "send-to"\nbytes = 65508\n',
+            "s.toml:3: client[1].bytes: must be at most 65507, not 65508",
+            id="send-to-more-than-a-datagram",
+        ),
+        pytest.param(
+            '[[client]]\ndo = "recv-from"\nbytes = 10\n',
+            "s.toml:3: client[1].bytes: recv-from does not take 'bytes' (it takes timeout)",
+            id="recv-from-bytes",
+        ),
+        pytest.param(
+            '[[client]]\ndo = "recv-from"\nexpect = "reset"\n',
+            "s.toml:3: client[1].expect: recv-from cannot end in reset "
+            "(expect ok, timeout, unreachable, error)",
+            id="recv-from-reset",
+        ),
+        pytest.param(
+            '[[client]]\ndo = "send-to"\nexpect = "timeout"\n',
+            "s.toml:3: client[1].expect: send-to cannot end in timeout "
+            "(expect ok, unreachable, error)",
+            id="send-to-timeout",
+        ),
+        pytest.param(
+            '[[server]]\ndo = "bind"\nexpect = "unreachable"\n',
+            "s.toml:3: server[1].expect: bind cannot end in unreachable (expect ok, error)",
+            id="bind-unreachable",
+        ),
+        pytest.param(
+            '[[client]]\ndo = "recv"\nexpect = "unreachable"\n',
+            "s.toml:3: client[1].expect: recv cannot end in unreachable "
+            "(only a UDP socket's send-to, recv-from, echo can)",
+            id="tcp-step-unreachable",
+        ),
+        pytest.param(
+            '[[client]]\ndo = "send_to"\n',
+            "s.toml:2: client[1].do: unknown action 'send_to' (did you mean 'send-to'?)",
+            id="send_to-spelt-as-in-python",
+        ),
+    ],
+)
+def test_broken_udp_steps(steps: str, message: str) -> None:
+    assert problems(steps) == [message]

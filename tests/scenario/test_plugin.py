@@ -12,6 +12,7 @@ from tests.e2e.conftest import require_root
 pytest_plugins = ["pytester"]
 
 EXAMPLE = Path(__file__).parent / "examples" / "pool_example.py"
+UDP_EXAMPLE = Path(__file__).parent / "examples" / "udp_example.py"
 
 
 def test_marker_and_option_are_registered(pytester: pytest.Pytester) -> None:
@@ -104,6 +105,35 @@ def test_factory_marker_text_policy_and_expiring(pytester: pytest.Pytester) -> N
     pytester.runpytest_subprocess("-W", "error").assert_outcomes(passed=1)
 
 
-def test_the_documentation_shows_the_example_as_it_is() -> None:
+@pytest.mark.e2e
+def test_the_documented_udp_example_passes_in_both_families(pytester: pytest.Pytester) -> None:
+    require_root()
+    pytester.makepyfile(test_udp=UDP_EXAMPLE.read_text())
+    pytester.runpytest_subprocess("-W", "error", "-v").assert_outcomes(passed=2)
+
+
+@pytest.mark.e2e
+def test_the_udp_example_fails_with_a_keepalive_longer_than_the_timer(
+    pytester: pytest.Pytester,
+) -> None:
+    require_root()
+    text = UDP_EXAMPLE.read_text()
+    wrong = text.replace("KEEPALIVE = 25.0", "KEEPALIVE = 35.0")
+    assert wrong != text
+    pytester.makepyfile(test_udp=wrong)
+    result = pytester.runpytest_subprocess("-k", "ipv4")
+    result.assert_outcomes(failed=1, deselected=1)
+    # Every 35 s the mapping, unanswered, expired 30 s after the datagram before.
+    result.stdout.fnmatch_lines(
+        [
+            "*- fwemu events (fwemu-*) -*",
+            "*new UDP flow * UNREPLIED (rule default)",
+            "*expire UNREPLIED after 1.0?s idle (udp timer 1s): silent",
+        ]
+    )
+
+
+@pytest.mark.parametrize("example", [EXAMPLE, UDP_EXAMPLE], ids=["pool", "udp"])
+def test_the_documentation_shows_the_example_as_it_is(example: Path) -> None:
     docs = (Path(__file__).parents[2] / "docs" / "testing.md").read_text()
-    assert f"```python\n{EXAMPLE.read_text()}```" in docs
+    assert f"```python\n{example.read_text()}```" in docs

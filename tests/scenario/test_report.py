@@ -11,7 +11,7 @@ from fwemu.scenario.loader import loads_scenario
 from fwemu.scenario.model import Outcome, show_counts
 from fwemu.scenario.report import details, headline, totals
 from fwemu.scenario.runner import ScenarioResult, StepResult, _judge
-from fwemu.scenario.timeline import Entry
+from fwemu.scenario.timeline import Entry, describe
 
 from .test_loader import MINIMAL
 
@@ -138,3 +138,58 @@ def test_a_count_step_fails_showing_its_counts_in_one_line(
     assert lines[2] == (
         f"    BAD client  1 connect x100 at 500ms: {got} after 1s  <- {problem}  (line 1)"
     )
+
+
+UDP_FLOW = {"proto": "udp", "src": "10.9.1.2", "sport": 4000, "dst": "10.9.2.2", "dport": 53}
+
+
+@pytest.mark.parametrize(
+    ("record", "line"),
+    [
+        (
+            {"event": "new", "state": "UNREPLIED", "rule": "default"},
+            "new UDP flow 10.9.1.2:4000 > 10.9.2.2:53: UNREPLIED (rule default)",
+        ),
+        (
+            {
+                "event": "expire",
+                "state": "REPLIED",
+                "phase": "udp",
+                "timeout": 30.0,
+                "idle": 30.01,
+                "action": "silent",
+            },
+            "expire REPLIED after 30.01s idle (udp timer 30s): silent",
+        ),
+        (
+            {
+                "event": "out_of_state",
+                "side": "server",
+                "reason": "no flow (expired)",
+                "action": "drop",
+            },
+            "out-of-state datagram from server, no flow (expired): dropped",
+        ),
+        (
+            {
+                "event": "out_of_state",
+                "side": "client",
+                "reason": "no flow (expired)",
+                "action": "icmp-unreachable",
+            },
+            "out-of-state datagram from client, no flow (expired): answered with an ICMP port "
+            "unreachable",
+        ),
+        (
+            {"event": "unreachable", "to": "client", "cause": "out_of_state", "rule": "default"},
+            "ICMP port unreachable to client (for the out-of-state packet)",
+        ),
+        (
+            {"event": "unreachable", "to": "sender", "cause": "limit", "rule": "default"},
+            "ICMP port unreachable to sender (refusing a new flow over a limit)",
+        ),
+    ],
+    ids=["new", "expire", "late-dropped", "late-answered", "unreachable", "over-a-limit"],
+)
+def test_udp_events_read_as_datagrams(record: dict[str, object], line: str) -> None:
+    assert describe({**record, "flow": UDP_FLOW}) == line

@@ -243,9 +243,12 @@ class Daemon:
         return decision
 
     def apply(self, inject: tuple[bytes, ...], events: Iterable[Event]) -> int:
-        """Inject the RSTs and report the events; the number of RSTs sent (would-be in a dry
-        run)."""
-        sent = len(inject) if self._dry_run else sum(map(self._injector.send, inject))
+        """Inject the packets (RSTs, ICMP errors) and report the events; the number of RSTs
+        sent (would-be in a dry run): the ICMP errors are counted by their events."""
+        sent = 0
+        for packet in inject:
+            if (self._dry_run or self._injector.send(packet)) and _is_tcp(packet):
+                sent += 1
         self.counters.resets += sent
         self.reporter.events(events)
         return sent
@@ -378,3 +381,8 @@ class Daemon:
             self.reporter.error(f"cannot write the state file {self._state_file}: {err}")
             return
         self.reporter.line(f"wrote {counted(len(flows), 'flow')} to {self._state_file}")
+
+
+def _is_tcp(packet: bytes) -> bool:
+    """Whether an IP packet the core built (no IPv6 extension headers) carries TCP."""
+    return packet[9 if packet[0] >> 4 == 4 else 6] == socket.IPPROTO_TCP

@@ -115,6 +115,7 @@ _TIMER_NAMES: tuple[str | None, ...] = (
     "fwemu expire --in",
 )
 _LIFETIME_CAUSE, _DCD_CAUSE = "lifetime", "dcd"  # FlowExpired.capped_by of those expiries
+_BY_HAND = "by hand"  # an expiry `fwemu expire` asked for (FlowExpired.forced)
 _HANDLE_INVALID_MIN = 120.0  # nf_tcp_handle_invalid(): a timer shorter than this is left alone
 _INF = math.inf
 
@@ -1003,7 +1004,7 @@ class FlowTable:
             slot = self._index.get(key)
             if slot is not None:
                 self.timers.set(slot, None)
-                self._expire(slot, now, action, inject, events)
+                self._expire(slot, now, action, inject, events, _BY_HAND)
         return inject, events
 
     def keys(self) -> list[bytes]:
@@ -1069,7 +1070,7 @@ class FlowTable:
         cause: str | None = None,
     ) -> None:
         """Expire the flow with its policy's action, or `forced`; `cause` is _LIFETIME_CAUSE
-        when its lifetime ran out."""
+        when its lifetime ran out, _BY_HAND when an operator expired it (`fwemu expire`)."""
         state, profile = self._state[slot], self._profile[slot]
         facts = self._expiry[profile][state]
         action, targets = facts.action, facts.targets
@@ -1087,7 +1088,7 @@ class FlowTable:
         if state in _UDP:
             action, targets = _SILENT, ()  # a datagram flow has nothing to reset
         flow = self._flow_id(slot)
-        by_hand = forced is not None and cause is None
+        by_hand = cause == _BY_HAND
         events.append(
             FlowExpired(
                 now,

@@ -154,9 +154,8 @@ class Commands:
 def _event_selected(selector: Selector, event: Event) -> bool:
     """`selector.matches_event` on the event itself: JSON forms are built only for the events
     sent, not for the whole history scanned."""
-    flow = event.flow
     return selector.matches(
-        {"src": flow.src, "sport": flow.sport, "dst": flow.dst, "dport": flow.dport},
+        event.flow.to_dict(),
         state=getattr(event, "state", None),
         rule=getattr(event, "rule", None),
         event=event.kind,

@@ -16,7 +16,9 @@ from fwemu.adapters.inject import Injector
 from fwemu.adapters.nfqueue import NfqueueBinding
 from fwemu.adapters.output import Reporter
 from fwemu.clock import Clock
+from fwemu.core import packet as pk
 from fwemu.core.engine import Engine
+from fwemu.core.icmp import port_unreachable
 from fwemu.ops.metrics import StateCounts
 from fwemu.policy.model import OutOfStateAction
 from fwemu.policy.source import PolicySource
@@ -117,14 +119,14 @@ def test_events_reach_watchers_and_json_is_built_only_for_listeners() -> None:
     reporter.watch(states.on_event)
     first, *rest = conversation(1)
     feed(daemon, first)  # SYN: a new flow
-    assert +states.counts == {"SYN_SENT": 1}
+    assert +states.counts == {("tcp", "SYN_SENT"): 1}
     assert reporter.built == 0  # nobody reads JSON: none is built
 
     records: list[dict[str, Any]] = []
     reporter.subscribe(records.append)
     for data in rest:
         feed(daemon, data)
-    assert +states.counts == {"ESTABLISHED": 1}
+    assert +states.counts == {("tcp", "ESTABLISHED"): 1}
     assert [r["state"] for r in records] == ["SYN_RECV", "ESTABLISHED"]
     assert reporter.built == 2
 
@@ -178,3 +180,17 @@ class Sent:
     def send(self, packet: bytes) -> bool:
         self.packets.append(packet)
         return True
+
+
+def test_only_rsts_count_as_resets_injected() -> None:
+    # An ICMP port unreachable is injected too, but counted by its `unreachable` event. (A dry
+    # run's daemon counts what it would send.)
+    daemon, _, _ = make_daemon(dry_run=True)
+    a, b = bytes((10, 0, 0, 1)), bytes((10, 0, 0, 2))
+    rst = pk.build_rst(a, 1, b, 2, seq=1, ack=None)
+    udp = bytes.fromhex("0035c35000080000")  # 53 > 50000, length 8
+    datagram = pk.parse(bytes.fromhex("4500001c0000400040110000") + a + b + udp)
+    assert isinstance(datagram, pk.Datagram)
+    icmp = port_unreachable(datagram, rst)
+    assert daemon.apply((rst, icmp), ()) == 1
+    assert daemon.counters.resets == 1

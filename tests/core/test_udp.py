@@ -151,7 +151,14 @@ def test_expire_by_hand_resets_nothing() -> None:
     keys = peers.engine.keys()
     fx = peers.engine.expire(keys, now=1.0, action=ExpireAction.RESET_BOTH)
     assert fx.inject == ()
-    assert fx.events[0].to_dict()["action"] == "silent"
+    assert (fx.events[0].to_dict()["action"], fx.events[0].to_dict()["forced"]) == ("silent", True)
+
+
+def test_expire_by_hand_without_an_action_says_it_was_forced() -> None:
+    peers = Peers(Engine(policy()))
+    peers.client_sends(at=0.0)
+    [expired] = peers.engine.expire(peers.engine.keys(), now=1.0).events
+    assert (expired.to_dict()["forced"], expired.to_dict()["timeout"]) == (True, None)
 
 
 def test_a_late_reply_is_dropped_and_the_clients_next_datagram_opens_a_new_flow() -> None:

@@ -20,6 +20,7 @@ from fwemu.core.events import FlowId, FlowNew
 from fwemu.ops import client
 from fwemu.ops.commands import Commands
 from fwemu.ops.control import ControlError
+from fwemu.ops.filters import parse_selector
 from fwemu.ops.protocol import Request
 
 from .conftest import Cli
@@ -353,3 +354,15 @@ def test_a_worker_sends_its_whole_history_when_asked_for_more() -> None:
     )
     reply = commands.handle(Request("events", history=5), history)
     assert [item["event"]["ts"] for item in reply.items if "event" in item] == [1.0, 2.0, 3.0]
+
+
+def test_the_events_history_is_filtered_by_protocol() -> None:
+    daemon = SimpleNamespace(reporter=SimpleNamespace(record=lambda e: {"proto": e.flow.proto}))
+    commands = Commands(daemon, {"queue": 0})  # type: ignore[arg-type]
+    history = deque(
+        FlowNew(1.0, FlowId("10.0.0.1", 5000, "10.0.0.2", 53, proto), "UNREPLIED", rule="r")
+        for proto in ("tcp", "udp", "udp")
+    )
+    request = Request("events", history=5, selector=parse_selector("proto=udp"))
+    reply = commands.handle(request, history)
+    assert [item["event"]["proto"] for item in reply.items if "event" in item] == ["udp", "udp"]

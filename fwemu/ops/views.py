@@ -236,7 +236,7 @@ def runs_table(records: Sequence[dict[str, Any]]) -> Table:
     """`fwemu ps`: one row per run (its `--json` records), its workers' sockets as the first
     and how many more."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-    for header in ("NETNS", "QUEUE", "POLICY"):
+    for header in ("NETNS", "QUEUE", "POLICY", "PROTO"):
         table.add_column(header, no_wrap=True)
     for header in ("FLOWS", "UP", "PID"):
         table.add_column(header, justify="right", no_wrap=True)
@@ -248,6 +248,7 @@ def runs_table(records: Sequence[dict[str, Any]]) -> Table:
             r["netns"] or "-",
             queue_range(r["queues"]),
             f"{r['policy']} ({r['origin']})" + ("  DRY RUN" if r["dry_run"] else ""),
+            ",".join(r.get("protocols", ("tcp",))) or "-",  # a fwemu from before UDP: TCP
             f"{r['flows']:,}",
             seconds(r["uptime"]),
             str(r["pid"]),

@@ -286,15 +286,21 @@ def test_top_waits_for_fwemu_with_the_reason() -> None:
 def test_ps_shows_a_run_of_workers_as_one_row() -> None:
     record = {
         "netns": "lab1-fw", "queues": [0, 1], "policy": "linux", "origin": "preset",
-        "flows": 1200, "uptime": 185.0, "pid": 4242, "dry_run": False,
+        "flows": 1200, "uptime": 185.0, "pid": 4242, "dry_run": False, "protocols": ["tcp", "udp"],
         "workers": [{"control": "/run/fwemu/lab1-fw.q0.sock"},
                     {"control": "/run/fwemu/lab1-fw.q1.sock"}],
     }  # fmt: skip
-    host = {**record, "netns": None, "queues": [3], "workers": [{"control": "/run/fwemu/q3.sock"}]}
+    host = {
+        **record, "netns": None, "queues": [3], "protocols": [],
+        "workers": [{"control": "/run/fwemu/q3.sock"}],
+    }  # fmt: skip
     lines = render_at(views.runs_table([record, host]), 160)
-    assert lines[0].split() == ["NETNS", "QUEUE", "POLICY", "FLOWS", "UP", "PID", "CONTROL"]
+    assert lines[0].split() == [
+        "NETNS", "QUEUE", "POLICY", "PROTO", "FLOWS", "UP", "PID", "CONTROL",
+    ]  # fmt: skip
     assert lines[2].split() == [
-        "lab1-fw", "0-1", "linux", "(preset)", "1,200", "3m05s", "4242",
+        "lab1-fw", "0-1", "linux", "(preset)", "tcp,udp", "1,200", "3m05s", "4242",
         "/run/fwemu/lab1-fw.q0.sock", "+1",
     ]  # fmt: skip
     assert lines[3].split()[:2] == ["-", "3"]
+    assert lines[3].split()[4] == "-"  # --no-rules: nothing queued

@@ -901,19 +901,7 @@ class FlowTable:
             rule = self._profiles[profile].name
             self.limiter.hold(source, limit, seg.key, seg.forward, action, rule, reset)
             return _PAST_RATE[action]
-        events: list[Event] = [
-            OutOfState(
-                now,
-                flow,
-                reason=reason,
-                action=action.value,
-                side=side,
-                state=None,
-                rule=self._profiles[profile].name,
-                expired_at=None if tomb is None else tomb.expired_at,
-                expired_phase=None if tomb is None else tomb.phase,
-            )
-        ]
+        events: list[Event] = [self._late(now, flow, reason, action.value, side, profile, tomb)]
         inject: tuple[bytes, ...] = ()
         if action == OutOfStateAction.RESET and not seg.flags & pk.TCP_RST:
             rst = pk.build_reply_rst(seg)
@@ -932,6 +920,29 @@ class FlowTable:
             )
         verdict = Verdict.ACCEPT if action == OutOfStateAction.ACCEPT else Verdict.DROP
         return Decision(verdict, Reason.OUT_OF_STATE, inject, tuple(events), reason)
+
+    def _late(
+        self,
+        now: float,
+        flow: FlowId,
+        reason: str,
+        action: str,
+        side: str | None,
+        profile: int,
+        tomb: _Tombstone | None,
+    ) -> OutOfState:
+        """The event of a packet of no flow (`tomb`: the expired flow it belongs to, if known)."""
+        return OutOfState(
+            now,
+            flow,
+            reason=reason,
+            action=action,
+            side=side,
+            state=None,
+            rule=self._profiles[profile].name,
+            expired_at=None if tomb is None else tomb.expired_at,
+            expired_phase=None if tomb is None else tomb.phase,
+        )
 
     def _tombstone(self, key: bytes, now: float) -> _Tombstone | None:
         buried = self._tombstones.get(key)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Final
 from fwemu.core import packet as pk
 from fwemu.core.addresses import flow_id
 from fwemu.core.decision import IN_STATE, REFUSED_PAST_RATE, Decision, Reason, Verdict
-from fwemu.core.events import Event, FlowNew, OutOfState, UnreachableSent
+from fwemu.core.events import Event, FlowNew, UnreachableSent
 from fwemu.core.icmp import port_unreachable
 from fwemu.core.limits import Refusal
 from fwemu.core.states import ORIGINAL, REPLY, State
@@ -111,19 +111,7 @@ class UdpFlows:
             return _PAST_RATE
         flow = flow_id(dg.key, tomb.client_forward)
         reason = "no flow (expired)"
-        events: list[Event] = [
-            OutOfState(
-                now,
-                flow,
-                reason=reason,
-                action=action.value,
-                side=side,
-                state=None,
-                rule=rule,
-                expired_at=tomb.expired_at,
-                expired_phase=tomb.phase,
-            )
-        ]
+        events: list[Event] = [t._late(now, flow, reason, action.value, side, tomb.profile, tomb)]
         inject: tuple[bytes, ...] = ()
         if unreachable:
             inject = (port_unreachable(dg, data),)

@@ -67,6 +67,10 @@ def test_an_active_connection_is_cut_at_its_lifetime(v6: bool) -> None:
                 cut = time.time()
             hangup.poll(TICK * 1000)  # the pace, cut short by the RST
         assert opened + lifetime <= cut <= opened + lifetime + WINDOW
+        # The server's RST follows the client's: wait for it to land (POLLERR) before reading.
+        server_hangup = select.poll()
+        server_hangup.register(server, 0)
+        assert server_hangup.poll(WINDOW * 1000), "the server was never reset"
         assert server.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNRESET
 
         expired = fw.wait_for_event("expire", sport=sport(client))

@@ -1,7 +1,8 @@
-"""Benchmark fwemu inline: kernel forwarding vs a bare Python accept-all queue vs fwemu.
+"""Benchmark fwemu inline: kernel forwarding vs bare accept-all queues (Python, C) vs fwemu.
 
     sudo .venv/bin/python bench/inline.py [--quick] [--reps 3] [--duration 3] [--json]
     sudo .venv/bin/python bench/inline.py --workloads multi,connections --workers 2   (multi-core)
+    sudo .venv/bin/python bench/inline.py --baseline-command CMD   (before/after in one run)
 
 In a lab of its own (client <-> fw <-> server namespaces, fwemu.lab), each repetition runs every
 mode in turn on the fw namespace and the same four workloads through it:
@@ -10,6 +11,9 @@ mode in turn on the fw namespace and the same four workloads through it:
              (b) accept-all: a Python consumer that accepts every packet, with fwemu's queue
                  settings and iptables rules (fwemu.adapters.nfqueue.bound, iptables.installed)
              (c) fwemu: `python -m fwemu run --netns ... --preset linux` (or --policy FILE)
+             (d) C accept-all: bench/accept_all.c, compiled here with the system's cc, the same
+                 queue settings and rules, batch verdicts: the cheapest consumer there is
+             (e) baseline (only with --baseline-command): another fwemu, e.g. an older tree
   workloads  bulk: one iperf3 TCP stream, Gbit/s
              small: one iperf3 stream of small segments (MSS 88, 64-byte writes, Nagle off,
                     16 KiB buffers), packets/s forwarded by the fw namespace
@@ -19,10 +23,12 @@ mode in turn on the fw namespace and the same four workloads through it:
                     lab's client namespace), so that `--workers N` can spread it: the kernel
                     puts all the flows of one client/server address pair on one worker
 
-It prints the median of each figure over the repetitions, the ratios fwemu/(a) and fwemu/(b),
-the CPU the queue consumer used (µs per forwarded packet), and issue 6's targets, met or not.
+It prints the median of each figure over the repetitions, the ratios of fwemu to each other mode,
+the CPU the queue consumer used (µs per forwarded packet), and issue 18's targets, met or not,
+each with both consumers' CPU per packet (ratios move between machines; CPU per packet says why).
 Modes alternate within each repetition so that noise from other load spreads over all of them.
-Needs root and iperf3. Everything runs inside the lab, which is removed on exit, even on Ctrl-C.
+Needs root, iperf3, and for (d) a C compiler and libnetfilter_queue's headers. Everything runs
+inside the lab, which is removed on exit, even on Ctrl-C.
 
 The script is also the programs it runs inside the lab (an argv starting with "_": see ROLES).
 """
@@ -54,6 +60,7 @@ from common import (
     PING_SIZE,
     READY,
     STARTED,
+    STOP_TIMEOUT,
     TAIL_LINES,
     BenchError,
     Child,
@@ -71,19 +78,28 @@ from fwemu.lab.plan import LabPlan, Side
 # The roles below start inside measured windows and need only the standard library, so the
 # rest of fwemu (pyroute2, netfilterqueue: ~0.2 s to import) is imported where it is used.
 
-Mode = Literal["kernel", "accept-all", "fwemu"]
-MODES: tuple[Mode, ...] = ("kernel", "accept-all", "fwemu")
+Mode = Literal["kernel", "accept-all", "fwemu", "c-accept-all", "baseline"]
+MODES: tuple[Mode, ...] = ("kernel", "accept-all", "fwemu", "c-accept-all", "baseline")
+# The default run; "baseline" joins it when --baseline-command is given.
+DEFAULT_MODES: tuple[Mode, ...] = ("kernel", "accept-all", "fwemu", "c-accept-all")
 MODE_LABELS: dict[Mode, str] = {
     "kernel": "(a) kernel",
     "accept-all": "(b) accept-all",
     "fwemu": "(c) fwemu",
+    "c-accept-all": "(d) C accept-all",
+    "baseline": "(e) baseline",
 }
+# What fwemu is compared with, in the table's ratio columns.
+BASES: tuple[Mode, ...] = ("kernel", "accept-all", "c-accept-all", "baseline")
+QUEUE_MODES: tuple[Mode, ...] = ("accept-all", "fwemu", "c-accept-all", "baseline")
 Workload = Literal["bulk", "small", "connections", "latency", "multi"]
 WORKLOADS: tuple[Workload, ...] = ("bulk", "small", "connections", "latency", "multi")
 # The default run: `multi` is for comparing --workers, and asked for by name.
 DEFAULT_WORKLOADS: tuple[Workload, ...] = ("bulk", "small", "connections", "latency")
 
 SCRIPT = Path(__file__).resolve()
+C_CONSUMER = SCRIPT.with_name("accept_all.c")
+C_BATCH = 255  # verdicts per batch message at most: Suricata's cap (nfq.batchcount)
 QUEUE = 0
 IPERF_PORT = 5201
 RR_PORT = 7000  # request/response: one connection per request, the server closes first
@@ -208,14 +224,13 @@ def role_accept_all(argv: Sequence[str]) -> None:
 
     Prints READY once serving and, on SIGTERM/SIGINT, the number of packets it accepted.
     """
-    from netfilterqueue import Packet
-
     from fwemu.adapters import iptables, nfqueue
+    from fwemu.adapters.queue import QueuedPacket
 
     queue = int(argv[0])
     seen = 0
 
-    def accept(packet: Packet) -> None:
+    def accept(packet: QueuedPacket) -> None:
         nonlocal seen
         seen += 1
         packet.accept()
@@ -237,11 +252,38 @@ def role_accept_all(argv: Sequence[str]) -> None:
     print(f"accepted {seen} packets", flush=True)
 
 
+def role_c_accept_all(argv: Sequence[str]) -> None:
+    """_c-accept-all QUEUE BINARY BATCH: the compiled accept_all.c on QUEUE, with fwemu's rules.
+
+    The rules go in once the program has bound the queue, as `role_accept_all` installs them
+    after binding; prints READY, and on SIGTERM/SIGINT removes them, stops the program and
+    passes on its count. The bench counts the program's CPU with this process's (its children
+    are summed), and this one only waits.
+    """
+    from fwemu.adapters import iptables
+
+    queue, binary, batch = argv
+    consumer = subprocess.Popen([binary, queue, batch], stdout=subprocess.PIPE, text=True)
+    stops = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # after Popen: the program must not inherit it
+    assert consumer.stdout is not None
+    if consumer.stdout.readline().strip() != "bound":
+        raise SystemExit(f"the C consumer exited with status {consumer.wait()} before binding")
+    with iptables.installed(int(queue), iptables.Capture()):
+        print(READY, flush=True)
+        signal.sigwait(stops)
+    consumer.terminate()
+    out, _ = consumer.communicate(timeout=STOP_TIMEOUT)
+    print(out.strip(), flush=True)
+    raise SystemExit(consumer.returncode)
+
+
 ROLES: dict[str, Callable[[Sequence[str]], None]] = {
     "_serve": role_serve,
     "_connect": role_connect,
     "_pingpong": role_pingpong,
     "_accept-all": role_accept_all,
+    "_c-accept-all": role_c_accept_all,
 }
 
 
@@ -364,6 +406,8 @@ class Settings:
     round_trips: int
     policy_args: tuple[str, ...]
     fwemu_command: tuple[str, ...]
+    baseline_command: tuple[str, ...]  # mode (e)'s fwemu; () without one
+    c_batch: int  # mode (d)'s verdicts per batch message at most (1: one verdict per packet)
     workers: int  # fwemu run --workers
     modes: tuple[Mode, ...]
     workloads: tuple[Workload, ...]
@@ -441,8 +485,13 @@ def running(
             mode, [sys.executable, str(SCRIPT), "_accept-all", str(QUEUE)], workdir, fw
         )
         ready = READY
+    elif mode == "c-accept-all":
+        argv = ["_c-accept-all", str(QUEUE), str(workdir / C_CONSUMER.stem), str(settings.c_batch)]
+        child = Child.start(mode, [sys.executable, str(SCRIPT), *argv], workdir, fw)
+        ready = READY
     else:
-        argv = [*settings.fwemu_command, "run", "--netns", fw, "--queue", str(QUEUE)]
+        command = settings.fwemu_command if mode == "fwemu" else settings.baseline_command
+        argv = [*command, "run", "--netns", fw, "--queue", str(QUEUE)]
         argv += ["--workers", str(settings.workers)]
         child = Child.start(mode, [*argv, *settings.policy_args], workdir, None)
         ready = STARTED
@@ -505,19 +554,42 @@ def prepare(plan: LabPlan) -> None:
         run_tool(plan, "client", ["ip", "addr", "add", f"{address}/24", "dev", "eth0"], 10)
 
 
+def _on_path(tool: str) -> bool:
+    return any(os.access(Path(d, tool), os.X_OK) for d in os.get_exec_path())
+
+
+def compile_c_consumer(workdir: Path) -> None:
+    """accept_all.c built into `workdir` with the system's C compiler (`cc`)."""
+    if not _on_path("cc"):
+        raise BenchError(
+            "mode c-accept-all needs a C compiler (cc) and libnetfilter_queue's headers "
+            "(scripts/setup.sh installs gcc and libnetfilter-queue-dev); or leave it out with "
+            "--modes"
+        )
+    argv = ["cc", "-O2", "-Wall", "-o", str(workdir / C_CONSUMER.stem), str(C_CONSUMER)]
+    built = subprocess.run(
+        [*argv, "-lnetfilter_queue"], capture_output=True, text=True, timeout=60, check=False
+    )
+    if built.returncode != 0:
+        why = built.stderr.strip().splitlines()[-TAIL_LINES:]
+        raise BenchError(f"cannot compile {C_CONSUMER.name}: {' | '.join(why)}")
+
+
 def bench(settings: Settings, progress: Callable[[str], None]) -> tuple[list[Run], dict[str, int]]:
     """Every repetition of every mode and workload, in a lab removed on every way out."""
     from fwemu.lab import lab, require_root
 
     require_root()
     for tool in ("iperf3", "iptables"):
-        if not any(os.access(Path(d, tool), os.X_OK) for d in os.get_exec_path()):
+        if not _on_path(tool):
             raise BenchError(f"{tool} not found in PATH (scripts/setup.sh installs it)")
     runs: list[Run] = []
     bypassed: dict[str, int] = {}
     pid = os.getpid()
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fwemu-bench-")))
+        if "c-accept-all" in settings.modes:
+            compile_c_consumer(workdir)
         plan = stack.enter_context(lab(f"fwemu-bench-{pid}", 1 + pid % 250))
         prepare(plan)
         for name, argv in (
@@ -549,7 +621,7 @@ class Figure:
     label: str
     unit: str
     digits: int
-    ratios: bool = True  # whether fwemu/(a) and fwemu/(b) mean something for it
+    ratios: bool = True  # whether fwemu/(a), fwemu/(b), ... mean something for it
 
 
 FIGURES: dict[Workload, tuple[Figure, ...]] = {
@@ -607,7 +679,7 @@ def medians(runs: Sequence[Run]) -> dict[Mode, dict[str, float]]:
         mine = [run.figures for run in runs if run.mode == mode]
         out[mode] = {key: statistics.median(f[key] for f in mine) for key in mine[0]}
     kernel = out.get("kernel", {})
-    for mode in ("accept-all", "fwemu"):
+    for mode in QUEUE_MODES:
         for pct in ("p50", "p99"):
             key = f"rtt_{pct}_us"
             if key in kernel and key in out.get(mode, {}):
@@ -624,34 +696,43 @@ class Target:
     text: str
     value: float | None  # a ratio, or µs for latency; None: a mode or workload it needs did not run
     met: bool | None
+    # CPU µs per packet of fwemu and of the consumer it is held against, in the workload's run:
+    # a ratio on another machine differs, and this says by how much each side's cost moved.
+    cpu: tuple[float, float] | None = None
 
 
 def targets(med: dict[Mode, dict[str, float]]) -> list[Target]:
-    """Issue 6's targets for one queue on the 2-core machine."""
-    a, b, c = (med.get(mode, {}) for mode in MODES)
+    """Issue 18's targets for one queue on the 2-core machine."""
+    fwemu = med.get("fwemu", {})
 
-    def at_least(text: str, key: str, base: dict[str, float], floor: float) -> Target:
-        ratio = _ratio(c.get(key), base.get(key))
-        return Target(text, ratio, None if ratio is None else ratio >= floor)
+    def at_least(text: str, workload: str, key: str, base: Mode, floor: float) -> Target:
+        other = med.get(base, {})
+        ratio = _ratio(fwemu.get(key), other.get(key))
+        cpu_key = f"{workload}_us_per_packet"
+        cpu = (fwemu[cpu_key], other[cpu_key]) if cpu_key in fwemu and cpu_key in other else None
+        return Target(text, ratio, None if ratio is None else ratio >= floor, cpu)
 
-    added = c.get("rtt_p99_added_us")
+    added = fwemu.get("rtt_p99_added_us")
     return [
-        at_least("bulk throughput >= 90 % of (b)", "bulk_gbps", b, 0.9),
-        at_least("bulk throughput >= 60 % of (a)", "bulk_gbps", a, 0.6),
-        at_least("connections/s >= 70 % of (b)", "connections_per_s", b, 0.7),
-        Target("added round-trip p99 < 1 ms", added, None if added is None else added < 1000),
+        at_least("bulk throughput >= 90 % of (b)", "bulk", "bulk_gbps", "accept-all", 0.9),
+        at_least("bulk throughput >= 80 % of (d)", "bulk", "bulk_gbps", "c-accept-all", 0.8),
+        at_least(
+            "connections/s >= 85 % of (b)", "connections", "connections_per_s", "accept-all", 0.85
+        ),
+        Target("added round-trip p99 < 0.2 ms", added, None if added is None else added < 200),
     ]
 
 
 def table(settings: Settings, med: dict[Mode, dict[str, float]], bypassed: dict[str, int]) -> str:
     """The human-readable report."""
     modes = [m for m in MODES if m in med]
-    bases = [m for m in ("kernel", "accept-all") if m in med and "fwemu" in med]
-    head = f"{'':{LABEL_WIDTH}}" + "".join(f"{MODE_LABELS[m]:>16}" for m in modes)
+    bases = [m for m in BASES if m in med and "fwemu" in med]
+    widths = {m: max(16, len(MODE_LABELS[m]) + 2) for m in modes}
+    head = f"{'':{LABEL_WIDTH}}" + "".join(f"{MODE_LABELS[m]:>{widths[m]}}" for m in modes)
     head += "".join(f"{'fwemu/' + MODE_LABELS[m][:3]:>12}" for m in bases)
 
     def row(figure: Figure, key: str, label: str) -> str:
-        cells = "".join(f"{_number(med[m].get(key), figure.digits):>16}" for m in modes)
+        cells = "".join(f"{_number(med[m].get(key), figure.digits):>{widths[m]}}" for m in modes)
         if figure.ratios:
             ratios = (_ratio(med["fwemu"].get(key), med[m].get(key)) for m in bases)
             cells += "".join(f"{_number(r, 2):>12}" for r in ratios)
@@ -673,12 +754,14 @@ def table(settings: Settings, med: dict[Mode, dict[str, float]], bypassed: dict[
             for f in CPU_FIGURES
         ),
         "",
-        "targets (issue 6)",
+        "targets (issue 18)",
     ]
     for t in targets(med):
         verdict = "n/a" if t.met is None else "met" if t.met else "NOT MET"
         value = "" if t.value is None else f"  ({_target_value(t)})"
         lines.append(f"  {verdict:8} {t.text}{value}")
+    if settings.baseline_command:
+        lines.append(f"(e) baseline: {shlex.join(settings.baseline_command)}")
     lines += [
         f"note: {count} packets bypassed the {mode} consumer (queue full, fail-open): "
         "its figures are flattered"
@@ -690,7 +773,10 @@ def table(settings: Settings, med: dict[Mode, dict[str, float]], bypassed: dict[
 
 def _target_value(t: Target) -> str:
     assert t.value is not None
-    return f"{t.value:.0f} µs" if "ms" in t.text else f"{100 * t.value:.0f} %"
+    if "ms" in t.text:
+        return f"{t.value:.0f} µs"
+    cpu = "" if t.cpu is None else f"; CPU per packet {t.cpu[0]:.2f} vs {t.cpu[1]:.2f} µs"
+    return f"{100 * t.value:.0f} %{cpu}"
 
 
 def report_json(
@@ -706,7 +792,7 @@ def report_json(
         "ratios": {
             key: {
                 f"fwemu/{mode}": _ratio(fwemu.get(key), med[mode].get(key))
-                for mode in ("kernel", "accept-all")
+                for mode in BASES
                 if mode in med
             }
             for key in keys
@@ -760,12 +846,30 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, bool]:
         help="how to run fwemu, e.g. a wrapper to compare a variant (default: %(default)s)",
     )
     parser.add_argument(
+        "--baseline-command",
+        metavar="CMD",
+        help="run another fwemu as mode (e) in every repetition, e.g. an older tree: "
+        "'env PYTHONPATH=/tmp/perf-base .venv/bin/python -P -m fwemu' (before/after in one run)",
+    )
+    parser.add_argument(
+        "--c-batch",
+        type=whole_number("--c-batch", 1),
+        default=C_BATCH,
+        help="mode (d)'s verdicts per batch message at most, up to 255 "
+        "(default %(default)s; 1: a verdict per packet)",
+    )
+    parser.add_argument(
         "--workers",
         type=whole_number("--workers", 1),
         default=1,
         help="fwemu's worker processes (fwemu run --workers; default 1)",
     )
-    parser.add_argument("--modes", type=_choices(MODES), default=MODES, help=",".join(MODES))
+    parser.add_argument(
+        "--modes",
+        type=_choices(MODES),
+        help=f"{','.join(MODES)} (default: {','.join(DEFAULT_MODES)}, and baseline when "
+        "--baseline-command is given)",
+    )
     parser.add_argument(
         "--workloads",
         type=_choices(WORKLOADS),
@@ -775,6 +879,12 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, bool]:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     quick = args.quick
+    baseline = tuple(shlex.split(args.baseline_command or ""))
+    modes = args.modes or (*DEFAULT_MODES, *(("baseline",) if baseline else ()))
+    if "baseline" in modes and not baseline:
+        parser.error("mode baseline needs --baseline-command")
+    if args.c_batch > C_BATCH:
+        parser.error(f"--c-batch: at most {C_BATCH}, as Suricata caps its batches")
 
     def pick(value: int | None, normal: int, smoke: int) -> int:
         return value if value is not None else smoke if quick else normal
@@ -785,8 +895,10 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, bool]:
         round_trips=pick(args.round_trips, 5000, 300),
         policy_args=("--policy", args.policy) if args.policy else ("--preset", args.preset),
         fwemu_command=tuple(shlex.split(args.fwemu_command)),
+        baseline_command=baseline,
+        c_batch=args.c_batch,
         workers=args.workers,
-        modes=args.modes,
+        modes=modes,
         workloads=args.workloads,
     )
     return settings, args.json

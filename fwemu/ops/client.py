@@ -245,7 +245,9 @@ def _runs(live: Sequence[Path]) -> list[Run]:
     """The control sockets grouped by the run their `status` names."""
     workers: dict[str, list[tuple[int, Path, dict[str, Any]]]] = {}
     for path in live:
-        status = list(request(path, Request("status")))[-1]
+        status = _status(path)
+        if status is None:
+            continue
         # A fwemu from before --workers has no run: it is a run of its own.
         key = str(status.get("run", path))
         workers.setdefault(key, []).append((int(status["queue"]), path, status))
@@ -259,6 +261,20 @@ def _runs(live: Sequence[Path]) -> list[Run]:
         netns = first.get("netns") or _netns_of(int(first["pid"]))
         runs.append(Run(targets, statuses, netns))
     return sorted(runs, key=lambda run: (run.netns or "", run.queues))
+
+
+def _status(path: Path) -> dict[str, Any] | None:
+    """The `status` of the fwemu at `path`, or None if it stopped while asked (another fwemu
+    on the host stopping must not fail this command); asked once more if it still serves."""
+    for last in (False, True):
+        try:
+            return list(request(path, Request("status")))[-1]
+        except ControlError:
+            if not is_alive(path):
+                return None
+            if last:
+                raise
+    return None  # not reached: the loop returns or raises
 
 
 def _netns_of(pid: int) -> str | None:

@@ -366,3 +366,24 @@ def test_the_events_history_is_filtered_by_protocol() -> None:
     request = Request("events", history=5, selector=parse_selector("proto=udp"))
     reply = commands.handle(request, history)
     assert [item["event"]["proto"] for item in reply.items if "event" in item] == ["udp", "udp"]
+
+
+def test_a_fwemu_stopping_while_asked_is_left_out(
+    run_dir: tuple[Path, list[FakeWorker]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another fwemu on the host stops between the directory listing and its status reply: the
+    # others are still listed (it failed `fwemu ps` and --netns lookups, 10-18 times in 150).
+    directory, _ = run_dir
+    gone = directory / "gone.q0.sock"
+    live = [gone, *sorted(directory.glob("fw.q*.sock"))]
+    asked = client.request
+
+    def request(path: Path, req: Request) -> Iterator[dict[str, Any]]:
+        if path == gone:
+            raise client.ControlError(f"lost the connection to {gone}: Connection reset by peer")
+        return asked(path, req)
+
+    monkeypatch.setattr(client, "request", request)
+    monkeypatch.setattr(client, "_live", lambda _: live)
+    [run] = client.running(directory)
+    assert [target.path.name for target in run.targets] == ["fw.q0.sock", "fw.q1.sock"]

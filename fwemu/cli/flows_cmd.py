@@ -104,7 +104,7 @@ def _summary(flows: list[dict[str, Any]], targets: tuple[client.Target, ...], as
     console = views.stdout_console()
     console.print(views.flows_line(flows))
     if limits:
-        console.print(views.limits_table(limits, _BUSIEST))
+        console.print(views.limits_table(limits, _BUSIEST, console.width))
     else:
         console.print("no limits in the policy")
     return 0

@@ -63,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     console = views.stdout_console()
     if records:
-        console.print(views.runs_table(records))
+        console.print(views.runs_table(records, console.width))
     else:
         console.print("no fwemu is running" + (" that matches" if runs else ""))
     return 0

@@ -10,7 +10,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -205,14 +205,11 @@ def event_line(record: dict[str, Any]) -> str:
     return f"{stamp} {kind:<12} {flow_id(flow)} {details}".rstrip()
 
 
-def limits_table(usages: Sequence[dict[str, Any]], busiest: int) -> Table:
+def limits_table(usages: Sequence[dict[str, Any]], busiest: int, width: int | None = None) -> Table:
     """Each limit set against its count: the table's, or its `busiest` clients, servers or
-    pools (most first), and the new flows it refused."""
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-    for header in ("LIMITS", "LIMIT", "COUNT"):
-        table.add_column(header, no_wrap=True)
-    for header in ("OF", "REFUSED"):
-        table.add_column(header, justify="right", no_wrap=True)
+    pools (most first), and the new flows it refused. Whose count it is comes last: narrowed
+    to `width`, only that is cut, never a number."""
+    rows: list[tuple[str, ...]] = []
     for usage in usages:
         owner = usage["limits"]
         refused = usage["refused"]
@@ -220,41 +217,71 @@ def limits_table(usages: Sequence[dict[str, Any]], busiest: int) -> Table:
             counts = usage["counts"][limit][:busiest] or [("", 0)]
             for index, (who, count) in enumerate(counts):
                 first = index == 0
-                shown = f"{count:,}" if who == "table" else f"{who}: {count:,}" if who else "0"
-                table.add_row(
-                    Text(owner if first else ""),
-                    Text(limit if first else ""),
-                    Text(shown),
-                    f"{value:,}" if first else "",
-                    f"{refused.get(limit, 0):,}" if first else "",
+                rows.append(
+                    (
+                        owner if first else "",
+                        limit if first else "",
+                        f"{count:,}",
+                        f"{value:,}" if first else "",
+                        f"{refused.get(limit, 0):,}" if first else "",
+                        "" if who == "table" else who,
+                    )
                 )
             owner = ""
-    return table
+    headers = ("LIMITS", "LIMIT", "COUNT", "OF", "REFUSED", "WHOSE")
+    return _cut_last(headers, rows, width, right=(2, 3, 4))
 
 
-def runs_table(records: Sequence[dict[str, Any]]) -> Table:
+def runs_table(records: Sequence[dict[str, Any]], width: int | None = None) -> Table:
     """`fwemu ps`: one row per run (its `--json` records), its workers' sockets as the first
-    and how many more."""
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-    for header in ("NETNS", "QUEUE", "POLICY", "PROTO"):
-        table.add_column(header, no_wrap=True)
-    for header in ("FLOWS", "UP", "PID"):
-        table.add_column(header, justify="right", no_wrap=True)
-    table.add_column("CONTROL", no_wrap=True)
+    and how many more; narrowed to `width`, only the socket's path is cut."""
+    rows = []
     for r in records:
         sockets = [w["control"] for w in r["workers"]]
         more = f" +{len(sockets) - 1}" if len(sockets) > 1 else ""
-        cells = (
-            r["netns"] or "-",
-            queue_range(r["queues"]),
-            f"{r['policy']} ({r['origin']})" + ("  DRY RUN" if r["dry_run"] else ""),
-            ",".join(r.get("protocols", ("tcp",))) or "-",  # a fwemu from before UDP: TCP
-            f"{r['flows']:,}",
-            seconds(r["uptime"]),
-            str(r["pid"]),
-            sockets[0] + more,
+        rows.append(
+            (
+                r["netns"] or "-",
+                queue_range(r["queues"]),
+                _policy_of(r) + ("  DRY RUN" if r["dry_run"] else ""),
+                ",".join(r.get("protocols", ("tcp",))) or "-",  # a fwemu from before UDP: TCP
+                f"{r['flows']:,}",
+                seconds(r["uptime"]),
+                str(r["pid"]),
+                sockets[0] + more,
+            )
         )
-        table.add_row(*map(Text, cells))
+    headers = ("NETNS", "QUEUE", "POLICY", "PROTO", "FLOWS", "UP", "PID", "CONTROL")
+    return _cut_last(headers, rows, width, right=(4, 5, 6), also=(2, 0))
+
+
+def _policy_of(record: dict[str, Any]) -> str:
+    """A run's policy and where it came from, unless that is the preset of its name."""
+    policy, origin = record["policy"], record["origin"]
+    return policy if origin == f"preset:{policy}" else f"{policy} ({origin})"
+
+
+def _cut_last(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    width: int | None,
+    right: tuple[int, ...],
+    also: tuple[int, ...] = (),
+) -> Table:
+    """A table whose columns are as wide as their cells (`right` ones right-justified), but the
+    last: narrowed to fit `width`, only it is cut (with an ellipsis), then the `also` ones if
+    need be, never a number. Rich would narrow every column instead."""
+    widths = [max(len(header), *(len(row[i]) for row in rows)) for i, header in enumerate(headers)]
+    for cut in (-1, *also):  # the last column first, then `also`, each down to 5 at most
+        if width is not None:  # the columns' widths and the 3-space gap between each two
+            over = sum(widths) + 3 * (len(headers) - 1) - width
+            widths[cut] = max(widths[cut] - max(over, 0), min(widths[cut], 5))
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for i, header in enumerate(headers):
+        justify: Literal["left", "right"] = "right" if i in right else "left"
+        table.add_column(header, justify=justify, no_wrap=True, width=widths[i])
+    for row in rows:
+        table.add_row(*(Text(cell, overflow="ellipsis", no_wrap=True) for cell in row))
     return table
 
 
@@ -293,7 +320,7 @@ def top_view(
     left = height - _TOP_CHROME - sum(-(-max(len(line), 1) // width) for line in lines)
     parts: list[RenderableType] = [header, state_counts(flows)]
     if usages := status.get("limits"):
-        parts.append(limits_table(usages, busiest=1))
+        parts.append(limits_table(usages, busiest=1, width=width))
         left -= 2 + sum(len(u["values"]) for u in usages)  # its head, rule and a row per limit
     recent = list(events)[max(len(events) - min(RECENT_EVENTS, max(left, 0) // 3), 0) :]
     ordered = by_deadline(flows)

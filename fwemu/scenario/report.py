@@ -73,6 +73,8 @@ def totals(results: Iterable[ScenarioResult], seconds: float) -> str:
     results = list(results)
     failed = sum(not r.passed for r in results)
     took = format_time(seconds)
+    if len(results) == 1:
+        return f"the scenario {'FAILED' if failed else 'passed'} in {took}"
     if not failed:
         return f"all {len(results)} scenarios passed in {took}"
     return f"{failed} of {len(results)} scenarios FAILED in {took}"

@@ -304,3 +304,42 @@ def test_ps_shows_a_run_of_workers_as_one_row() -> None:
     ]  # fmt: skip
     assert lines[3].split()[:2] == ["-", "3"]
     assert lines[3].split()[4] == "-"  # --no-rules: nothing queued
+
+
+def test_limits_at_80_columns_cut_only_whose_count_it_is() -> None:
+    # The README's policy: a long destination must not cut the numbers or the limits' names.
+    usage = {
+        "limits": "policy",
+        "values": {"max_flows": 262144, "per_client": 100, "ports_per_destination": 64},
+        "counts": {
+            "max_flows": [["table", 13]],
+            "per_client": [["10.201.1.2", 13]],
+            "ports_per_destination": [["10.201.1.2 to [fd00:201:2::2]:5432 (udp)", 12]],
+        },
+        "refused": {"per_client": 1},
+    }
+    lines = render_at(views.limits_table([usage], busiest=1, width=80), 80)
+    assert all(len(line) <= 80 for line in lines)
+    assert lines[0].split() == ["LIMITS", "LIMIT", "COUNT", "OF", "REFUSED", "WHOSE"]
+    assert lines[2].split() == ["policy", "max_flows", "13", "262,144", "0"]
+    assert lines[3].split() == ["per_client", "13", "100", "1", "10.201.1.2"]
+    row = lines[4].split()
+    assert row[:4] == ["ports_per_destination", "12", "64", "0"] and row[-1].endswith("…")
+
+
+def test_ps_at_80_columns_keeps_every_column_and_cuts_the_socket_path() -> None:
+    record = {
+        "netns": "fwemu-t12894-fw", "queues": [0, 1], "policy": "aws-nlb",
+        "origin": "preset:aws-nlb", "protocols": ["tcp", "udp"], "flows": 1200, "uptime": 185.0,
+        "pid": 4242, "dry_run": False,
+        "workers": [{"control": "/run/fwemu/fwemu-t12894-fw.q0.sock"},
+                    {"control": "/run/fwemu/fwemu-t12894-fw.q1.sock"}],
+    }  # fmt: skip
+    lines = render_at(views.runs_table([record], 80), 80)
+    assert all(len(line) <= 80 for line in lines)
+    assert lines[0].split() == [
+        "NETNS", "QUEUE", "POLICY", "PROTO", "FLOWS", "UP", "PID", "CONTROL",
+    ]  # fmt: skip
+    row = lines[2].split()  # a preset's name is said once
+    assert row[:7] == ["fwemu-t12894-fw", "0-1", "aws-nlb", "tcp,udp", "1,200", "3m05s", "4242"]
+    assert row[7].startswith("/run/fwemu") and row[7].endswith("…")

@@ -85,6 +85,8 @@ def test_an_error_is_reported_as_such() -> None:
 
 def test_totals() -> None:
     assert totals([result(passed=True)] * 2, 12.34) == "all 2 scenarios passed in 12.3s"
+    assert totals([result(passed=True)], 1.0) == "the scenario passed in 1s"
+    assert totals([result(passed=False)], 1.0) == "the scenario FAILED in 1s"
     mixed = [result(passed=True), result(passed=False)]
     assert totals(mixed, 61) == "1 of 2 scenarios FAILED in 1m1s"
 

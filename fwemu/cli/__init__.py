@@ -37,7 +37,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         prog="fwemu",
         description=(
             "Emulate a stateful firewall's TCP and UDP connection-tracking timeouts inline "
-            "(NFQUEUE), to see what your application does when the firewall forgets or resets its connections."
+            "(NFQUEUE), to see what your application does when the firewall forgets or resets "
+            "its connections."
         ),
         epilog="Run 'fwemu COMMAND --help' for a command's options and examples.",
     )

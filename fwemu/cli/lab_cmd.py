@@ -8,6 +8,7 @@ import signal
 import sys
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -135,9 +136,9 @@ def _list(args: argparse.Namespace) -> int:
     if not labs:
         print("no labs; create one with 'fwemu lab up'")
         return 0
-    table = Table()
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)  # as fwemu ps's
     for heading in ("lab", "index", "state", *SIDES, "fwemu"):
-        table.add_column(heading, overflow="fold")  # wrap rather than hide part of a name
+        table.add_column(heading.upper(), overflow="fold")  # wrap rather than hide part of a name
     for info in labs:
         addresses = info.to_dict()["addresses"]
         table.add_row(

@@ -1,9 +1,10 @@
 """Whether this virtualenv already holds fwemu as scripts/setup.sh installs it: editable from
-the repository, with every requirement (and the test extras) that pyproject.toml names now.
+the repository, with every requirement that pyproject.toml names now and, unless --runtime, its
+test extras.
 
-Run by the virtualenv's own Python (`.venv/bin/python scripts/installed.py [ROOT]`): exit status
-0 if so, else 1 with what is missing on stderr, one line each. setup.sh runs pip only then, so
-a second run changes nothing (pip would rewrite .venv/bin/fwemu, even while it is in use).
+Run by the virtualenv's own Python (`.venv/bin/python scripts/installed.py [--runtime] [ROOT]`):
+exit status 0 if so, else 1 with what is missing on stderr, one line each. setup.sh runs pip only
+then, so a second run changes nothing (pip would rewrite .venv/bin/fwemu, even while it is in use).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from importlib import metadata
 from pathlib import Path
 
 
-def problems(root: Path) -> list[str]:
-    """What differs from an up-to-date editable install of the project at `root`."""
+def problems(root: Path, extras: tuple[str, ...]) -> list[str]:
+    """What differs from an up-to-date editable install of the project at `root`, with `extras`."""
     project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     name = project["name"]
     try:
@@ -24,9 +25,12 @@ def problems(root: Path) -> list[str]:
     except metadata.PackageNotFoundError:
         return [f"{name} is not installed"]
     try:
-        from packaging.requirements import Requirement  # pytest's dependency, so installed
+        from packaging.requirements import Requirement  # pytest's dependency
     except ImportError:
-        return ["packaging is missing: the requirements cannot be checked"]
+        try:  # a runtime install has no pytest, but every venv has pip, which vendors it
+            from pip._vendor.packaging.requirements import Requirement
+        except ImportError:
+            return ["packaging is missing: the requirements cannot be checked"]
     found = []
     origin = json.loads(dist.read_text("direct_url.json") or "{}")
     if origin.get("url") != root.resolve().as_uri() or not origin.get("dir_info", {}).get(
@@ -42,7 +46,8 @@ def problems(root: Path) -> list[str]:
         wanted |= {(group, k, v) for k, v in points.items()}
     have = {(e.group, e.name, e.value) for e in dist.entry_points}
     found += [f"entry point {g} {n} = {v} is not installed" for g, n, v in sorted(wanted - have)]
-    texts = [*project["dependencies"], *project.get("optional-dependencies", {}).get("test", [])]
+    optional = project.get("optional-dependencies", {})
+    texts = [*project["dependencies"], *(t for extra in extras for t in optional.get(extra, []))]
     for requirement in map(Requirement, texts):
         if requirement.marker is not None and not requirement.marker.evaluate():
             continue
@@ -57,8 +62,11 @@ def problems(root: Path) -> list[str]:
 
 
 def main() -> int:
-    root = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[1])
-    found = problems(root)
+    args = sys.argv[1:]
+    runtime = "--runtime" in args
+    args = [a for a in args if a != "--runtime"]
+    root = Path(args[0] if args else Path(__file__).resolve().parents[1])
+    found = problems(root, () if runtime else ("test",))
     for problem in found:
         print(f"setup: {problem}", file=sys.stderr)
     return 1 if found else 0

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Provisions the lab's fw VM: IP forwarding, fwemu installed from the synced repository by its own
-# scripts/setup.sh, and fwemu.service running `fwemu run` with the chosen policy. Idempotent: a
-# second run with the same settings changes no file and restarts nothing.
+# `scripts/setup.sh --runtime` (what `fwemu run` needs, not the test suite's tools), and
+# fwemu.service running `fwemu run` with the chosen policy. Idempotent: a second run with the same
+# settings changes no file and restarts nothing.
 #
 # Environment (the Vagrantfile sets it):
 #   FWEMU_POLICY    a preset name, or a policy file's path on this VM (checked before any change)
@@ -19,7 +20,7 @@ case "$policy" in
 *[[:space:]]*) die "FWEMU_POLICY=$policy: a policy path must not contain spaces" ;;
 esac
 
-"$repo/scripts/setup.sh"
+"$repo/scripts/setup.sh" --runtime
 fwemu=/usr/local/bin/fwemu # what fwemu.service runs, and `sudo fwemu ...` finds
 if [ "$(readlink "$fwemu" || true)" != "$repo/.venv/bin/fwemu" ]; then
     ln -sfn "$repo/.venv/bin/fwemu" "$fwemu"

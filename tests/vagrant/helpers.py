@@ -27,7 +27,7 @@ _TIMEOUT = 120
 _MAX_TEXT = 65536
 # scripts/setup.sh as the VM would run it, minus apt and pip: records the call and links the
 # virtualenv these tests run in, so that the provisioned `fwemu` is the real one.
-_FAKE_SETUP = '#!/bin/sh\necho "setup.sh" >>/fwemu-test/calls\nln -sfn {venv} /vagrant/.venv\n'
+_FAKE_SETUP = '#!/bin/sh\necho "setup.sh $*" >>/fwemu-test/calls\nln -sfn {venv} /vagrant/.venv\n'
 
 
 def tool(name: str) -> str:

@@ -63,7 +63,7 @@ def test_fw_gets_forwarding_fwemu_and_its_service_running_the_policy(
     assert {"net.ipv4.ip_forward = 1", "net.ipv6.conf.all.forwarding = 1"} <= set(sysctl)
     assert first.files["/usr/local/bin/fwemu"] == "-> /vagrant/.venv/bin/fwemu"
     assert first.calls == (
-        "setup.sh",
+        "setup.sh --runtime",
         "sysctl -q -p /etc/sysctl.d/60-fwemu-lab.conf",
         "systemctl daemon-reload",
         "systemctl enable --quiet fwemu.service",
@@ -77,7 +77,7 @@ def test_fw_provisioned_again_changes_nothing_and_restarts_nothing(
     first, second = fw_twice[0], succeeded(fw_twice[1])
     assert second.files == first.files
     assert second.calls == (
-        "setup.sh",
+        "setup.sh --runtime",
         "sysctl -q -p /etc/sysctl.d/60-fwemu-lab.conf",
         "systemctl enable --quiet fwemu.service",
         "systemctl start fwemu.service",
@@ -103,7 +103,7 @@ def test_a_bad_policy_stops_provisioning_before_the_service_is_touched(tmp_path:
         refused.stderr
     )
     assert set(refused.files) == {"/usr/local/bin/fwemu"}
-    assert refused.calls == ("setup.sh",)
+    assert refused.calls == ("setup.sh --runtime",)
 
 
 def test_server_gets_its_services_once(tmp_path: Path) -> None:

@@ -275,7 +275,8 @@ def test_a_killed_fwemu_is_restarted_by_systemd_while_traffic_keeps_flowing(
     pid = serving(fw)
     restarts = int(fw.sh("systemctl show -p NRestarts --value fwemu").stdout)
     journal = Journal(fw)
-    pinger = client.spawn("python3 /vagrant/tests/vmlab/pinger.py server 6379 8")
+    # 12 s of PINGs: longer than systemd's RestartSec=2 and a new fwemu's start, even under load.
+    pinger = client.spawn("python3 /vagrant/tests/vmlab/pinger.py server 6379 12")
     try:
         assert first_line(pinger.stdout, 20) == "connected"
         fw.sh(f"kill -KILL {pid}")
@@ -287,7 +288,7 @@ def test_a_killed_fwemu_is_restarted_by_systemd_while_traffic_keeps_flowing(
     finally:
         pinger.kill()
     counts = json.loads(out.splitlines()[-1])
-    assert code == 0 and counts["answered"] == counts["sent"] > 40, counts
+    assert code == 0 and counts["answered"] == counts["sent"] > 60, counts
     assert int(fw.sh("systemctl show -p NRestarts --value fwemu").stdout) == restarts + 1
     journal.wait_for(r"status=9/KILL")
     assert rules(fw) == one_rule_set

@@ -26,7 +26,8 @@ mode in turn on the fw namespace and the same four workloads through it:
 It prints the median of each figure over the repetitions, the ratios of fwemu to each other mode,
 the CPU the queue consumer used (µs per forwarded packet), and issue 18's targets, met or not,
 each with both consumers' CPU per packet (ratios move between machines; CPU per packet says why).
-Modes alternate within each repetition so that noise from other load spreads over all of them.
+Modes alternate within each repetition, in reverse order every other one, so that noise from other
+load, and its drift, spread over all of them.
 Needs root, iperf3, and for (d) a C compiler and libnetfilter_queue's headers. Everything runs
 inside the lab, which is removed on exit, even on Ctrl-C.
 
@@ -600,7 +601,7 @@ def bench(settings: Settings, progress: Callable[[str], None]) -> tuple[list[Run
             stack.callback(server.stop)
             server.wait_for("listening" if name == "iperf3-server" else READY)
         for rep in range(1, settings.reps + 1):
-            for mode in settings.modes:
+            for mode in settings.modes[:: 1 if rep % 2 else -1]:
                 with running(mode, plan, settings, workdir, bypassed) as consumer:
                     where = f" (pid {consumer})" if consumer else ""
                     progress(f"rep {rep}/{settings.reps}: {MODE_LABELS[mode]}{where}")

@@ -9,7 +9,8 @@ mode in turn on the fw namespace and the same four workloads through it:
 
   modes      (a) kernel: forwarding only, no queue
              (b) accept-all: a Python consumer that accepts every packet, with fwemu's queue
-                 settings and iptables rules (fwemu.adapters.nfqueue.bound, iptables.installed)
+                 settings and iptables rules (fwemu.adapters.nfqueue.bound, iptables.installed),
+                 each verdict its own message as netfilterqueue sends it (no batch verdicts)
              (c) fwemu: `python -m fwemu run --netns ... --preset linux` (or --policy FILE)
              (d) C accept-all: bench/accept_all.c, compiled here with the system's cc, the same
                  queue settings and rules, batch verdicts: the cheapest consumer there is
@@ -221,7 +222,8 @@ def role_pingpong(argv: Sequence[str]) -> None:
 
 
 def role_accept_all(argv: Sequence[str]) -> None:
-    """_accept-all QUEUE: bind QUEUE exactly as fwemu does, install its rules, accept all.
+    """_accept-all QUEUE: bind QUEUE as fwemu does, install its rules, accept all, one verdict
+    per packet in netfilterqueue's blocking loop: what a first Python consumer looks like.
 
     Prints READY once serving and, on SIGTERM/SIGINT, the number of packets it accepted.
     """
@@ -242,7 +244,7 @@ def role_accept_all(argv: Sequence[str]) -> None:
     signal.signal(signal.SIGTERM, stop)
     try:
         with (
-            nfqueue.bound(queue, accept, fail_open=True) as binding,
+            nfqueue.bound(queue, accept, fail_open=True, batch_verdicts=False) as binding,
             iptables.installed(queue, iptables.Capture()),
         ):
             print(READY, flush=True)

@@ -2,8 +2,9 @@
 
 The loop (adapters/daemon.py) knows a queue only as a file descriptor to poll and a `drain` that
 hands it waiting packets, each of which its handler gives one verdict. netfilterqueue's binding
-(adapters/nfqueue.py) is the one in use; batch verdicts or another library become one more class
-with these two methods, and the tests' fakes are another (tests/adapters/fakes.py).
+(adapters/nfqueue.py), with batch verdicts written on the library's socket, is the one in use;
+another library becomes one more class with these two methods, and the tests' fakes are another
+(tests/adapters/fakes.py).
 """
 
 from __future__ import annotations
@@ -40,5 +41,6 @@ class PacketQueue(Protocol):
     def drain(self, limit: int) -> None:
         """Hand the handler the packets waiting now, at most `limit` (then return, so timers
         and signals get their turn under a flood); a packet's verdict is given before the next
-        one is read."""
+        one is read. A binding may hold accepted packets' verdicts to send them together, but
+        never past its return: the loop may then sleep."""
         ...

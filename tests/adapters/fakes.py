@@ -1,9 +1,11 @@
-"""Stand-ins for what the daemon talks to: a queued packet and a queue of them, the raw sockets,
-a counting reporter, an engine that rewrites packets."""
+"""Stand-ins for what the daemon talks to: a queued packet and a queue of them, netfilterqueue's
+queue, the raw sockets, a counting reporter, an engine that rewrites packets."""
 
 from __future__ import annotations
 
 import socket
+import struct
+from collections.abc import Callable
 from typing import Any
 
 from fwemu.adapters.output import Reporter
@@ -14,11 +16,14 @@ from fwemu.core.events import Event
 
 
 class FakePacket:
-    """What netfilterqueue hands the callback: the bytes, and one verdict to give."""
+    """What netfilterqueue hands the callback: the bytes, its queue id, and one verdict to give
+    (told to `on_verdict` if set)."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, packet_id: int = 0) -> None:
         self.data = data
+        self.id = packet_id  # netfilterqueue's name
         self.verdict: str | None = None
+        self.on_verdict: Callable[[FakePacket], None] | None = None
 
     def get_payload(self) -> bytes:
         return self.data
@@ -36,6 +41,69 @@ class FakePacket:
     def _give(self, verdict: str) -> None:
         assert self.verdict is None, "a second verdict"
         self.verdict = verdict
+        if self.on_verdict is not None:
+            self.on_verdict(self)
+
+
+class FakeNfq:
+    """netfilterqueue's NetfilterQueue as NfqueueBinding uses it: `run(block=False)` hands each
+    waiting packet to the callback until none is left or the callback raises, and its socket
+    is one end of a datagram pair whose other end plays the kernel: `wire` is every verdict in
+    the order the kernel got them, ("batch", last id) for a batch message, (verdict, id) for a
+    packet's own."""
+
+    def __init__(self, packets: list[FakePacket], queue: int = 0) -> None:
+        self.packets = list(packets)
+        self.callback: Callable[[Any], None] | None = None  # the binding's, for Packets
+        self.queue = queue
+        self._wire: list[tuple[str, int]] = []
+        self._kernel, self._ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        for packet in self.packets:
+            packet.on_verdict = self._own_verdict
+
+    def get_fd(self) -> int:
+        return self._ours.fileno()
+
+    def run(self, block: bool) -> None:
+        assert not block and self.callback is not None
+        while self.packets:
+            self.callback(self.packets.pop(0))
+
+    @property
+    def wire(self) -> list[tuple[str, int]]:
+        self._read()
+        return self._wire
+
+    def close(self) -> None:
+        self._kernel.close()
+        self._ours.close()
+
+    def _own_verdict(self, packet: FakePacket) -> None:
+        assert packet.verdict is not None
+        self._read()  # batch messages written before it came first
+        self._wire.append((packet.verdict, packet.id))
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self._kernel.recv(256, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            self._wire.append(("batch", batch_verdict_id(message, self.queue)))
+
+
+def batch_verdict_id(message: bytes, queue: int) -> int:
+    """The id an NFQNL_MSG_VERDICT_BATCH accepting packets of `queue` goes up to, after checking
+    every field (uapi linux/netlink.h, nfnetlink.h, nfnetlink_queue.h)."""
+    length, kind, flags, _, _ = struct.unpack_from("=IHHII", message)
+    family, version, res_id = struct.unpack_from("!BBH", message, 16)
+    attr_len, attr_type = struct.unpack_from("=HH", message, 20)
+    verdict, packet_id = struct.unpack_from("!II", message, 24)
+    assert (length, len(message)) == (32, 32)
+    assert (kind, flags) == (3 << 8 | 3, 0x1)  # NFQNL_MSG_VERDICT_BATCH, NLM_F_REQUEST
+    assert (family, version, res_id) == (socket.AF_UNSPEC, 0, queue)
+    assert (attr_len, attr_type, verdict) == (12, 2, 1)  # NFQA_VERDICT_HDR {NF_ACCEPT, id}
+    return int(packet_id)
 
 
 class FakeQueue:

@@ -5,7 +5,6 @@ it."""
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
@@ -24,7 +23,7 @@ from fwemu.policy.model import OutOfStateAction
 from fwemu.policy.source import PolicySource
 from tests.core.trace import Trace, make_policy
 
-from .fakes import CountingReporter, FakePacket, NoInjector
+from .fakes import CountingReporter, FakeNfq, FakePacket, NoInjector
 
 POLICY = make_policy(established=60.0)
 
@@ -65,31 +64,23 @@ def test_every_packet_gets_a_verdict() -> None:
     assert daemon.counters.accepted == daemon.counters.packets == len(packets)
 
 
-class FakeNfq:
-    """netfilterqueue's NetfilterQueue as NfqueueBinding uses it: `run(block=False)` hands each
-    waiting message to the callback until none is left or the callback raises."""
-
-    def __init__(self, packets: list[FakePacket]) -> None:
-        self.packets = packets
-        self.callback: Callable[[FakePacket], None] | None = None
-
-    def run(self, block: bool) -> None:
-        assert not block and self.callback is not None
-        while self.packets:
-            self.callback(self.packets.pop(0))
-
-
 def test_the_netfilterqueue_binding_ends_a_drain_after_its_limit_with_every_verdict_given() -> None:
     daemon, _, _ = make_daemon()
-    packets = [FakePacket(data) for data in conversation(PACKET_BATCH)]
-    nfq = FakeNfq(list(packets))
-    binding = NfqueueBinding(cast(NetfilterQueue, nfq), daemon.on_packet)
+    packets = [FakePacket(data, i) for i, data in enumerate(conversation(PACKET_BATCH), 1)]
+    nfq = FakeNfq(packets)
+    binding = NfqueueBinding(cast(NetfilterQueue, nfq), daemon.on_packet, nfq.queue)
     nfq.callback = binding.on_packet
-    binding.drain(PACKET_BATCH // 2)
-    assert len(nfq.packets) == len(packets) - PACKET_BATCH // 2  # the rest wait for the next
-    assert {p.verdict for p in packets[: PACKET_BATCH // 2]} == {"accept"}
+    half = PACKET_BATCH // 2
+    binding.drain(half)
+    assert len(nfq.packets) == len(packets) - half  # the rest wait for the next
+    # Every packet so far accepted by batch messages (sent on the deadline too: this is real
+    # time), the last one's as the drain ended.
+    assert {verdict for verdict, _ in nfq.wire} == {"batch"}
+    assert nfq.wire[-1] == ("batch", half)
     binding.drain(PACKET_BATCH)
-    assert not nfq.packets and {p.verdict for p in packets} == {"accept"}
+    assert not nfq.packets and nfq.wire[-1] == ("batch", len(packets))
+    assert daemon.counters.accepted == len(packets)
+    nfq.close()
 
 
 class Broken(Engine):

@@ -77,8 +77,9 @@ _ACK_TIMEOUT = 2.0  # seconds; the kernel answers config messages synchronously
 # to the one it names, so a run of accepted packets costs one sendmsg(2) instead of one each.
 # At most BATCH_MAX in a run, Suricata's cap (source-nfq.c, nfq.batchcount). A run is sent at the
 # end of every drain at the latest (never held across the loop's epoll wait), and sooner once
-# its first verdict has waited BATCH_DEADLINE_NS: a fifth of the added round trip's p99 the bench
-# measures (~50 µs), and at fwemu's 5-20 µs a packet still a run of several.
+# its first verdict has waited BATCH_DEADLINE_NS, half of issue 18's bound on the round trip
+# fwemu adds (p99 < 0.2 ms). At fwemu's 5-30 µs a packet that still makes runs of several
+# (bench/inline.py under load: 5-14 packets a message; docs/performance.md §1).
 BATCH_MAX = 255
 BATCH_DEADLINE_NS = 100_000
 

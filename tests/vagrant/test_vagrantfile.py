@@ -14,6 +14,8 @@ import pytest
 from .helpers import REPO, VAGRANT, run, tool
 
 _DUMP = Path(__file__).with_name("vagrantfile_dump.rb")
+# libvirt's settings for every VM besides memory and CPUs (the driver only when chosen).
+HEADLESS = {"graphics_type": "none", "video_type": "none"}
 
 
 def declare(**settings: str) -> dict[str, Any]:
@@ -115,18 +117,24 @@ def test_memory_cpus_box_and_networks_can_be_changed() -> None:
     )
     assert lab["global"]["box"] == "generic/debian12"
     for machine in lab["machines"].values():
-        for provider in ("libvirt", "virtualbox"):
-            assert machine["providers"][provider] == {"memory": 2048, "cpus": 2}
+        assert machine["providers"]["virtualbox"] == {"memory": 2048, "cpus": 2}
+        assert machine["providers"]["libvirt"] == HEADLESS | {"memory": 2048, "cpus": 2}
     assert addresses(lab["machines"]["fw"]) == ["10.61.0.2", "172.30.5.2"]
     client_net = provisioner(lab["machines"]["client"], "lab-net")
     assert client_net["env"]["LAB_ROUTE"] == "172.30.5.0/28 10.61.0.2"
     assert lab["machines"]["server"]["networks"][0]["netmask"] == "255.255.255.240"
 
 
-def test_modest_default_resources() -> None:
+def test_modest_default_resources_and_no_display() -> None:
     machines = declare()["machines"]
-    assert machines["fw"]["providers"]["libvirt"] == {"memory": 1024, "cpus": 1}
+    assert machines["fw"]["providers"]["libvirt"] == HEADLESS | {"memory": 1024, "cpus": 1}
     assert machines["client"]["providers"]["virtualbox"] == {"memory": 512, "cpus": 1}
+
+
+@pytest.mark.parametrize("driver", ["kvm", "qemu"])
+def test_libvirts_driver_can_be_chosen(driver: str) -> None:
+    for machine in declare(FWEMU_VM_DRIVER=driver)["machines"].values():
+        assert machine["providers"]["libvirt"]["driver"] == driver
 
 
 @pytest.mark.parametrize(
@@ -139,6 +147,7 @@ def test_modest_default_resources() -> None:
         ({"FWEMU_POLICY": "/etc/hostname"}, "the file must be inside"),
         ({"FWEMU_VM_MEMORY": "lots"}, "FWEMU_VM_MEMORY=lots: expected a positive integer"),
         ({"FWEMU_VM_CPUS": "0"}, "FWEMU_VM_CPUS=0: expected a positive integer"),
+        ({"FWEMU_VM_DRIVER": "tcg"}, "FWEMU_VM_DRIVER=tcg: expected kvm or qemu"),
         ({"FWEMU_CLIENT_NET": "fd00::/64"}, "FWEMU_CLIENT_NET=fd00::/64: expected an IPv4 network"),
         ({"FWEMU_SERVER_NET": "10.0.0.0/30"}, "FWEMU_SERVER_NET=10.0.0.0/30: the network needs"),
         ({"FWEMU_SERVER_NET": "192.168.61.128/25"}, "FWEMU_SERVER_NET overlap"),

@@ -768,24 +768,11 @@ class FlowTable:
         if profile is None:
             profile = self._profile_index(seg, None)
         forward = seg.forward == sender_is_client
-        evicted: tuple[Event, ...] = ()
-        if self.book.active:
-            verdict = self.book.admit(seg.key, forward, profile, cls == _SYN and not proven, now)
-            if isinstance(verdict, Refusal):
-                return self._refused(seg, profile, verdict, now, data)
-            if verdict:
-                reason = "early drop: the table is full"
-                evicted = tuple(self._remove(victim, now, reason) for victim in verdict)
-        self._tombstones.pop(seg.key, None)
-        slot = self._alloc(seg.key)
+        opened = self._open(seg, forward, profile, now, cls == _SYN, cls == _SYN and not proven)
+        if isinstance(opened, Refusal):
+            return self._refused(seg, profile, opened, now, data)
+        slot, evicted = opened
         self._state[slot] = _NONE
-        self._client_fwd[slot] = forward
-        self._profile[slot] = profile
-        if self.book.active:
-            self.book.opened(slot, seg.key, forward, profile, cls == _SYN)
-        if (lifetime := self._lifetime[profile]) is not None:
-            self.lifetimes.set(slot, now + lifetime)
-        self._created[slot] = now
         direction = ORIGINAL if sender_is_client else REPLY
         self._last[slot] = _NO_CLASS | direction << 3
         row = (slot << 1) | direction
@@ -798,6 +785,37 @@ class FlowTable:
         # tcp_in_window() always passes here: a SYN is within what it opened, a pickup liberal.
         out = self._transition(slot, direction, cls, _NONE, new, seg, now)
         return out._replace(events=(*evicted, *out.events)) if evicted else out
+
+    def _open(
+        self,
+        packet: pk.Packet,
+        forward: bool,
+        profile: int,
+        now: float,
+        handshake: bool,
+        counted: bool,
+    ) -> tuple[int, tuple[Event, ...]] | Refusal:
+        """A new flow's slot if the limits let it in (`handshake`: it opens with a SYN;
+        `counted`: the handshake limits count it), and the flows early drop evicted for it; else
+        why not. `forward`: its client is the key's first endpoint."""
+        evicted: tuple[Event, ...] = ()
+        if self.book.active:
+            verdict = self.book.admit(packet.key, forward, profile, counted, now)
+            if isinstance(verdict, Refusal):
+                return verdict
+            if verdict:
+                reason = "early drop: the table is full"
+                evicted = tuple(self._remove(victim, now, reason) for victim in verdict)
+        self._tombstones.pop(packet.key, None)
+        slot = self._alloc(packet.key)
+        self._client_fwd[slot] = forward
+        self._profile[slot] = profile
+        if self.book.active:
+            self.book.opened(slot, packet.key, forward, profile, handshake)
+        if (lifetime := self._lifetime[profile]) is not None:
+            self.lifetimes.set(slot, now + lifetime)
+        self._created[slot] = now
+        return slot, evicted
 
     def _refused(
         self, seg: pk.Segment, profile: int, refusal: Refusal, now: float, data: bytes

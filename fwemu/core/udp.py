@@ -122,24 +122,12 @@ class UdpFlows:
         """udp_new(): a flow UNREPLIED, its sender the client, if the limits let it in."""
         t = self.table
         profile = t._profile_index(dg, None)
-        evicted: tuple[Event, ...] = ()
-        if t.book.active:
-            verdict = t.book.admit(dg.key, dg.forward, profile, False, now)
-            if isinstance(verdict, Refusal):
-                return self._refused(dg, profile, verdict, now, data)
-            if verdict:
-                reason = "early drop: the table is full"
-                evicted = tuple(t._remove(victim, now, reason) for victim in verdict)
-        t._tombstones.pop(dg.key, None)
-        slot = t._alloc(dg.key)
+        opened = t._open(dg, dg.forward, profile, now, handshake=False, counted=False)
+        if isinstance(opened, Refusal):
+            return self._refused(dg, profile, opened, now, data)
+        slot, evicted = opened
         t._state[slot] = UNREPLIED
-        t._client_fwd[slot] = dg.forward
-        t._profile[slot] = profile
-        if t.book.active:
-            t.book.opened(slot, dg.key, dg.forward, profile, False)
-        if (lifetime := t._lifetime[profile]) is not None:
-            t.lifetimes.set(slot, now + lifetime)
-        t._created[slot] = t._seen_at[slot] = now
+        t._seen_at[slot] = now
         t._pkts[ORIGINAL][slot] = 1
         t._bytes[ORIGINAL][slot] = dg.payload_len
         t.timers.set(slot, None)  # a reused slot's deadline must not stand

@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 SEEN_REPLY, ASSURED = 1 << 0, 1 << 1  # the flow table's flag bits (ct->status)
 UNREPLIED, REPLIED, STREAM = int(State.UNREPLIED), int(State.REPLIED), int(State.STREAM)
 _NAME = {UNREPLIED: "UNREPLIED", REPLIED: "REPLIED", STREAM: "STREAM"}
-_NEW_FLOW: Final = Reason.NEW_FLOW
 
 
 class UdpFlows:
@@ -105,7 +104,6 @@ class UdpFlows:
         side = "client" if from_client else "server"
         rule = t._profiles[tomb.profile].name
         source = dg.src
-        unreachable = action == UdpAction.ICMP_UNREACHABLE
         if limit := t.limiter.admit(source, now):
             t.limiter.hold(source, limit, dg.key, dg.forward, action.value, rule, False)
             return _PAST_RATE
@@ -113,7 +111,7 @@ class UdpFlows:
         reason = "no flow (expired)"
         events: list[Event] = [t._late(now, flow, reason, action.value, side, tomb.profile, tomb)]
         inject: tuple[bytes, ...] = ()
-        if unreachable:
+        if action == UdpAction.ICMP_UNREACHABLE:
             inject = (port_unreachable(dg, data),)
             events.append(UnreachableSent(now, flow, side, "out_of_state", rule))
         return Decision(Verdict.DROP, Reason.OUT_OF_STATE, inject, tuple(events), reason)
@@ -134,7 +132,7 @@ class UdpFlows:
         self.arm(slot, profile, UNREPLIED, now)
         name = t._profiles[profile].name
         event = FlowNew(now, t._flow_id(slot), _NAME[UNREPLIED], name)
-        return Decision(Verdict.ACCEPT, _NEW_FLOW, (), (*evicted, event))
+        return Decision(Verdict.ACCEPT, Reason.NEW_FLOW, (), (*evicted, event))
 
     def _refused(
         self, dg: pk.Datagram, profile: int, refusal: Refusal, now: float, data: bytes

@@ -15,10 +15,9 @@ from __future__ import annotations
 import heapq
 import math
 from array import array
-from typing import Final
 
-_INF: Final = math.inf
-_UNFILED: Final = -1
+_INF = math.inf
+_UNFILED = -1
 
 
 class Timers:

@@ -79,83 +79,75 @@ from fwemu.policy.model import (
     Profile,
 )
 
-_SYN, _SYNACK, _FIN, _ACK, _RST = (
-    PacketClass.SYN,
-    PacketClass.SYNACK,
-    PacketClass.FIN,
-    PacketClass.ACK,
-    PacketClass.RST,
-)
-_INVALID_CLASS = -1
-_NO_CLASS = int(PacketClass.NONE)  # tcp_new()'s last_index: no packet in window yet
+# Module constants are Final: compiled (mypyc), a Final is a C constant, not a dict lookup.
+_SYN: Final = int(PacketClass.SYN)
+_SYNACK: Final = int(PacketClass.SYNACK)
+_FIN: Final = int(PacketClass.FIN)
+_ACK: Final = int(PacketClass.ACK)
+_RST: Final = int(PacketClass.RST)
+_INVALID_CLASS: Final = -1
+_NO_CLASS: Final = int(PacketClass.NONE)  # tcp_new()'s last_index: no packet in window yet
 # Packet class per TCP flags byte, or _INVALID_CLASS for combinations tcp_error() rejects.
-_CLASS_OF: tuple[int, ...] = tuple(
+_CLASS_OF: Final[tuple[int, ...]] = tuple(
     int(classify(f)) if flags_valid(f) else _INVALID_CLASS for f in range(256)
 )
 
 # Per-flow flag bits: ct->status's SEEN_REPLY and ASSURED, and ct->proto.tcp.last_flags (the
 # per-direction flags are fwemu.core.window's).
-SEEN_REPLY = 1 << 0
-ASSURED = 1 << 1
-SIMULTANEOUS_OPEN = 1 << 2  # IP_CT_TCP_SIMULTANEOUS_OPEN
-CHALLENGE_ACK_EXPECTED = 1 << 3  # a SYN was let through in LAST_ACK (IP_CT_EXP_CHALLENGE_ACK)
-LAST_WINDOW_SCALE = 1 << 4  # the ignored SYN offered window scaling
-LAST_SACK_PERM = 1 << 5  # ... and SACK
-PROBING = 1 << 6  # dead connection detection is probing the flow (off the fast path)
-_SLOW = PROBING | TRANSLATED
-_LAST_OPTIONS = LAST_WINDOW_SCALE | LAST_SACK_PERM
+SEEN_REPLY: Final = 1 << 0
+ASSURED: Final = 1 << 1
+SIMULTANEOUS_OPEN: Final = 1 << 2  # IP_CT_TCP_SIMULTANEOUS_OPEN
+# A SYN was let through in LAST_ACK (IP_CT_EXP_CHALLENGE_ACK).
+CHALLENGE_ACK_EXPECTED: Final = 1 << 3
+LAST_WINDOW_SCALE: Final = 1 << 4  # the ignored SYN offered window scaling
+LAST_SACK_PERM: Final = 1 << 5  # ... and SACK
+PROBING: Final = 1 << 6  # dead connection detection is probing the flow (off the fast path)
+_SLOW: Final = PROBING | TRANSLATED
+_LAST_OPTIONS: Final = LAST_WINDOW_SCALE | LAST_SACK_PERM
 # Which timer a flow's deadline comes from (the `_timer` column; FlowExpired.capped_by): the
 # state's own, a cap, or one an operator set (`fwemu expire --in`) until the flow's next packet.
-_OWN_TIMER, _RETRANS_TIMER, _UNACK_TIMER, _CLOSE_TIMER, _SET_TIMER = range(5)
-_TIMER_NAMES: tuple[str | None, ...] = (
+_OWN_TIMER: Final = 0
+_RETRANS_TIMER: Final = 1
+_UNACK_TIMER: Final = 2
+_CLOSE_TIMER: Final = 3
+_SET_TIMER: Final = 4
+_TIMER_NAMES: Final[tuple[str | None, ...]] = (
     None,
     "max_retrans",
     "unacknowledged",
     "close",
     "fwemu expire --in",
 )
-_LIFETIME_CAUSE, _DCD_CAUSE = "lifetime", "dcd"  # FlowExpired.capped_by of those expiries
-_BY_HAND = "by hand"  # an expiry `fwemu expire` asked for (FlowExpired.forced)
-_HANDLE_INVALID_MIN = 120.0  # nf_tcp_handle_invalid(): a timer shorter than this is left alone
-_INF = math.inf
+_LIFETIME_CAUSE: Final = "lifetime"  # FlowExpired.capped_by of those expiries
+_DCD_CAUSE: Final = "dcd"
+_BY_HAND: Final = "by hand"  # an expiry `fwemu expire` asked for (FlowExpired.forced)
+# nf_tcp_handle_invalid(): a timer shorter than this is left alone.
+_HANDLE_INVALID_MIN: Final = 120.0
+_INF: Final = math.inf
 
-_MASK32 = 0xFFFFFFFF
-_HALF = 0x80000000  # serial arithmetic: a - b mod 2**32 in (0, _HALF] means a is after b
-_LAST_ACK_FROM = (_ACK, _ACK | REPLY << 3)  # the `last` column after an ACK per direction
+_MASK32: Final = 0xFFFFFFFF
+_HALF: Final = 0x80000000  # serial arithmetic: a - b mod 2**32 in (0, _HALF] means a is after b
+_LAST_ACK_FROM: Final = (_ACK, _ACK | REPLY << 3)  # the `last` column after an ACK per direction
 # States an ACK-class packet leaves unchanged from both directions: the fast path's domain.
 # Names by State value, for events (an enum lookup per event costs more than the event).
-_STATE_NAME = tuple(s.name for s in State)
-_PHASE_NAME = tuple(PHASE_NAME.get(s, "") for s in State)
-_ACK_KEEPS = tuple(
+_STATE_NAME: Final = tuple(s.name for s in State)
+_PHASE_NAME: Final = tuple(PHASE_NAME.get(s, "") for s in State)
+_ACK_KEEPS: Final = tuple(
     s < State.INVALID and all(TRANSITIONS[d][_ACK][s] == s for d in (ORIGINAL, REPLY))
     for s in range(len(State))
 )
 # State values as plain ints: an enum attribute per comparison costs on every connection packet.
-(
-    _NONE,
-    _SYN_SENT,
-    _SYN_RECV,
-    _ESTABLISHED,
-    _FIN_WAIT,
-    _LAST_ACK,
-    _TIME_WAIT,
-    _CLOSE,
-    _SYN_SENT2,
-) = (
-    int(s)
-    for s in (
-        State.NONE,
-        State.SYN_SENT,
-        State.SYN_RECV,
-        State.ESTABLISHED,
-        State.FIN_WAIT,
-        State.LAST_ACK,
-        State.TIME_WAIT,
-        State.CLOSE,
-        State.SYN_SENT2,
-    )
-)
-_INVALID, _IGNORE = int(State.INVALID), int(State.IGNORE)
+_NONE: Final = int(State.NONE)
+_SYN_SENT: Final = int(State.SYN_SENT)
+_SYN_RECV: Final = int(State.SYN_RECV)
+_ESTABLISHED: Final = int(State.ESTABLISHED)
+_FIN_WAIT: Final = int(State.FIN_WAIT)
+_LAST_ACK: Final = int(State.LAST_ACK)
+_TIME_WAIT: Final = int(State.TIME_WAIT)
+_CLOSE: Final = int(State.CLOSE)
+_SYN_SENT2: Final = int(State.SYN_SENT2)
+_INVALID: Final = int(State.INVALID)
+_IGNORE: Final = int(State.IGNORE)
 
 
 def _special(d: int, cls: int, old: int) -> bool:
@@ -174,11 +166,11 @@ def _special(d: int, cls: int, old: int) -> bool:
 
 
 # _SPECIAL[direction][class][state], for states below INVALID (those a flow can be in).
-_SPECIAL = tuple(
+_SPECIAL: Final = tuple(
     tuple(tuple(_special(d, c, s) for s in range(_INVALID)) for c in range(len(PacketClass)))
     for d in (ORIGINAL, REPLY)
 )
-_FLOW_ID_CACHE = 16384  # FlowIds kept (~200 B each): enough for the flows changing state now
+_FLOW_ID_CACHE: Final = 16384  # FlowIds kept (~200 B each): enough for the flows changing state now
 
 
 @dataclass(frozen=True, slots=True)
@@ -1295,7 +1287,7 @@ class FlowTable:
         return flow
 
 
-_RESET_TARGETS: dict[ExpireAction, tuple[int, ...]] = {
+_RESET_TARGETS: Final[dict[ExpireAction, tuple[int, ...]]] = {
     ExpireAction.SILENT: (),
     ExpireAction.RESET_CLIENT: (ORIGINAL,),
     ExpireAction.RESET_SERVER: (REPLY,),
@@ -1316,9 +1308,9 @@ def _source(seg: pk.Packet) -> bytes:
 
 
 _SYN_RETRANSMIT: Final = accept(Reason.SYN_RETRANSMIT)
-_EMBRYONIC = (_SYN_SENT, _SYN_RECV, _SYN_SENT2)  # the states a limit counts as handshakes
-_UDP = frozenset(map(int, UDP_STATES))
-_SILENT = ExpireAction.SILENT.value
+_EMBRYONIC: Final = (_SYN_SENT, _SYN_RECV, _SYN_SENT2)  # the states a limit counts as handshakes
+_UDP: Final = frozenset(map(int, UDP_STATES))
+_SILENT: Final = ExpireAction.SILENT.value
 # The whole answer to an out-of-state packet past the policy's answer rate: the verdict alone.
 _PAST_RATE: Final = {
     OutOfStateAction.ACCEPT: accept(Reason.PAST_ANSWER_RATE),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import IntEnum, StrEnum
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from fwemu.core.events import Event
 
@@ -65,8 +65,8 @@ def accept(reason: Reason, *events: Event) -> Decision:
     return Decision(Verdict.ACCEPT, reason, (), events)
 
 
-IN_STATE = accept(Reason.IN_STATE)
+IN_STATE: Final = accept(Reason.IN_STATE)
 # A refusal past the answer rate: the verdict alone (summed up in a limit_summary event).
-REFUSED_PAST_RATE = Decision(Verdict.DROP, Reason.LIMIT, detail="past the answer rate")
-IGNORED = accept(Reason.IGNORED)
-NO_EFFECTS = Effects()
+REFUSED_PAST_RATE: Final = Decision(Verdict.DROP, Reason.LIMIT, detail="past the answer rate")
+IGNORED: Final = accept(Reason.IGNORED)
+NO_EFFECTS: Final = Effects()

@@ -12,81 +12,84 @@ import ipaddress
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 # TCP flag bits (RFC 9293 §3.1; ECE and CWR from RFC 3168 §6.1).
-TCP_FIN = 0x01
-TCP_SYN = 0x02
-TCP_RST = 0x04
-TCP_PSH = 0x08
-TCP_ACK = 0x10
-TCP_URG = 0x20
-TCP_ECE = 0x40
-TCP_CWR = 0x80
+TCP_FIN: Final = 0x01
+TCP_SYN: Final = 0x02
+TCP_RST: Final = 0x04
+TCP_PSH: Final = 0x08
+TCP_ACK: Final = 0x10
+TCP_URG: Final = 0x20
+TCP_ECE: Final = 0x40
+TCP_CWR: Final = 0x80
 
-_SEQ_MASK = 0xFFFFFFFF
+_SEQ_MASK: Final = 0xFFFFFFFF
 
 # IPv4 header (RFC 791 §3.1): version/IHL, total length, flags/fragment offset, protocol, addresses.
-_IP4 = struct.Struct("!BxH2xHxB2x4s4s").unpack_from
+_IP4: Final = struct.Struct("!BxH2xHxB2x4s4s").unpack_from
 # The same without version/IHL, followed by the TCP fixed header: the no-options fast path.
-_IP4_TCP = struct.Struct("!2xH2xHxB2x4s4sHHIIBBH").unpack_from
-_IP4_OFFSET_MASK = 0x1FFF  # fragment offset in 8-byte units; the top 3 bits are flags
+_IP4_TCP: Final = struct.Struct("!2xH2xHxB2x4s4sHHIIBBH").unpack_from
+_IP4_OFFSET_MASK: Final = 0x1FFF  # fragment offset in 8-byte units; the top 3 bits are flags
 # IPv6 fixed header (RFC 8200 §3): 40 bytes; payload length, next header, addresses.
-_IP6 = struct.Struct("!4xHBx16s16s").unpack_from
-_IP6_HEADER_LEN = 40
-_IP6_FRAGMENT_OFFSET = struct.Struct("!H").unpack_from  # RFC 8200 §4.5: offset << 3 | res | M
+_IP6: Final = struct.Struct("!4xHBx16s16s").unpack_from
+_IP6_HEADER_LEN: Final = 40
+# RFC 8200 §4.5: offset << 3 | res | M
+_IP6_FRAGMENT_OFFSET: Final = struct.Struct("!H").unpack_from
 # Hop-by-hop (0), routing (43) and destination options (60) count 8-octet units beyond the first
 # (RFC 8200 §4.3-4.6); the fragment header is 8 bytes (§4.5); AH counts 4-octet units minus 2
 # (RFC 4302 §2.2). Anything else, ESP (50) and no-next-header (59) included, ends the walk.
-_IP6_FRAGMENT = 44
-_IP6_AH = 51
-_IP6_EXTENSIONS = frozenset((0, 43, 60, _IP6_FRAGMENT, _IP6_AH))
-_IP6_EXT_MIN_LEN = 8
-_IP6_MAX_EXT = 8  # bounds the walk; real traffic carries at most 2 or 3
-_PROTO_TCP = 6
-_PROTO_UDP = 17
-_IP6_ENDS = frozenset((_PROTO_TCP, _PROTO_UDP))  # the headers an extension walk stops at
+_IP6_FRAGMENT: Final = 44
+_IP6_AH: Final = 51
+_IP6_EXTENSIONS: Final = frozenset((0, 43, 60, _IP6_FRAGMENT, _IP6_AH))
+_IP6_EXT_MIN_LEN: Final = 8
+_IP6_MAX_EXT: Final = 8  # bounds the walk; real traffic carries at most 2 or 3
+_PROTO_TCP: Final = 6
+_PROTO_UDP: Final = 17
+_IP6_ENDS: Final = frozenset((_PROTO_TCP, _PROTO_UDP))  # the headers an extension walk stops at
 
 # Flow keys: address a, address b, port a, port b, with a the smaller endpoint.
 # A flow key: both endpoints' addresses, their ports, and the IP protocol, so that flows of
 # two protocols between the same endpoints never share one.
-_KEY4 = struct.Struct("!4s4sHHB").pack
-_KEY6 = struct.Struct("!16s16sHHB").pack
-KEY4_LEN, KEY6_LEN = 13, 37
+_KEY4: Final = struct.Struct("!4s4sHHB").pack
+_KEY6: Final = struct.Struct("!16s16sHHB").pack
+KEY4_LEN: Final = 13
+KEY6_LEN: Final = 37
 
 # IPv4 without options followed by the UDP header (RFC 768): total length, fragment, addresses,
 # ports, UDP length.
-_IP4_UDP = struct.Struct("!2xH2xH4x4s4sHHH").unpack_from
-_UDP = struct.Struct("!HHH").unpack_from  # ports, length (RFC 768)
-_UDP_LEN = 8
+_IP4_UDP: Final = struct.Struct("!2xH2xH4x4s4sHHH").unpack_from
+_UDP: Final = struct.Struct("!HHH").unpack_from  # ports, length (RFC 768)
+_UDP_LEN: Final = 8
 # TCP fixed header (RFC 9293 §3.1): ports, seq, ack, data offset, flags, window.
-_TCP = struct.Struct("!HHIIBBH").unpack_from
-_TCP_MIN_LEN = 20
-_OPT_END = 0
-_OPT_NOP = 1
-_OPT_WSCALE = 3  # RFC 7323 §2.2: kind 3, length 3, shift count
-_MAX_WSCALE = 14  # RFC 7323 §2.3: a larger shift MUST be treated as 14 (Linux TCP_MAX_WSCALE)
-_OPT_MSS = 2  # RFC 9293 §3.2: kind 2, length 4
-_DEFAULT_MSS = 536
-_OPT_SACK_PERM = 4  # RFC 2018 §2: kind 4, length 2
-_OPT_SACK = 5  # RFC 2018 §3: kind 5, length 2 + 8 per block (left edge, right edge)
-_OPT_TIMESTAMPS = 8  # RFC 7323 §3.2: kind 8, length 10
+_TCP: Final = struct.Struct("!HHIIBBH").unpack_from
+_TCP_MIN_LEN: Final = 20
+_OPT_END: Final = 0
+_OPT_NOP: Final = 1
+_OPT_WSCALE: Final = 3  # RFC 7323 §2.2: kind 3, length 3, shift count
+# RFC 7323 §2.3: a larger shift MUST be treated as 14 (Linux TCP_MAX_WSCALE).
+_MAX_WSCALE: Final = 14
+_OPT_MSS: Final = 2  # RFC 9293 §3.2: kind 2, length 4
+_DEFAULT_MSS: Final = 536
+_OPT_SACK_PERM: Final = 4  # RFC 2018 §2: kind 4, length 2
+_OPT_SACK: Final = 5  # RFC 2018 §3: kind 5, length 2 + 8 per block (left edge, right edge)
+_OPT_TIMESTAMPS: Final = 8  # RFC 7323 §3.2: kind 8, length 10
 # The right edges of 1-4 SACK blocks (every second 32-bit word of the blocks).
-_SACK_EDGES = {n: struct.Struct("!" + "4xI" * n).unpack_from for n in range(1, 5)}
+_SACK_EDGES: Final = {n: struct.Struct("!" + "4xI" * n).unpack_from for n in range(1, 5)}
 # Linux TCPOLEN_TSTAMP_ALIGNED: NOP, NOP, timestamps; the header they make (data offset 8).
-_TS_ALIGNED = bytes((_OPT_NOP, _OPT_NOP, _OPT_TIMESTAMPS, 10))
-_TCP_TS_ONLY_LEN = _TCP_MIN_LEN + 12
+_TS_ALIGNED: Final = bytes((_OPT_NOP, _OPT_NOP, _OPT_TIMESTAMPS, 10))
+_TCP_TS_ONLY_LEN: Final = _TCP_MIN_LEN + 12
 
 # Segments we build: IPv4 IHL 5, DF, TTL 64; IPv6 hop limit 64; TCP data offset 5, no options.
-_IP4_HEADER = struct.Struct("!BBHHHBBH4s4s")
-_IP6_HEADER = struct.Struct("!IHBB16s16s")
-_TCP_HEADER = struct.Struct("!HHIIBBHHH")
-_IP4_DF = 0x4000
-_TTL = 64  # Linux net.ipv4.ip_default_ttl and IPv6 hop_limit default
-_MAX_OPTIONS_LEN = 40  # data offset 15 words at most
+_IP4_HEADER: Final = struct.Struct("!BBHHHBBH4s4s")
+_IP6_HEADER: Final = struct.Struct("!IHBB16s16s")
+_TCP_HEADER: Final = struct.Struct("!HHIIBBHHH")
+_IP4_DF: Final = 0x4000
+_TTL: Final = 64  # Linux net.ipv4.ip_default_ttl and IPv6 hop_limit default
+_MAX_OPTIONS_LEN: Final = 40  # data offset 15 words at most
 
 # tcpdump's flag letters, in the order describe() prints them.
-_FLAG_LETTERS = (
+_FLAG_LETTERS: Final = (
     (TCP_SYN, "S"),
     (TCP_FIN, "F"),
     (TCP_RST, "R"),

@@ -9,6 +9,7 @@ table lookup live in `fwemu.core.conntrack`, next to the code that needs flow st
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Final
 
 from fwemu.core.packet import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TCP_URG
 from fwemu.policy.model import PHASE_STATES, Phase
@@ -80,7 +81,8 @@ def flags_valid(flags: int) -> bool:
     return (flags & _SIGNIFICANT) in VALID_FLAGS
 
 
-ORIGINAL, REPLY = 0, 1
+ORIGINAL: Final = 0
+REPLY: Final = 1
 
 _S = State
 sNO, sSS, sSR, sES, sFW, sCW, sLA, sTW, sCL, sS2, sIV, sIG = (
@@ -100,7 +102,7 @@ sNO, sSS, sSR, sES, sFW, sCW, sLA, sTW, sCL, sS2, sIV, sIG = (
 
 # TRANSITIONS[direction][packet class][old state] -> new state: tcp_conntracks[][][] row by row.
 # Columns:       sNO  sSS  sSR  sES  sFW  sCW  sLA  sTW  sCL  sS2
-TRANSITIONS: tuple[tuple[tuple[State, ...], ...], ...] = (
+TRANSITIONS: Final[tuple[tuple[tuple[State, ...], ...], ...]] = (
     (  # ORIGINAL
         (sSS, sSS, sIG, sIG, sIG, sIG, sIG, sSS, sSS, sS2),  # syn
         (sIV, sIV, sSR, sIV, sIV, sIV, sIV, sIV, sIV, sSR),  # synack

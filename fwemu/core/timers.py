@@ -15,9 +15,10 @@ from __future__ import annotations
 import heapq
 import math
 from array import array
+from typing import Final
 
-_INF = math.inf
-_UNFILED = -1
+_INF: Final = math.inf
+_UNFILED: Final = -1
 
 
 class Timers:

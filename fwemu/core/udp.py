@@ -29,9 +29,12 @@ from fwemu.policy.model import LimitAction, UdpAction
 if TYPE_CHECKING:
     from fwemu.core.conntrack import FlowTable
 
-SEEN_REPLY, ASSURED = 1 << 0, 1 << 1  # the flow table's flag bits (ct->status)
-UNREPLIED, REPLIED, STREAM = int(State.UNREPLIED), int(State.REPLIED), int(State.STREAM)
-_NAME = {UNREPLIED: "UNREPLIED", REPLIED: "REPLIED", STREAM: "STREAM"}
+SEEN_REPLY: Final = 1 << 0  # the flow table's flag bits (ct->status)
+ASSURED: Final = 1 << 1
+UNREPLIED: Final = int(State.UNREPLIED)
+REPLIED: Final = int(State.REPLIED)
+STREAM: Final = int(State.STREAM)
+_NAME: Final = {UNREPLIED: "UNREPLIED", REPLIED: "REPLIED", STREAM: "STREAM"}
 
 
 class UdpFlows:

@@ -37,7 +37,8 @@ _MAXACKWINCONST: Final = 66000  # the ACK lower bound's minimum window
 _MASK: Final = 0xFFFFFFFF
 # Serial arithmetic as the kernel's after(a, b): 0 < (a - b) & _MASK <= _HALF.
 _HALF: Final = 0x80000000
-_SYN_SENT, _SYN_RECV = int(State.SYN_SENT), int(State.SYN_RECV)
+_SYN_SENT: Final = int(State.SYN_SENT)
+_SYN_RECV: Final = int(State.SYN_RECV)
 _ACK_CLASS: Final = int(PacketClass.ACK)  # only ACK-class segments feed the retransmission count
 
 

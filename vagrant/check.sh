@@ -43,7 +43,9 @@ stop_own_libvirtd() {
 trap stop_own_libvirtd EXIT
 
 step "installing what is missing"
-apt_install vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients qemu-system-x86 \
+# dnsmasq-base: libvirt starts its networks with it; a Recommends of libvirt-daemon-system that
+# apt_install (no recommends) would skip, found by the first run on a fresh machine.
+apt_install vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients dnsmasq-base qemu-system-x86 \
     qemu-utils mmdebstrap extlinux syslinux-common fdisk
 export LIBVIRT_DEFAULT_URI=qemu:///system VAGRANT_CHECKPOINT_DISABLE=1
 if ! virsh uri >/dev/null 2>&1; then

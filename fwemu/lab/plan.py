@@ -195,18 +195,24 @@ class LabPlan:
 
     @property
     def sysctls(self) -> tuple[Sysctl, ...]:
-        """Forwarding in fw; no IPv6 duplicate address detection on lab interfaces.
+        """Forwarding in fw and nowhere else; no IPv6 duplicate address detection on lab
+        interfaces.
 
-        Without accept_dad=0 new IPv6 addresses stay "tentative" for about a second
-        (RFC 4862 §5.4, Linux default dad_transmits=1 and retrans_timer=1s), and pings fail.
+        A new namespace inherits the root namespace's IPv4 forwarding (devconf_inherit_init_net
+        0, the default): on a host that routes (libvirt, Docker) client and server would forward
+        too, unless it is turned off for them. Without accept_dad=0 new IPv6 addresses stay
+        "tentative" for about a second (RFC 4862 §5.4, Linux default dad_transmits=1 and
+        retrans_timer=1s), and pings fail.
         """
         fw = namespace_name(self.name, "fw")
         forwarding = (
             Sysctl(fw, "net/ipv4/ip_forward", "1"),
             Sysctl(fw, "net/ipv6/conf/all/forwarding", "1"),
         )
+        hosts = sorted({end.namespace for end in self.endpoints} - {fw})
+        not_routers = tuple(Sysctl(host, "net/ipv4/ip_forward", "0") for host in hosts)
         no_dad = tuple(
             Sysctl(end.namespace, f"net/ipv6/conf/{end.ifname}/accept_dad", "0")
             for end in self.endpoints
         )
-        return forwarding + no_dad
+        return forwarding + not_routers + no_dad

@@ -38,10 +38,13 @@ def test_client_and_server_route_both_families_via_fw() -> None:
     }
 
 
-def test_fw_forwards_and_no_interface_waits_for_dad() -> None:
+def test_only_fw_forwards_and_no_interface_waits_for_dad() -> None:
     sysctls = {(s.namespace, s.key, s.value) for s in LabPlan.create("lab1").sysctls}
     assert ("lab1-fw", "net/ipv4/ip_forward", "1") in sysctls
     assert ("lab1-fw", "net/ipv6/conf/all/forwarding", "1") in sysctls
+    # Hosts, whatever the root namespace's forwarding they would inherit.
+    assert ("lab1-client", "net/ipv4/ip_forward", "0") in sysctls
+    assert ("lab1-server", "net/ipv4/ip_forward", "0") in sysctls
     assert ("lab1-client", "net/ipv6/conf/eth0/accept_dad", "0") in sysctls
     assert ("lab1-fw", "net/ipv6/conf/srv0/accept_dad", "0") in sysctls
 

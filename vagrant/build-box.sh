@@ -38,15 +38,26 @@ mirrors=(
     "deb http://deb.debian.org/debian-security bookworm-security main"
 )
 # Each hook is run by mmdebstrap with the root's directory as $1.
+# The host's own CAs (a TLS-intercepting proxy's, in /usr/local/share/ca-certificates) go into
+# the box, and pip uses the system's bundle: without them the fw VM's pip install fails with
+# CERTIFICATE_VERIFY_FAILED where the host reaches PyPI only through such a proxy (seen here).
+# shellcheck disable=SC2016
+trust_host_cas='mkdir -p "$1/usr/local/share/ca-certificates"
+for ca in /usr/local/share/ca-certificates/*.crt; do
+    if [ -f "$ca" ]; then cp "$ca" "$1/usr/local/share/ca-certificates/"; fi
+done
+chroot "$1" update-ca-certificates >/dev/null'
 # shellcheck disable=SC2016
 mmdebstrap --quiet --variant=important \
-    --include=linux-image-amd64,systemd-sysv,openssh-server,sudo,rsync \
+    --include=linux-image-amd64,systemd-sysv,openssh-server,sudo,rsync,ca-certificates \
     --customize-hook='chroot "$1" useradd --create-home --shell /bin/bash vagrant' \
     --customize-hook='echo vagrant:vagrant | chroot "$1" chpasswd' \
     --customize-hook='echo "vagrant ALL=(ALL) NOPASSWD:ALL" >"$1/etc/sudoers.d/vagrant"' \
     --customize-hook="install -D -m 0600 $key \"\$1/home/vagrant/.ssh/authorized_keys\"" \
     --customize-hook='chroot "$1" chown -R vagrant:vagrant /home/vagrant/.ssh' \
     --customize-hook='echo fwemu-box >"$1/etc/hostname"' \
+    --customize-hook="$trust_host_cas" \
+    --customize-hook='printf "[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n" >"$1/etc/pip.conf"' \
     --customize-hook='printf "127.0.0.1 localhost\n127.0.1.1 fwemu-box\n" >"$1/etc/hosts"' \
     --customize-hook='rm -f "$1/etc/resolv.conf"' \
     --customize-hook='echo "/dev/vda1 / ext4 errors=remount-ro 0 1" >"$1/etc/fstab"' \

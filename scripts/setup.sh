@@ -70,5 +70,7 @@ if .venv/bin/python scripts/installed.py "${check[@]}"; then
 fi
 echo "setup: installing fwemu into .venv" >&2
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e "$what"
+# An editable install from a flat layout makes setuptools warn, in a banner, that folders named like
+# the package may shadow it at import time: here that folder is the package itself.
+PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install -q -e "$what"
 echo "setup: ready (.venv/bin/fwemu)" >&2

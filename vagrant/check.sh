@@ -17,6 +17,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$here/lib.sh"
+# shellcheck source-path=SCRIPTDIR source=libvirt-leftovers.sh
+source "$here/libvirt-leftovers.sh"
 
 [ "$(id -u)" -eq 0 ] || die "check.sh: needs root (libvirt's system instance)"
 started=$SECONDS
@@ -33,11 +35,16 @@ on() {
 work=$(mktemp -d /tmp/fwemu-vagrant-check.XXXXXX)
 
 own_libvirtd=()
+# Stops the libvirtd this check started, if it did, and undoes what it left in the host's
+# namespace (libvirt-leftovers.sh).
 stop_own_libvirtd() {
-    local pid_file
+    local pid_file pid
     for pid_file in "${own_libvirtd[@]}"; do
-        kill "$(cat "$pid_file")" || true
+        pid=$(cat "$pid_file" 2>/dev/null) || continue
+        kill "$pid" || true
+        timeout 30 tail --pid="$pid" -f /dev/null || log "pid $pid did not stop"
     done
+    undo_libvirt_host_net
     rm -rf "$work"
 }
 trap stop_own_libvirtd EXIT
@@ -46,12 +53,13 @@ step "installing what is missing"
 # dnsmasq-base: libvirt starts its networks with it; a Recommends of libvirt-daemon-system that
 # apt_install (no recommends) would skip, found by the first run on a fresh machine.
 apt_install vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients dnsmasq-base qemu-system-x86 \
-    qemu-utils mmdebstrap extlinux syslinux-common fdisk
+    qemu-utils iptables mmdebstrap extlinux syslinux-common fdisk
 export LIBVIRT_DEFAULT_URI=qemu:///system VAGRANT_CHECKPOINT_DISABLE=1
 if ! virsh uri >/dev/null 2>&1; then
     if [ "$(ps -p 1 -o comm=)" = systemd ]; then
         systemctl start libvirtd
     else # no systemd to start it (a container): run it for the check's duration
+        record_host_net
         virtlogd --daemon --pid-file "$work/virtlogd.pid"
         libvirtd --daemon --pid-file "$work/libvirtd.pid"
         own_libvirtd=("$work/libvirtd.pid" "$work/virtlogd.pid")

@@ -68,7 +68,12 @@ if .venv/bin/python scripts/installed.py "${check[@]}"; then
     echo "setup: ready (.venv/bin/fwemu): nothing to install" >&2
     exit 0
 fi
-echo "setup: installing fwemu into .venv" >&2
+if [ "${FWEMU_PURE:-}" = 1 ]; then
+    echo "setup: installing fwemu into .venv (FWEMU_PURE: the core left uncompiled)" >&2
+else
+    # pip is quiet meanwhile: say what the wait is.
+    echo "setup: installing fwemu into .venv, compiling its core with mypyc (a minute or two; much longer in an emulated VM)" >&2
+fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 # An editable install from a flat layout makes setuptools warn, in a banner, that folders named like
 # the package may shadow it at import time: here that folder is the package itself.

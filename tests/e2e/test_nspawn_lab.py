@@ -4,8 +4,8 @@ networks and provisioned by the same vagrant/provision-*.sh that `vagrant up` ru
 fwemu.service is started by fw's systemd. From the client: what the lab's scenario script sees;
 on fw: what systemctl and journalctl do with fwemu. The lab leaves this machine as it found it.
 
-The first run builds the Debian root (72-91 s here, 555 MB in /var/cache/fwemu/nspawn/); a run
-with it cached takes about a minute (docs/vagrant.md).
+The first run builds the Debian root (44-91 s here, 573 MB in /var/cache/fwemu/nspawn/); a run
+with it cached takes about two minutes, most of it fw's install compiling the core (docs/vagrant.md).
 """
 
 from __future__ import annotations

@@ -72,7 +72,8 @@ if [ "${FWEMU_PURE:-}" = 1 ]; then
     echo "setup: installing fwemu into .venv (FWEMU_PURE: the core left uncompiled)" >&2
 else
     # pip is quiet meanwhile: say what the wait is.
-    echo "setup: installing fwemu into .venv, compiling its core with mypyc (a minute or two; much longer in an emulated VM)" >&2
+    echo "setup: installing fwemu into .venv; compiling its core takes a minute or two" \
+        "(far longer in an emulated VM)" >&2
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 # An editable install from a flat layout makes setuptools warn, in a banner, that folders named like

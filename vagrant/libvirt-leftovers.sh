@@ -10,8 +10,10 @@ libvirt_host_before=""
 # record_host_net: note the host's forwarding for undo_libvirt_host_net; with libvirt's chains
 # already there (another libvirtd's), nothing will be undone.
 record_host_net() {
-    libvirt_host_before="$(sysctl -n net.ipv4.ip_forward) $(sysctl -n net.ipv6.conf.all.forwarding)"
-    if libvirt_chains iptables filter | grep -q . || libvirt_chains ip6tables filter | grep -q .; then
+    local ip6 # "-" where the host has no IPv6 (ipv6.disable=1)
+    ip6=$(sysctl -n net.ipv6.conf.all.forwarding 2>/dev/null || echo -)
+    libvirt_host_before="$(sysctl -n net.ipv4.ip_forward) $ip6"
+    if [ -n "$(libvirt_chains iptables filter)$(libvirt_chains ip6tables filter)" ]; then
         libvirt_host_before=""
     fi
 }
@@ -44,6 +46,7 @@ undo_libvirt_host_net() {
         done
     done
     read -r ip4 ip6 <<<"$libvirt_host_before"
-    sysctl -q -w "net.ipv4.ip_forward=$ip4" "net.ipv6.conf.all.forwarding=$ip6"
+    sysctl -q -w "net.ipv4.ip_forward=$ip4"
+    [ "$ip6" = - ] || sysctl -q -w "net.ipv6.conf.all.forwarding=$ip6"
     libvirt_host_before=""
 }

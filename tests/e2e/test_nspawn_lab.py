@@ -5,7 +5,8 @@ fwemu.service is started by fw's systemd. From the client: what the lab's scenar
 on fw: what systemctl and journalctl do with fwemu. The lab leaves this machine as it found it.
 
 The first run builds the Debian root (44-91 s here, 573 MB in /var/cache/fwemu/nspawn/); a run
-with it cached takes about two minutes, most of it fw's install compiling the core (docs/vagrant.md).
+with it cached takes about two minutes, most of it fw's install compiling the core
+(docs/vagrant.md).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 # The VM lab from `vagrant up` to the end, on a machine with libvirt: brings client, fw and server
 # up with vagrant-libvirt, runs the client's idle scenario through fw (alive under the policy's
 # timer, reset past it), checks that `fwemu flows` on fw lists the connection meanwhile, and
-# destroys what it made (the VMs, the volumes and networks libvirt got for them) on every way out.
+# destroys what it made (the VMs, the volumes and networks libvirt got for them, and what a
+# libvirtd it started itself leaves in the host's firewall and forwarding) on every way out.
 #
 # Usage (as root): vagrant/check.sh
 # Environment:
